@@ -1,0 +1,109 @@
+"""Keras models: the `CELLS` registry, stacked recurrent networks with the head each task needs, optimizers.
+
+Layers keep their cuDNN-eligible defaults (tanh / sigmoid, no recurrent dropout, no unroll); dropout, when
+asked for, sits between stacked layers.
+"""
+
+import keras
+from keras import ops
+
+from rnnlib.tasks import Task
+
+CELLS = {
+    "rnn": keras.layers.SimpleRNN,
+    "lstm": keras.layers.LSTM,
+    "gru": keras.layers.GRU,
+}
+
+
+def get_cell(cell_type: str) -> type[keras.layers.RNN]:
+    """The Keras recurrent layer class registered as `cell_type`."""
+    try:
+        return CELLS[cell_type]
+    except KeyError:
+        raise ValueError(f"Unknown cell_type {cell_type!r}; expected one of: {', '.join(CELLS)}.") from None
+
+
+def build_model(model_config, task: Task, batch_size: int | None = None, stateful: bool = False) -> keras.Model:
+    """A stack of `num_layers` recurrent layers and a dense head.
+
+    Args:
+        model_config: a config's `model` (cell_type, units, num_layers, dropout).
+        task: decides the head: one output per sequence (`final`, seq2vec) or per step (`per_step`, seq2seq);
+            a softmax over classes for cross-entropy tasks, a linear unit for regression.
+        batch_size: fixed batch size, required when `stateful` (truncated BPTT carries state in the layers).
+        stateful: keep the last state of each batch as the initial state of the next call.
+
+    Returns:
+        A model mapping `[batch, time, task.num_features]` to `[batch, task.num_outputs]` or
+        `[batch, time, task.num_outputs]`. The time axis is unspecified, so chunks of any length can be fed.
+    """
+    layer_type = get_cell(model_config.cell_type)
+    inputs = keras.Input(batch_shape=(batch_size, None, task.num_features), name="sequence")
+    hidden = inputs
+    for index in range(model_config.num_layers):
+        is_last = index == model_config.num_layers - 1
+        hidden = layer_type(
+            model_config.units,
+            return_sequences=not is_last or task.target_form == "per_step",
+            stateful=stateful,
+            name=f"{model_config.cell_type}_{index}",
+        )(hidden)
+        if model_config.dropout and not is_last:
+            hidden = keras.layers.Dropout(model_config.dropout, name=f"dropout_{index}")(hidden)
+    activation = "softmax" if task.loss == "sparse_categorical_crossentropy" else None
+    outputs = keras.layers.Dense(task.num_outputs, activation=activation, name="head")(hidden)
+    return keras.Model(inputs, outputs, name=f"{model_config.cell_type}_x{model_config.num_layers}")
+
+
+def recurrent_layers(model: keras.Model) -> list[keras.layers.RNN]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+
+
+class _RecordsGradientNorm:
+    """Optimizer mixin: keeps the global norm of the latest gradients, measured before clipping.
+
+    Keras clips inside `apply` (`_clip_gradients`), within the compiled train step, so the norm is recorded
+    there in an optimizer variable and read after each update.
+    """
+
+    def build(self, variables):
+        super().build(variables)
+        self.gradient_norm = self.add_variable(shape=(), initializer="zeros", name="gradient_norm")
+
+    def _clip_gradients(self, grads):
+        squares = [ops.sum(ops.square(g)) for g in grads if g is not None]
+        self.gradient_norm.assign(ops.sqrt(sum(squares)))
+        return super()._clip_gradients(grads)
+
+
+OPTIMIZERS = {
+    name: type(f"{base.__name__}WithGradientNorm", (_RecordsGradientNorm, base), {})
+    for name, base in (
+        ("adam", keras.optimizers.Adam),
+        ("rmsprop", keras.optimizers.RMSprop),
+        ("sgd", keras.optimizers.SGD),
+    )
+}
+
+
+def make_optimizer(name: str, learning_rate: float, clipnorm: float | None) -> keras.optimizers.Optimizer:
+    """An optimizer that clips the global gradient norm at `clipnorm` (None: no clipping) and records it."""
+    try:
+        optimizer_type = OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown optimizer {name!r}; expected one of: {', '.join(OPTIMIZERS)}.") from None
+    return optimizer_type(learning_rate=learning_rate, global_clipnorm=clipnorm)
+
+
+def compile_model(model: keras.Model, task: Task, training_config) -> keras.Model:
+    """Compile with the task's loss and the configured optimizer and clipping."""
+    optimizer = make_optimizer(training_config.optimizer, training_config.learning_rate, training_config.clipnorm)
+    model.compile(optimizer=optimizer, loss=task.loss)
+    return model
+
+
+def export_weights(model: keras.Model) -> dict[str, "numpy.ndarray"]:  # noqa: F821
+    """Every weight by its Keras path (`lstm_0/lstm_cell/kernel`, ...) as numpy: the plain format the
+    dashboard reads without Keras."""
+    return {variable.path: ops.convert_to_numpy(variable.value) for variable in model.weights}

@@ -1,0 +1,28 @@
+"""Registry of sequence tasks: `TASKS[name]` is a `Task` class; `get(name)` and `build(params)` look them up."""
+
+from rnnlib.tasks.base import Task, TaskParams
+from rnnlib.tasks.series import SineTask, SunspotsTask
+from rnnlib.tasks.synthetic import AddingTask, CopyMemoryTask
+
+TASKS: dict[str, type[Task]] = {
+    "adding": AddingTask,
+    "copy_memory": CopyMemoryTask,
+    "sine": SineTask,
+    "sunspots": SunspotsTask,
+}
+
+
+def get(name: str) -> type[Task]:
+    """The task class registered as `name`."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"Unknown task {name!r}; expected one of: {', '.join(TASKS)}.") from None
+
+
+def build(params: TaskParams) -> Task:
+    """The task instance for validated parameters (a config's `task`)."""
+    return get(params.name)(params)
+
+
+__all__ = ["TASKS", "Task", "TaskParams", "build", "get"]

@@ -1,0 +1,242 @@
+"""`train(config, callbacks)`: the one training seam used by the CLI, sweeps and the dashboard's jobs.
+
+Every batch of sequences is cut into windows by the truncation schedule (`rnnlib.truncation`). Recurrent
+layers are stateful: a window starts from the state the previous window left, read from a variable, so no
+gradient crosses the window boundary; states are reset between batches of sequences. Each update is Keras'
+own compiled train step (`train_on_batch`), so every backend trains and nothing here calls `tf.*`.
+"""
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rnnlib import tasks, truncation
+from rnnlib.config import ExperimentConfig
+
+
+class Callback:
+    """Hooks into `train`. Override what you need; every method is a no-op by default."""
+
+    def on_train_begin(self, info: dict) -> None:
+        """`info`: backend, device, num_parameters, baseline, ..."""
+
+    def on_batch_end(self, epoch: int, batch: int) -> None:
+        """After each batch of sequences (all its truncation windows); `batch` counts from 1 within the epoch."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """`logs`: train_loss, val_loss, val_<metric>, grad_norm, grad_norm_max, sequences_per_second, ..."""
+
+    def on_train_end(self, result: "TrainResult") -> None:
+        """After the last epoch, with the trained model."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    config: ExperimentConfig
+    task: tasks.Task
+    model: "keras.Model"  # noqa: F821
+    history: list[dict[str, float]]
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write `model.keras` (batch-size-free, stateless) and `weights.npz` (plain arrays) into `directory`."""
+        from rnnlib import models
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        portable = models.build_model(self.config.model, self.task)
+        portable.set_weights(self.model.get_weights())
+        model_path, weights_path = directory / "model.keras", directory / "weights.npz"
+        portable.save(model_path)
+        np.savez_compressed(weights_path, **models.export_weights(portable))
+        return [model_path, weights_path]
+
+
+def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
+    """Train one configuration (no grid) and return the trained model and its per-epoch history.
+
+    Raises:
+        ValueError: when `config` still holds a sweep grid (expand it with `config.expand_grid` first).
+    """
+    if config.grid:
+        raise ValueError("train() takes a single configuration; expand the sweep grid first (rnnlib.sweep).")
+    import keras
+
+    from rnnlib import models
+
+    keras.utils.set_random_seed(config.seed)
+    task = tasks.build(config.task)
+    batch_size = config.training.batch_size
+    model = models.build_model(config.model, task, batch_size=batch_size, stateful=True)
+    models.compile_model(model, task, config.training)
+    num_validation = math.ceil(config.training.num_validation_sequences / batch_size) * batch_size
+    x_val, y_val = task.validation_data(num_validation)
+    rng = np.random.default_rng(config.seed)
+    stepper = _WindowStepper(model, task)
+
+    info = {
+        "backend": keras.backend.backend(),
+        "device": device_name(),
+        "num_parameters": int(model.count_params()),
+        "baseline": task.baseline,
+        "baseline_name": task.baseline_name,
+        "metric": task.metric,
+    }
+    for callback in callbacks:
+        callback.on_train_begin(info)
+    history = []
+    for epoch in range(1, config.training.epochs + 1):
+        logs = _train_epoch(config, task, stepper, rng, callbacks, epoch)
+        val_loss, val_metric = evaluate(model, task, x_val, y_val, batch_size)
+        logs.update({"val_loss": val_loss, f"val_{task.metric}": val_metric})
+        history.append(logs)
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+    result = TrainResult(config, task, model, history)
+    for callback in callbacks:
+        callback.on_train_end(result)
+    return result
+
+
+def _train_epoch(config, task, stepper, rng, callbacks, epoch) -> dict[str, float]:
+    losses, weights, norms, updates = [], [], [], 0
+    start = time.perf_counter()
+    for batch in range(1, config.training.steps_per_epoch + 1):
+        x, y = task.sample_batch(rng, config.training.batch_size)
+        windows = truncation.schedule(task.sequence_length, config.training.truncation, rng)
+        for loss, num_scored, norm in stepper.train_on_sequences(x, y, windows):
+            losses.append(loss)
+            weights.append(num_scored)
+            norms.append(norm)
+        for callback in callbacks:
+            callback.on_batch_end(epoch, batch)
+    elapsed = time.perf_counter() - start
+    sequences = config.training.steps_per_epoch * config.training.batch_size
+    return {
+        "train_loss": float(np.average(losses, weights=weights)),
+        "grad_norm": float(np.mean(norms)),
+        "grad_norm_max": float(np.max(norms)),
+        "updates": float(len(norms)),
+        "sequences_per_second": sequences / elapsed,
+        "epoch_seconds": elapsed,
+    }
+
+
+class _WindowStepper:
+    """Runs one batch of sequences through a truncation schedule on a stateful model."""
+
+    def __init__(self, model, task):
+        from rnnlib import models
+
+        self.model = model
+        self.task = task
+        self.layers = models.recurrent_layers(model)
+
+    def train_on_sequences(self, x, y, windows):
+        """Yield `(loss, num_scored_steps, pre_clip_gradient_norm)` for each parameter update.
+
+        Args:
+            x: `[batch, time, features]`; y: `[batch, 1]` (final target) or `[batch, time, 1]` (per step).
+            windows: the truncation schedule for this batch (`rnnlib.truncation.schedule`).
+        """
+        length = x.shape[1]
+        self._reset()
+        position = 0  # the recurrent layers' states hold the state after `position` steps
+        final = self.task.target_form == "final"
+        scored = [w for w in windows if not final or w.stop == length]
+        for window, following in zip(scored, scored[1:] + [None]):
+            position = self._advance(x, position, window.start)
+            overlaps = following is not None and following.start < window.stop
+            saved = self._read_states() if overlaps else None
+            target, sample_weight = self._targets(y, window, final)
+            logs = self.model.train_on_batch(
+                x[:, window.start : window.stop], target, sample_weight=sample_weight, return_dict=True
+            )
+            position = window.stop
+            if overlaps:  # k2 > k1: the next window starts before this one ended; rewind to its start
+                self._write_states(saved)
+                position = window.start
+            num_scored = 1 if final else window.stop - window.loss_start
+            yield float(logs["loss"]), num_scored, float(self.model.optimizer.gradient_norm.numpy())
+
+    def _targets(self, y, window, final):
+        if final:
+            return y, None
+        target = y[:, window.start : window.stop]
+        if window.loss_start == window.start:
+            return target, None
+        # Keras averages weighted losses over all steps of the window: scale so the loss is the mean over the
+        # scored steps only.
+        span, scored = window.stop - window.start, window.stop - window.loss_start
+        weight = np.zeros(target.shape[:2], np.float32)
+        weight[:, window.loss_start - window.start :] = span / scored
+        return target, weight
+
+    def _advance(self, x, position, to):
+        """Run forward (no gradient, no update) from `position` to `to`, carrying the state."""
+        assert to >= position, (position, to)
+        if to > position:
+            self.model.predict_on_batch(x[:, position:to])
+        return to
+
+    def _reset(self):
+        for layer in self.layers:
+            layer.reset_state()
+
+    def _read_states(self):
+        return [[np.array(v.numpy()) for v in layer.states] for layer in self.layers]
+
+    def _write_states(self, saved):
+        for layer, values in zip(self.layers, saved):
+            for variable, value in zip(layer.states, values):
+                variable.assign(value)
+
+
+def evaluate(model, task, x, y, batch_size) -> tuple[float, float]:
+    """Loss and metric over full sequences (no truncation), state reset for every batch."""
+    from rnnlib import models
+
+    layers = models.recurrent_layers(model)
+    predictions = []
+    for start in range(0, len(x), batch_size):
+        for layer in layers:
+            layer.reset_state()
+        predictions.append(np.asarray(model.predict_on_batch(x[start : start + batch_size])))
+    y_pred = np.concatenate(predictions)
+    return task.loss_value(y, y_pred), task.metric_value(y, y_pred)
+
+
+def device_name() -> str:
+    """The accelerator training runs on (GPU name when there is one), else `cpu`."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+        elif backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform != "cpu":
+                return device.device_kind
+    except Exception:  # a device query must never stop training
+        return "unknown"
+    return "cpu"
+
+
+def backend_name() -> str:
+    """The Keras backend that `import keras` will pick, without importing it."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")

@@ -1,0 +1,7 @@
+"""`python -m rnnlib ...`: see `rnnlib.cli`."""
+
+import sys
+
+from rnnlib.cli import main
+
+sys.exit(main())

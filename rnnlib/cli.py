@@ -1,0 +1,106 @@
+"""Command line: `python -m rnnlib run experiments/NAME.yaml [--set key=value ...] [--tracking-uri URI]`.
+
+Exit codes: 0 all runs finished, 1 some runs failed, 2 invalid config or arguments, 3 tracking store
+unusable, 130 interrupted (the open run ends KILLED).
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+from tqdm import tqdm
+
+from rnnlib.errors import ConfigError, RnnLabError, TrackingError
+from rnnlib.training import Callback
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_TRACKING, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rnnlib", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "train an experiment (every point of its grid) and log it to MLflow"),
+                            ("validate", "check an experiment YAML and list the runs it would start")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("experiment", help="path to an experiment YAML, e.g. experiments/adding_cells.yaml")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a config key; VALUE is YAML (task.length=200, grid.seed=[0], 'grid={}')")
+    run = commands.choices["run"]
+    run.add_argument("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from rnnlib.config import expand_grid, load_config
+
+        config = load_config(args.experiment, args.overrides)
+        if args.command == "validate":
+            points = expand_grid(config)
+            print(f"{args.experiment}: valid, {len(points)} run(s) in experiment {config.name!r}")
+            return 0
+        return _run(config, args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TrackingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_TRACKING
+    except KeyboardInterrupt:
+        print("\ninterrupted: the open run was marked KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RnnLabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(config, args) -> int:
+    from rnnlib import sweep, tracking
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the open run KILLED, like Ctrl-C
+    store = tracking.Store(args.tracking_uri)
+    print(f"experiment {config.name!r} -> {store.uri}", file=sys.stderr)
+    make_callbacks = None if args.quiet else _progress_callbacks
+    results = sweep.run_experiment(config, store, make_callbacks)
+    table = sweep.summary_table(results)
+    print(f"\nBest validation loss ({results[0].config.task.name}, baseline = {results[0].baseline:.4g}):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\n{len(results)} run(s) logged to {store.uri}, experiment {config.name!r}.")
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _progress_callbacks(index, total, config):
+    from rnnlib import tracking
+
+    return [_ProgressBar(f"[{index + 1}/{total}] {tracking.run_name(config)}", config)]
+
+
+class _ProgressBar(Callback):
+    """One tqdm bar per run over its batches; shows the latest losses."""
+
+    def __init__(self, description, config):
+        self.description = description
+        self.total = config.training.epochs * config.training.steps_per_epoch
+        self.bar = None
+
+    def on_train_begin(self, info):
+        self.bar = tqdm(total=self.total, desc=self.description, unit="batch", file=sys.stderr,
+                                        dynamic_ncols=True, leave=True)
+
+    def on_batch_end(self, epoch, batch):
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs):
+        self.bar.set_postfix(epoch=epoch, loss=f"{logs['train_loss']:.4f}", val=f"{logs['val_loss']:.4f}")
+
+    def on_train_end(self, result):
+        self.bar.close()

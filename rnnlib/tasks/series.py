@@ -16,8 +16,8 @@ from rnnlib.tasks.base import Task, TaskParams, mean_absolute_error
 class SeriesTask(Task):
     """Base for series tasks. Subclasses provide `raw_series()` and `num_train_points`.
 
-    The model sees the series standardised with the training part's mean and std; the loss (MSE) is in those
-    units, the metric (MAE) on the original scale. Baseline: persistence (predict x_{t+1} = x_t) on the
+    When `standardize` is set the model sees the series standardised with the training part's mean and std, and
+    the loss (MSE) is in those units; the metric (MAE) is always on the original scale. Baseline: persistence (predict x_{t+1} = x_t) on the
     validation windows.
     """
 
@@ -25,6 +25,7 @@ class SeriesTask(Task):
     loss = "mse"
     metric = "mae"
     baseline_name = "persistence (x_{t+1} = x_t)"
+    standardize = True
 
     @property
     def num_features(self) -> int:
@@ -42,7 +43,7 @@ class SeriesTask(Task):
     def _scaled(self) -> tuple[np.ndarray, float, float]:
         raw = np.asarray(self.raw_series(), np.float64)
         train = raw[: self.num_train_points]
-        mean, std = float(train.mean()), float(train.std()) or 1.0
+        mean, std = (float(train.mean()), float(train.std()) or 1.0) if self.standardize else (0.0, 1.0)
         return ((raw - mean) / std).astype(np.float32), mean, std
 
     @property
@@ -108,7 +109,10 @@ class SineParams(TaskParams):
 
 
 class SineTask(SeriesTask):
+    """Kept in its own units (no standardisation), so the noise variance, 0.04, is the floor of the MSE."""
+
     params_type = SineParams
+    standardize = False
 
     def raw_series(self):
         p = self.params

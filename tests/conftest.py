@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny configs and throwaway MLflow stores. Everything runs on the CPU with fixed seeds."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = PROJECT_DIR / "experiments"
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path):
+    """A fresh, empty sqlite tracking store in a temporary folder."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """Environment for running `python -m rnnlib` as a subprocess from the project folder."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(PROJECT_DIR)
+    return env
+
+
+def run_cli(args, env, timeout=300):
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "rnnlib", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,102 @@
+"""Each Keras layer, step by step, against the textbook equations re-implemented in numpy (rnnlib.probes)."""
+
+import keras
+import numpy as np
+import pytest
+
+from rnnlib import config as cfg
+from rnnlib import models, probes, tasks
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def layer_weights(layer):
+    kernel, recurrent_kernel, bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+    return kernel, recurrent_kernel, bias
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_keras_layer_equals_the_reference_equations(cell_type):
+    keras.utils.set_random_seed(0)
+    layer = models.get_cell(cell_type)(5, return_sequences=True, return_state=True,
+                                        bias_initializer="random_normal")
+    x = np.random.default_rng(1).normal(size=(3, 12, 4)).astype(np.float32)
+    outputs, *states = layer(x)
+    expected, final_state, traces = probes.run_cell(cell_type, x, *layer_weights(layer))
+    np.testing.assert_allclose(np.asarray(outputs), expected, atol=1e-5)
+    for keras_state, reference_state in zip(states, final_state):
+        np.testing.assert_allclose(np.asarray(keras_state), reference_state, atol=1e-5)
+    assert set(traces) >= {"h"}
+
+
+def test_rnn_reference_is_tanh_of_shared_weights_applied_at_every_step():
+    rng = np.random.default_rng(0)
+    w_xh, w_hh, b = rng.normal(size=(3, 2)), rng.normal(size=(3, 3)), rng.normal(size=3)  # column-vector form
+    x = rng.normal(size=(1, 4, 2))
+    h = np.zeros(3)
+    for t in range(4):
+        h = np.tanh(w_hh @ h + w_xh @ x[0, t] + b)
+    # Keras stores the transposes: kernel = W_xh^T, recurrent_kernel = W_hh^T.
+    outputs, _, _ = probes.run_cell("rnn", x, w_xh.T, w_hh.T, b)
+    np.testing.assert_allclose(outputs[0, -1], h)
+
+
+def test_lstm_cell_state_follows_forget_and_input_gates():
+    keras.utils.set_random_seed(2)
+    layer = keras.layers.LSTM(4, return_sequences=True)
+    x = np.random.default_rng(3).normal(size=(2, 6, 3)).astype(np.float32)
+    layer(x)
+    _, _, traces = probes.run_cell("lstm", x, *layer_weights(layer))
+    c, f, i, g, o = (traces[k] for k in ("c", "forget_gate", "input_gate", "candidate", "output_gate"))
+    np.testing.assert_allclose(c[:, 1:], f[:, 1:] * c[:, :-1] + i[:, 1:] * g[:, 1:], atol=1e-12)
+    np.testing.assert_allclose(traces["h"], o * np.tanh(c), atol=1e-12)
+    assert np.all((f > 0) & (f < 1))
+
+
+def test_gru_uses_keras_reset_after_form_with_two_biases():
+    keras.utils.set_random_seed(4)
+    layer = keras.layers.GRU(3)
+    layer(np.zeros((1, 2, 2), np.float32))
+    assert layer.reset_after and layer.get_weights()[2].shape == (2, 9)
+
+
+def test_weights_exported_for_the_dashboard_reproduce_the_model_without_keras():
+    config = cfg.parse_config("task: {name: sine, window: 10}\nmodel: {cell_type: lstm, units: 6, num_layers: 2}\n")
+    task = tasks.build(config.task)
+    keras.utils.set_random_seed(0)
+    model = models.build_model(config.model, task)
+    x = np.random.default_rng(0).normal(size=(2, 10, 1)).astype(np.float32)
+    weights = models.export_weights(model)
+    hidden = x
+    for name in ("lstm_0", "lstm_1"):
+        kernel, recurrent, bias = (weights[f"{name}/lstm_cell/{w}"] for w in ("kernel", "recurrent_kernel", "bias"))
+        hidden, _, _ = probes.run_cell("lstm", hidden, kernel, recurrent, bias)
+    prediction = hidden @ weights["head/kernel"] + weights["head/bias"]
+    np.testing.assert_allclose(np.asarray(model(x)), prediction, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_models_keep_cudnn_eligible_defaults(cell_type):
+    config = cfg.parse_config(f"task: {{name: copy_memory, delay: 3}}\nmodel: {{cell_type: {cell_type}, units: 4}}\n")
+    model = models.build_model(config.model, tasks.build(config.task))
+    (layer,) = models.recurrent_layers(model)
+    assert layer.cell.activation is keras.activations.tanh
+    assert layer.cell.recurrent_dropout == 0 and not layer.unroll and layer.cell.use_bias
+    if cell_type != "rnn":
+        assert layer.cell.recurrent_activation is keras.activations.sigmoid
+    assert model.output_shape == (None, None, 10)  # per-step softmax over 10 classes
+
+
+def test_stacked_model_returns_sequences_between_layers_and_one_output_for_seq2vec():
+    config = cfg.parse_config("task: {name: adding, length: 9}\nmodel: {cell_type: gru, units: 4, num_layers: 3, dropout: 0.2}\n")
+    model = models.build_model(config.model, tasks.build(config.task))
+    layers = models.recurrent_layers(model)
+    assert [layer.return_sequences for layer in layers] == [True, True, False]
+    assert len([layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]) == 2
+    assert model.output_shape == (None, 1)
+
+
+def test_unknown_cell_type_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="expected one of: rnn, lstm, gru"):
+        models.get_cell("elman")
+    assert tuple(models.CELLS) == cfg.CELL_TYPES

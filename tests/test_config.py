@@ -1,0 +1,190 @@
+import math
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import EXPERIMENTS_DIR
+from rnnlib import config as cfg
+from rnnlib.errors import ConfigError
+
+MINIMAL = "task: {name: adding, length: 50}\n"
+
+
+def problems(text, overrides=()):
+    with pytest.raises(ConfigError) as info:
+        cfg.parse_config(text, overrides=overrides)
+    return "\n".join(info.value.problems)
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_bundled_experiment_is_valid(path):
+    config = cfg.load_config(path)
+    assert config.name == path.stem
+    assert len(cfg.expand_grid(config)) >= 1
+
+
+def test_defaults_fill_everything_but_the_task():
+    config = cfg.parse_config(MINIMAL)
+    assert config.model.cell_type == "lstm"
+    assert config.training.truncation.mode == "full"
+    assert config.grid == {}
+
+
+def test_config_is_frozen():
+    config = cfg.parse_config(MINIMAL)
+    with pytest.raises(Exception):
+        config.seed = 3
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "k1", "k2", "mean", "label"),
+    [
+        ("full", "full", None, None, None, "full"),
+        ("20", "tbptt", 20, 20, None, "20"),
+        ("{k1: 5, k2: 10}", "tbptt", 5, 10, None, "5/10"),
+        ("{mode: tbptt, k1: 4, k2: 4}", "tbptt", 4, 4, None, "4"),
+        ("{mode: randomized, mean: 8}", "randomized", None, None, 8.0, "rand8"),
+    ],
+)
+def test_truncation_short_forms(text, mode, k1, k2, mean, label):
+    trunc = cfg.parse_config(MINIMAL + f"training: {{truncation: {text}}}\n").training.truncation
+    assert (trunc.mode, trunc.k1, trunc.k2, trunc.mean, trunc.label) == (mode, k1, k2, mean, label)
+
+
+def test_resolved_yaml_round_trips_to_an_equal_config():
+    text = MINIMAL + "training: {truncation: {k1: 5, k2: 10}}\ngrid: {model.cell_type: [rnn, gru], seed: [0, 1]}\n"
+    config = cfg.parse_config(text)
+    assert cfg.parse_config(config.to_yaml()) == config
+
+
+def test_grid_expands_to_the_cartesian_product():
+    config = cfg.parse_config(
+        MINIMAL + "grid:\n  model.cell_type: [rnn, lstm, gru]\n  training.truncation: [full, 5, 20, 50]\n"
+        "  seed: [0, 1, 2]\n"
+    )
+    runs = cfg.expand_grid(config)
+    assert len(runs) == 36
+    assert all(run.grid == {} for _, run in runs)
+    combos = {(r.model.cell_type, r.training.truncation.label, r.seed) for _, r in runs}
+    assert len(combos) == 36
+    point, first = runs[1]
+    assert point == {"model.cell_type": "rnn", "training.truncation": "full", "seed": 1}
+    assert first.seed == 1
+
+
+def test_flattened_params_use_dotted_keys_and_the_truncation_label():
+    params = cfg.flatten_params(cfg.parse_config(MINIMAL + "training: {truncation: {k1: 5, k2: 10}}\n"))
+    assert params["model.cell_type"] == "lstm"
+    assert params["task.length"] == "50"
+    assert params["training.truncation"] == "5/10"
+    assert (params["training.truncation.k1"], params["training.truncation.k2"]) == ("5", "10")
+    assert params["training.truncation.mean"] == ""
+    assert params["seed"] == "0"
+    assert "grid" not in params
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL + "model: {cell_type: lstmm}", "model.cell_type: Input should be 'rnn', 'lstm' or 'gru' (got 'lstmm')"),
+        (MINIMAL + "model: {units: many}", "model.units"),
+        (MINIMAL + "model: {unit: 3}", "model.unit: unknown key; allowed here: cell_type, units, num_layers, dropout"),
+        (MINIMAL + "colour: blue", "colour: unknown key"),
+        ("task: {name: addin}", "task.name: unknown task; expected one of: adding, copy_memory, sine, sunspots"),
+        ("task: {length: 3}", "task: missing `name`"),
+        ("model: {units: 4}", "task: Field required"),
+        (MINIMAL + "training: {truncation: 60}", "training.truncation k2=60 is longer than the task's sequence (50"),
+        (MINIMAL + "training: {truncation: {k1: 9, k2: 3}}", "k1 (9) must not exceed k2 (3)"),
+        (MINIMAL + "training: {truncation: sometimes}", "expected `full`, a positive integer k"),
+        (MINIMAL + "training: {truncation: {mode: randomized}}", "randomized truncation needs `mean`"),
+        (MINIMAL + "training: {learning_rate: -1}", "training.learning_rate: Input should be greater than 0"),
+        (MINIMAL + "training: {learning_rate: .nan}", "training.learning_rate"),
+        (MINIMAL + "grid: {seed: []}", "grid.seed: empty list"),
+        (MINIMAL + "grid: {seed: 3}", "grid.seed: Input should be a valid list"),
+        (MINIMAL + "grid: {model.cell_type: [rnn, elman]}", "grid.model.cell_type[1] = 'elman': model.cell_type"),
+        (MINIMAL + "grid: {training.truncation: [5, 80]}", "grid.training.truncation[1] = 80: training.truncation"),
+        (MINIMAL + "grid: {model.colour: [1]}", "model.colour: unknown key"),
+        ("task: {name: sine, window: 900}", "window (900) leaves no complete window"),
+        ("- a\n- b\n", "the top level must be a mapping"),
+        ("task: {name: adding\n", "not valid YAML"),
+    ],
+)
+def test_bad_input_names_the_key_the_value_and_what_is_allowed(text, expected):
+    assert expected in problems(text)
+
+
+def test_grid_points_are_checked_together():
+    text = "task: {name: adding, length: 50}\ngrid: {task.length: [10, 50], training.truncation: [full, 20]}\n"
+    assert "grid point task.length=10, training.truncation=20" in problems(text)
+
+
+def test_overrides_reach_any_key_including_the_grid():
+    text = MINIMAL + "grid: {seed: [0, 1, 2], model.cell_type: [rnn, gru]}\n"
+    config = cfg.parse_config(text, overrides=["task.length=200", "grid.seed=[0]", "training.truncation={k1: 2, k2: 4}"])
+    assert config.task.length == 200
+    assert config.grid == {"seed": [0], "model.cell_type": ["rnn", "gru"]}
+    assert config.training.truncation.label == "2/4"
+    assert cfg.parse_config(text, overrides=["grid={}"]).grid == {}
+    assert cfg.parse_config(text, overrides=["grid.model.cell_type=[lstm]"]).grid["model.cell_type"] == ["lstm"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("task.length", "expected key=value"), ("seed=[", "is not valid YAML"), ("task.length.x=1", "task.length is 50")],
+)
+def test_bad_overrides_get_a_clear_message(override, expected):
+    assert expected in problems(MINIMAL, overrides=[override])
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        cfg.load_config(tmp_path / "nope.yaml")
+
+
+# Fuzzing: any YAML-shaped input either validates or raises ConfigError, never anything else.
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True), st.text(max_size=12),
+    st.sampled_from(["rnn", "lstm", "gru", "full", "adding", "copy_memory", "sine", "sunspots", "randomized"]),
+)
+keys = st.sampled_from(
+    ["name", "task", "model", "training", "seed", "grid", "length", "delay", "window", "cell_type", "units",
+     "num_layers", "dropout", "epochs", "truncation", "k1", "k2", "mean", "mode", "clipnorm", "learning_rate",
+     "model.cell_type", "training.truncation", "task.length", "bogus"]
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5),
+                      max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys, values, max_size=7))
+def test_fuzzed_mappings_validate_or_raise_config_error(raw):
+    try:
+        config = cfg.validate(raw)
+    except ConfigError as error:
+        assert error.problems and all(isinstance(p, str) and p for p in error.problems)
+    else:
+        assert isinstance(config, cfg.ExperimentConfig)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzzed_yaml_text_validates_or_raises_config_error(text):
+    try:
+        cfg.parse_config(text)
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(["task.length", "seed", "model.units", "training.truncation"]),
+                       st.lists(st.integers(-5, 300), min_size=1, max_size=3), min_size=1))
+def test_fuzzed_grids_expand_to_valid_configs_or_raise(grid):
+    raw = yaml.safe_load(MINIMAL) | {"grid": grid}
+    try:
+        config = cfg.validate(raw)
+    except ConfigError:
+        return
+    runs = cfg.expand_grid(config)
+    assert len(runs) == math.prod(len(v) for v in grid.values())

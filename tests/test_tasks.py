@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import pytest
+
+from rnnlib import tasks
+from rnnlib.tasks.base import sparse_categorical_crossentropy
+
+
+def build(name, **params):
+    return tasks.build(tasks.get(name).params_type(name=name, **params))
+
+
+def test_unknown_task_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="expected one of: adding, copy_memory, sine, sunspots"):
+        tasks.get("adder")
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "x_shape", "y_shape", "y_dtype"),
+    [
+        ("adding", {"length": 30}, (4, 30, 2), (4, 1), np.float32),
+        ("copy_memory", {"delay": 7}, (4, 27, 10), (4, 27, 1), np.int32),
+        ("sine", {"window": 16}, (4, 16, 1), (4, 16, 1), np.float32),
+        ("sunspots", {"window": 12}, (4, 12, 1), (4, 12, 1), np.float32),
+    ],
+)
+def test_batches_have_the_documented_shapes(name, params, x_shape, y_shape, y_dtype):
+    task = build(name, **params)
+    x, y = task.sample_batch(np.random.default_rng(0), 4)
+    assert x.shape == x_shape and x.dtype == np.float32
+    assert y.shape == y_shape and y.dtype == y_dtype
+    assert x.shape[1] == task.sequence_length and x.shape[2] == task.num_features
+    x_val, y_val = task.validation_data(5)
+    assert x_val.shape[0] == y_val.shape[0] == 5
+
+
+def test_batches_are_reproducible_from_the_seed_and_validation_is_fixed():
+    task = build("adding", length=20)
+    a, _ = task.sample_batch(np.random.default_rng(3), 8)
+    b, _ = task.sample_batch(np.random.default_rng(3), 8)
+    c, _ = task.sample_batch(np.random.default_rng(4), 8)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.array_equal(task.validation_data(8)[0], task.validation_data(8)[0])
+
+
+def test_adding_marks_one_value_in_each_half_and_sums_them():
+    task = build("adding", length=40)
+    x, y = task.sample_batch(np.random.default_rng(0), 256)
+    mask = x[..., 1]
+    assert np.all(mask[:, :20].sum(axis=1) == 1) and np.all(mask[:, 20:].sum(axis=1) == 1)
+    np.testing.assert_allclose(y[:, 0], (x[..., 0] * mask).sum(axis=1), rtol=1e-6)
+
+
+def test_adding_baseline_is_the_mse_of_always_predicting_one():
+    task = build("adding", length=50)
+    assert task.baseline == pytest.approx(1 / 6)
+    _, y = task.sample_batch(np.random.default_rng(0), 200_000)
+    assert task.loss_value(y, np.ones_like(y)) == pytest.approx(1 / 6, rel=0.01)
+
+
+def test_copy_memory_layout_and_memoryless_baseline():
+    delay = 15
+    task = build("copy_memory", delay=delay)
+    x, y = task.sample_batch(np.random.default_rng(0), 64)
+    ids = x.argmax(axis=-1)
+    length = delay + 20
+    assert np.all((ids[:, :10] >= 1) & (ids[:, :10] <= 8))
+    assert np.all(ids[:, 10 : length - 11] == 0)
+    assert np.all(ids[:, length - 11] == 9) and np.all(ids[:, length - 10 :] == 0)
+    assert np.array_equal(y[:, -10:, 0], ids[:, :10]) and np.all(y[:, :-10] == 0)
+    # The memoryless strategy: certain blank for T+10 steps, uniform over the 8 symbols for the last 10.
+    probs = np.zeros((64, length, 10))
+    probs[:, :-10, 0] = 1.0
+    probs[:, -10:, 1:9] = 1 / 8
+    expected = 10 * math.log(8) / (delay + 20)
+    assert task.baseline == pytest.approx(expected)
+    assert sparse_categorical_crossentropy(y, probs) == pytest.approx(expected, rel=1e-6)
+
+
+def test_synthetic_batches_of_very_long_sequences_are_generated_without_a_dataset():
+    task = build("adding", length=100_000)
+    x, y = task.sample_batch(np.random.default_rng(0), 2)
+    assert x.shape == (2, 100_000, 2) and y.shape == (2, 1)
+
+
+def test_sine_is_d2l_series_and_targets_are_the_next_values():
+    task = build("sine", window=8, noise=0.0)
+    series = task.raw_series()
+    np.testing.assert_allclose(series[:3], np.sin(0.01 * np.arange(1, 4)))
+    x, y = task.sample_batch(np.random.default_rng(0), 16)
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+
+
+def test_series_baseline_is_persistence_on_the_validation_windows():
+    task = build("sine", window=16)
+    x, y = task.validation_data(256)
+    assert task.baseline == pytest.approx(float(np.mean((y - x) ** 2)))
+    # Noise N(0, 0.2^2) on both ends of a one-step difference: about 2 * 0.04.
+    assert 0.06 < task.baseline < 0.1
+
+
+def test_sunspots_is_the_bundled_series_split_by_time():
+    task = build("sunspots", window=10, train_fraction=0.7)
+    assert len(task.raw_series()) == 309
+    assert task.num_train_points == 216
+    x_val, _ = task.validation_data(4)
+    train_values = set(np.round(task._scaled[0][:216], 6))
+    assert not set(np.round(x_val[0, :, 0], 6)) <= train_values
+    assert task.metric_value(np.zeros((1, 1)), np.ones((1, 1))) == pytest.approx(task.scale)

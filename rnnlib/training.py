@@ -8,7 +8,6 @@ own compiled train step (`train_on_batch`), so every backend trains and nothing 
 
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,10 @@ import numpy as np
 
 from rnnlib import tasks, truncation
 from rnnlib.config import ExperimentConfig
+
+# Longest stretch of timesteps run forward in one call when no gradient is needed (advancing the carried state,
+# evaluating): bounds activation memory independently of the sequence length.
+FORWARD_CHUNK = 1000
 
 
 class Callback:
@@ -65,7 +68,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
         raise ValueError("train() takes a single configuration; expand the sweep grid first (rnnlib.sweep).")
     import keras
 
-    from rnnlib import models
+    from rnnlib import backend, models
 
     keras.utils.set_random_seed(config.seed)
     task = tasks.build(config.task)
@@ -79,7 +82,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
 
     info = {
         "backend": keras.backend.backend(),
-        "device": device_name(),
+        "device": backend.device_name(),
         "num_parameters": int(model.count_params()),
         "baseline": task.baseline,
         "baseline_name": task.baseline_name,
@@ -102,7 +105,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
 
 
 def _train_epoch(config, task, stepper, rng, callbacks, epoch) -> dict[str, float]:
-    losses, weights, norms, updates = [], [], [], 0
+    losses, weights, norms = [], [], []
     start = time.perf_counter()
     for batch in range(1, config.training.steps_per_epoch + 1):
         x, y = task.sample_batch(rng, config.training.batch_size)
@@ -176,10 +179,11 @@ class _WindowStepper:
         return target, weight
 
     def _advance(self, x, position, to):
-        """Run forward (no gradient, no update) from `position` to `to`, carrying the state."""
+        """Run forward (no gradient, no update) from `position` to `to`, carrying the state, in chunks so memory
+        does not grow with the distance."""
         assert to >= position, (position, to)
-        if to > position:
-            self.model.predict_on_batch(x[:, position:to])
+        for start in range(position, to, FORWARD_CHUNK):
+            self.model.predict_on_batch(x[:, start : min(to, start + FORWARD_CHUNK)])
         return to
 
     def _reset(self):
@@ -196,47 +200,21 @@ class _WindowStepper:
 
 
 def evaluate(model, task, x, y, batch_size) -> tuple[float, float]:
-    """Loss and metric over full sequences (no truncation), state reset for every batch."""
+    """Loss and metric over full sequences (no truncation), state reset for every batch.
+
+    Sequences run through the stateful model in chunks of `FORWARD_CHUNK` steps, so the backend never holds
+    the activations of a whole long sequence.
+    """
     from rnnlib import models
 
     layers = models.recurrent_layers(model)
     predictions = []
-    for start in range(0, len(x), batch_size):
+    for first in range(0, len(x), batch_size):
         for layer in layers:
             layer.reset_state()
-        predictions.append(np.asarray(model.predict_on_batch(x[start : start + batch_size])))
+        batch = x[first : first + batch_size]
+        chunks = [np.asarray(model.predict_on_batch(batch[:, t : t + FORWARD_CHUNK]))
+                  for t in range(0, batch.shape[1], FORWARD_CHUNK)]
+        predictions.append(chunks[-1] if task.target_form == "final" else np.concatenate(chunks, axis=1))
     y_pred = np.concatenate(predictions)
     return task.loss_value(y, y_pred), task.metric_value(y, y_pred)
-
-
-def device_name() -> str:
-    """The accelerator training runs on (GPU name when there is one), else `cpu`."""
-    import keras
-
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            if gpus:
-                return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu")
-        elif backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                return torch.cuda.get_device_name(0)
-        elif backend == "jax":
-            import jax
-
-            device = jax.devices()[0]
-            if device.platform != "cpu":
-                return device.device_kind
-    except Exception:  # a device query must never stop training
-        return "unknown"
-    return "cpu"
-
-
-def backend_name() -> str:
-    """The Keras backend that `import keras` will pick, without importing it."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")

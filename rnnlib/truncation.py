@@ -59,7 +59,8 @@ def schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
     try:
         make = SCHEDULES[truncation.mode]
     except KeyError:
-        raise ValueError(f"Unknown truncation mode {truncation.mode!r}; expected one of: {', '.join(SCHEDULES)}.")
+        valid = ", ".join(SCHEDULES)
+        raise ValueError(f"Unknown truncation mode {truncation.mode!r}; expected one of: {valid}.") from None
     return make(length, truncation, rng)
 
 

@@ -88,7 +88,9 @@ def test_models_keep_cudnn_eligible_defaults(cell_type):
 
 
 def test_stacked_model_returns_sequences_between_layers_and_one_output_for_seq2vec():
-    config = cfg.parse_config("task: {name: adding, length: 9}\nmodel: {cell_type: gru, units: 4, num_layers: 3, dropout: 0.2}\n")
+    config = cfg.parse_config(
+        "task: {name: adding, length: 9}\nmodel: {cell_type: gru, units: 4, num_layers: 3, dropout: 0.2}\n"
+    )
     model = models.build_model(config.model, tasks.build(config.task))
     layers = models.recurrent_layers(model)
     assert [layer.return_sequences for layer in layers] == [True, True, False]

@@ -174,7 +174,7 @@ def mlflow_server(tmp_path):
                 break
             except Exception:
                 if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("mlflow server did not start")
+                    raise RuntimeError("mlflow server did not start") from None
                 time.sleep(0.5)
         yield uri
     finally:

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def trunc(text):
-    return cfg.parse_config(f"task: {{name: adding, length: 100}}\ntraining: {{truncation: {text}}}\n").training.truncation
+    text = f"task: {{name: adding, length: 100}}\ntraining: {{truncation: {text}}}\n"
+    return cfg.parse_config(text).training.truncation
 
 
 def test_full_is_one_window_over_the_sequence():
@@ -35,7 +36,8 @@ def test_every_step_is_scored_exactly_once():
 
 def test_randomized_chunks_have_the_requested_mean_length():
     rng = np.random.default_rng(0)
-    lengths = [w.stop - w.start for _ in range(200) for w in truncation.schedule(10_000, trunc("{mode: randomized, mean: 12}"), rng)]
+    randomized = trunc("{mode: randomized, mean: 12}")
+    lengths = [w.stop - w.start for _ in range(200) for w in truncation.schedule(10_000, randomized, rng)]
     assert np.mean(lengths) == pytest.approx(12, rel=0.05)
     assert len(set(lengths)) > 10
 

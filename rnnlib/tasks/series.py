@@ -16,9 +16,9 @@ from rnnlib.tasks.base import Task, TaskParams, mean_absolute_error
 class SeriesTask(Task):
     """Base for series tasks. Subclasses provide `raw_series()` and `num_train_points`.
 
-    When `standardize` is set the model sees the series standardised with the training part's mean and std, and
-    the loss (MSE) is in those units; the metric (MAE) is always on the original scale. Baseline: persistence (predict x_{t+1} = x_t) on the
-    validation windows.
+    When `standardize` is set the model sees the series standardised with the training part's mean and std,
+    and the loss (MSE) is in those units; the metric (MAE) is always on the original scale.
+    Baseline: persistence (predict x_{t+1} = x_t) on the validation windows.
     """
 
     target_form = "per_step"

@@ -202,19 +202,28 @@ class _WindowStepper:
 def evaluate(model, task, x, y, batch_size) -> tuple[float, float]:
     """Loss and metric over full sequences (no truncation), state reset for every batch.
 
-    Sequences run through the stateful model in chunks of `FORWARD_CHUNK` steps, so the backend never holds
-    the activations of a whole long sequence.
+    Sequences run through the stateful model in chunks of `FORWARD_CHUNK` steps and the scores are summed chunk
+    by chunk, so neither the backend nor numpy ever holds the outputs of a whole long sequence.
     """
     from rnnlib import models
 
     layers = models.recurrent_layers(model)
-    predictions = []
+    length = x.shape[1]
+    final = task.target_form == "final"
+    weights = task.metric_weights(1 if final else length)
+    loss_sum = loss_count = metric_sum = metric_count = 0.0
     for first in range(0, len(x), batch_size):
+        rows = slice(first, first + batch_size)
         for layer in layers:
             layer.reset_state()
-        batch = x[first : first + batch_size]
-        chunks = [np.asarray(model.predict_on_batch(batch[:, t : t + FORWARD_CHUNK]))
-                  for t in range(0, batch.shape[1], FORWARD_CHUNK)]
-        predictions.append(chunks[-1] if task.target_form == "final" else np.concatenate(chunks, axis=1))
-    y_pred = np.concatenate(predictions)
-    return task.loss_value(y, y_pred), task.metric_value(y, y_pred)
+        for t in range(0, length, FORWARD_CHUNK):
+            steps = slice(t, min(length, t + FORWARD_CHUNK))
+            y_pred = np.asarray(model.predict_on_batch(x[rows, steps]))
+            if final and steps.stop < length:
+                continue
+            y_true, step_weights = (y[rows], weights) if final else (y[rows, steps], weights[steps])
+            losses = task.loss_per_step(y_true, y_pred)
+            loss_sum, loss_count = loss_sum + losses.sum(), loss_count + losses.size
+            metric_sum += float(np.sum(task.metric_per_step(y_true, y_pred) * step_weights))
+            metric_count += float(np.sum(step_weights)) * losses.shape[0]
+    return loss_sum / loss_count, metric_sum / metric_count

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from rnnlib import tasks
-from rnnlib.tasks.base import sparse_categorical_crossentropy
 
 
 def build(name, **params):
@@ -63,7 +62,8 @@ def test_copy_memory_layout_and_memoryless_baseline():
     delay = 15
     task = build("copy_memory", delay=delay)
     x, y = task.sample_batch(np.random.default_rng(0), 64)
-    ids = x.argmax(axis=-1)
+    ids = np.asarray(x).argmax(axis=-1)
+    assert np.array_equal(x[:, 3:5], np.asarray(x)[:, 3:5]) and np.array_equal(x[2:4, :7], np.asarray(x)[2:4, :7])
     length = delay + 20
     assert np.all((ids[:, :10] >= 1) & (ids[:, :10] <= 8))
     assert np.all(ids[:, 10 : length - 11] == 0)
@@ -75,7 +75,11 @@ def test_copy_memory_layout_and_memoryless_baseline():
     probs[:, -10:, 1:9] = 1 / 8
     expected = 10 * math.log(8) / (delay + 20)
     assert task.baseline == pytest.approx(expected)
-    assert sparse_categorical_crossentropy(y, probs) == pytest.approx(expected, rel=1e-6)
+    assert task.loss_value(y, probs) == pytest.approx(expected, rel=1e-6)
+    # argmax of the uniform guess is symbol 1: right exactly where the symbol to recall is 1 (about 1/8)
+    assert task.metric_value(y, probs) == pytest.approx(np.mean(y[:, -10:] == 1))
+    perfect = np.eye(10)[y[..., 0]]
+    assert task.metric_value(y, perfect) == 1.0 and task.loss_value(y, perfect) < 1e-6
 
 
 def test_synthetic_batches_of_very_long_sequences_are_generated_without_a_dataset():
@@ -107,4 +111,4 @@ def test_sunspots_is_the_bundled_series_split_by_time():
     x_val, _ = task.validation_data(4)
     train_values = set(np.round(task._scaled[0][:216], 6))
     assert not set(np.round(x_val[0, :, 0], 6)) <= train_values
-    assert task.metric_value(np.zeros((1, 1)), np.ones((1, 1))) == pytest.approx(task.scale)
+    assert task.metric_value(np.zeros((1, 3, 1)), np.ones((1, 3, 1))) == pytest.approx(task.scale)

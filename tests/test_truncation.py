@@ -139,3 +139,17 @@ def test_training_with_tbptt_on_a_long_sequence_keeps_memory_bounded_by_the_wind
     result = training.train(config)
     assert result.history[0]["updates"] == 3000 / 50
     assert np.isfinite(result.history[0]["val_loss"])
+
+
+@pytest.mark.parametrize("task_text", ["{name: copy_memory, delay: 15}", "{name: adding, length: 35}"])
+def test_evaluation_in_chunks_scores_like_one_pass_over_whole_sequences(monkeypatch, task_text):
+    config, task, model = tiny(task_text, "{cell_type: lstm, units: 4}")
+    x, y = task.validation_data(6)
+    predictions = []
+    for first in (0, 3):
+        training._WindowStepper(model, task)._reset()
+        predictions.append(np.asarray(model.predict_on_batch(np.asarray(x[first : first + 3, :]))))
+    y_pred = np.concatenate(predictions)
+    expected = (task.loss_value(y, y_pred), task.metric_value(y, y_pred))
+    monkeypatch.setattr(training, "FORWARD_CHUNK", 4)  # 35 steps -> 9 chunks, the last one short
+    np.testing.assert_allclose(training.evaluate(model, task, x, y, 3), expected, rtol=1e-5)

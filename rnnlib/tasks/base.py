@@ -81,30 +81,73 @@ class Task(abc.ABC):
     def validation_data(self, num_sequences: int) -> tuple[np.ndarray, np.ndarray]:
         """A fixed validation set of `num_sequences` sequences, the same for every run; shapes as `sample_batch`."""
 
-    def loss_value(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        """The training loss computed in numpy (mean over sequences and steps)."""
+    def loss_per_step(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        """The training loss of each sequence and step, `[batch, steps]` (`[batch, 1]` for final targets)."""
         return LOSSES[self.loss](y_true, y_pred)
 
     @abc.abstractmethod
+    def metric_per_step(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        """The task metric of each sequence and step, `[batch, steps]`; averaged with `metric_weights`."""
+
+    def metric_weights(self, length: int) -> np.ndarray:
+        """Weight of each timestep in the metric, `[length]`; all steps count by default."""
+        return np.ones(length)
+
+    def loss_value(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        """Mean loss over sequences and steps."""
+        return float(np.mean(self.loss_per_step(y_true, y_pred)))
+
     def metric_value(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        """The task metric in numpy."""
+        """The metric over whole sequences (or final targets)."""
+        values = self.metric_per_step(y_true, y_pred)
+        weights = np.broadcast_to(self.metric_weights(values.shape[1]), values.shape)
+        return float(np.sum(values * weights) / np.sum(weights))
 
 
-def mean_squared_error(y_true, y_pred):
-    return float(np.mean((np.asarray(y_pred, np.float64) - y_true) ** 2))
+# Per-step scores of single-output predictions: `[batch, steps, 1]` or `[batch, 1]` -> `[batch, steps]` / `[batch, 1]`.
+def squared_error(y_true, y_pred):
+    return np.square(y_pred - y_true, dtype=np.float64).reshape(len(y_true), -1)
 
 
-def mean_absolute_error(y_true, y_pred):
-    return float(np.mean(np.abs(np.asarray(y_pred, np.float64) - y_true)))
+def absolute_error(y_true, y_pred):
+    return np.abs(y_pred - y_true, dtype=np.float64).reshape(len(y_true), -1)
 
 
 def sparse_categorical_crossentropy(y_true, y_pred):
-    """Mean cross-entropy in nats; `y_pred` holds probabilities `[..., num_classes]`, `y_true` ids `[..., 1]`."""
-    probs = np.take_along_axis(np.asarray(y_pred, np.float64), np.asarray(y_true, np.int64), axis=-1)
-    return float(-np.mean(np.log(np.clip(probs, 1e-7, 1.0))))
+    """Cross-entropy in nats per step; `y_pred` holds probabilities `[..., classes]`, `y_true` ids `[..., 1]`."""
+    probs = np.take_along_axis(y_pred, y_true.astype(np.int64), axis=-1).astype(np.float64)
+    return -np.log(np.clip(probs, 1e-7, 1.0)).reshape(len(y_true), -1)
 
 
 LOSSES = {
-    "mse": mean_squared_error,
+    "mse": squared_error,
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
 }
+
+
+class OneHotSequences:
+    """Class ids `[batch, time]` that read as one-hot float32 `[batch, time, classes]` when sliced.
+
+    Only the slice asked for is expanded, so a batch of 100,000-step sequences costs its ids, not 10 floats
+    per step. Supports `x[:, a:b]`, `x[i:j, a:b]`, `x.shape`, `len(x)` and `np.asarray(x)`.
+    """
+
+    def __init__(self, ids: np.ndarray, num_classes: int):
+        self.ids = ids
+        self.num_classes = num_classes
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.ids.shape, self.num_classes)
+
+    dtype = np.dtype(np.float32)
+
+    def __len__(self):
+        return self.ids.shape[0]
+
+    def __getitem__(self, key):
+        ids = self.ids[key]
+        return np.eye(self.num_classes, dtype=np.float32)[ids]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:, :].astype(dtype or self.dtype, copy=False)

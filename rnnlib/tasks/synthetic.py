@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from rnnlib.tasks.base import VALIDATION_SEED, Task, TaskParams, mean_absolute_error
+from rnnlib.tasks.base import VALIDATION_SEED, OneHotSequences, Task, TaskParams, absolute_error
 
 
 class AddingParams(TaskParams):
@@ -65,8 +65,8 @@ class AddingTask(Task):
     def validation_data(self, num_sequences):
         return self.sample_batch(np.random.default_rng(VALIDATION_SEED), num_sequences)
 
-    def metric_value(self, y_true, y_pred):
-        return mean_absolute_error(y_true, y_pred)
+    def metric_per_step(self, y_true, y_pred):
+        return absolute_error(y_true, y_pred)
 
 
 class CopyMemoryParams(TaskParams):
@@ -88,7 +88,8 @@ class CopyMemoryParams(TaskParams):
 class CopyMemoryTask(Task):
     """Remember 10 symbols drawn from an alphabet of 8, wait T steps, then reproduce them.
 
-    Input and target are class ids in 0..9 (0 blank, 1-8 symbols, 9 delimiter), the input one-hot encoded:
+    Input and target are class ids in 0..9 (0 blank, 1-8 symbols, 9 delimiter), the input one-hot encoded
+    (lazily, see `OneHotSequences`):
     input  = s1..s10, T-1 blanks, delimiter, 10 blanks;  target = T+10 blanks, s1..s10.
     The memoryless strategy (blank for T+10 steps, uniform over the 8 symbols for the last 10) has cross-entropy
     10 ln 8 / (T + 20).
@@ -124,14 +125,17 @@ class CopyMemoryTask(Task):
         ids[:, length - n - 1] = self.delimiter
         targets = np.zeros((batch_size, length, 1), np.int32)
         targets[:, -n:, 0] = symbols
-        x = np.eye(self.num_classes, dtype=np.float32)[ids]
-        return x, targets
+        return OneHotSequences(ids, self.num_classes), targets
 
     def validation_data(self, num_sequences):
         return self.sample_batch(np.random.default_rng(VALIDATION_SEED), num_sequences)
 
-    def metric_value(self, y_true, y_pred):
-        """Share of the 10 recalled symbols predicted correctly (argmax); chance is 1/8."""
-        n = self.num_symbols_to_copy
-        predicted = np.argmax(y_pred[:, -n:], axis=-1)
-        return float(np.mean(predicted == y_true[:, -n:, 0]))
+    def metric_per_step(self, y_true, y_pred):
+        """Whether the argmax prediction is right; only the 10 recalled symbols count (`metric_weights`), so the
+        metric is the share of symbols copied correctly, 1/8 at chance."""
+        return (np.argmax(y_pred, axis=-1) == y_true[..., 0]).astype(np.float64)
+
+    def metric_weights(self, length):
+        weights = np.zeros(length)
+        weights[-self.num_symbols_to_copy :] = 1.0
+        return weights

@@ -8,6 +8,28 @@ def backend_name() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
+def recurrent_layer_options(backend: str, cell_type: str, stateful: bool) -> dict:
+    """Extra Keras layer arguments a backend needs.
+
+    Keras 3.15 on PyTorch: the fused LSTM / GRU paths (cuDNN, and the torch fallback used on CPU) read the
+    carried state of a stateful layer without copying it, then the layer assigns the new state in place, and
+    backward fails with "modified by an inplace operation". The generic loop copies states first.
+    """
+    if backend == "torch" and stateful and cell_type in ("lstm", "gru"):
+        return {"use_cudnn": False}
+    return {}
+
+
+def tracks_rnn_state(backend: str) -> bool:
+    """Whether the state variables of stateful RNN layers must be tracked as model variables.
+
+    Keras 3.15 creates them untracked. TensorFlow and PyTorch assign them in place, but JAX compiles stateless
+    steps that only carry the model's tracked variables: untracked states are read as constants baked in at
+    trace time and their updates are dropped, so truncated BPTT would silently restart from a stale state.
+    """
+    return backend == "jax"
+
+
 def device_name() -> str:
     """The accelerator training runs on (GPU name when there is one), else `cpu`."""
     import keras

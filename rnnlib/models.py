@@ -7,6 +7,7 @@ asked for, sits between stacked layers.
 import keras
 from keras import ops
 
+from rnnlib import backend
 from rnnlib.tasks import Task
 
 CELLS = {
@@ -48,12 +49,28 @@ def build_model(model_config, task: Task, batch_size: int | None = None, statefu
             return_sequences=not is_last or task.target_form == "per_step",
             stateful=stateful,
             name=f"{model_config.cell_type}_{index}",
+            **backend.recurrent_layer_options(keras.backend.backend(), model_config.cell_type, stateful),
         )(hidden)
         if model_config.dropout and not is_last:
             hidden = keras.layers.Dropout(model_config.dropout, name=f"dropout_{index}")(hidden)
     activation = "softmax" if task.loss == "sparse_categorical_crossentropy" else None
     outputs = keras.layers.Dense(task.num_outputs, activation=activation, name="head")(hidden)
-    return keras.Model(inputs, outputs, name=f"{model_config.cell_type}_x{model_config.num_layers}")
+    model = keras.Model(inputs, outputs, name=f"{model_config.cell_type}_x{model_config.num_layers}")
+    if stateful and backend.tracks_rnn_state(keras.backend.backend()):
+        for layer in recurrent_layers(model):
+            layer._tracker.unlock()
+            for variable in layer.states:
+                layer._track_variable(variable)
+            layer._tracker.lock()
+    return model
+
+
+def portable_copy(model: keras.Model, model_config, task: Task) -> keras.Model:
+    """A stateless, batch-size-free copy of a (stateful) training model, with the same weights."""
+    portable = build_model(model_config, task)
+    carried = {id(v) for layer in recurrent_layers(model) for v in (layer.states or [])}
+    portable.set_weights([ops.convert_to_numpy(v.value) for v in model.weights if id(v) not in carried])
+    return portable
 
 
 def recurrent_layers(model: keras.Model) -> list[keras.layers.RNN]:

@@ -50,8 +50,7 @@ class TrainResult:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        portable = models.build_model(self.config.model, self.task)
-        portable.set_weights(self.model.get_weights())
+        portable = models.portable_copy(self.model, self.config.model, self.task)
         model_path, weights_path = directory / "model.keras", directory / "weights.npz"
         portable.save(model_path)
         np.savez_compressed(weights_path, **models.export_weights(portable))

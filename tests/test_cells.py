@@ -23,9 +23,9 @@ def test_keras_layer_equals_the_reference_equations(cell_type):
     x = np.random.default_rng(1).normal(size=(3, 12, 4)).astype(np.float32)
     outputs, *states = layer(x)
     expected, final_state, traces = probes.run_cell(cell_type, x, *layer_weights(layer))
-    np.testing.assert_allclose(np.asarray(outputs), expected, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), expected, atol=1e-5)
     for keras_state, reference_state in zip(states, final_state):
-        np.testing.assert_allclose(np.asarray(keras_state), reference_state, atol=1e-5)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(keras_state), reference_state, atol=1e-5)
     assert set(traces) >= {"h"}
 
 
@@ -72,7 +72,7 @@ def test_weights_exported_for_the_dashboard_reproduce_the_model_without_keras():
         kernel, recurrent, bias = (weights[f"{name}/lstm_cell/{w}"] for w in ("kernel", "recurrent_kernel", "bias"))
         hidden, _, _ = probes.run_cell("lstm", hidden, kernel, recurrent, bias)
     prediction = hidden @ weights["head/kernel"] + weights["head/bias"]
-    np.testing.assert_allclose(np.asarray(model(x)), prediction, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), prediction, atol=1e-5)
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])

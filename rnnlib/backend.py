@@ -30,6 +30,21 @@ def tracks_rnn_state(backend: str) -> bool:
     return backend == "jax"
 
 
+def device_without_framework() -> str:
+    """The GPU training would use, asked of `nvidia-smi` (no framework import), else `cpu`."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return "cpu"
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=5, check=True).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+    return names[0].strip() or "cpu"
+
+
 def device_name() -> str:
     """The accelerator training runs on (GPU name when there is one), else `cpu`."""
     import keras

@@ -38,6 +38,7 @@ CELL_TYPES = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 TRUNCATION_MODES = ("full", "tbptt", "randomized")
 MAX_GRID_POINTS = 10_000
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
 class _Frozen(pydantic.BaseModel):
@@ -197,6 +198,21 @@ class ExperimentConfig(_Frozen):
     @property
     def is_sweep(self) -> bool:
         return bool(self.grid)
+
+
+def truncation_from_label(label) -> Any:
+    """The YAML form of a truncation label (`Truncation.label`): full, 20, 10/20, rand20. Anything else is
+    returned unchanged for validation to reject with its message."""
+    text = str(label).strip().lower()
+    k1, sep, k2 = text.partition("/")
+    if sep and k1.isdigit() and k2.isdigit():
+        return {"k1": int(k1), "k2": int(k2)}
+    if text.startswith("rand"):
+        try:
+            return {"mode": "randomized", "mean": float(text.removeprefix("rand"))}
+        except ValueError:
+            return label
+    return int(text) if text.isdigit() else label
 
 
 def flatten_params(config: ExperimentConfig) -> dict[str, str]:

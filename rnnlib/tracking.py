@@ -8,7 +8,7 @@ Run schema (what the dashboard and outside tools may rely on):
 - params: the flattened config with dotted keys (`rnnlib.config.flatten_params`): `task.name`, `task.length`,
   `model.cell_type`, `model.units`, `training.truncation` (full, 20, 10/20, rand20),
   `training.truncation.mode/k1/k2/mean`, `training.clipnorm`, `seed`, ...
-- metrics, with step = epoch (1-based): `train_loss`, `val_loss`, `val_<task metric>`, `grad_norm` (mean
+- metrics, with step = epoch (1-based): `epoch`, `train_loss`, `val_loss`, `val_<task metric>`, `grad_norm` (mean
   pre-clip global norm over the epoch's updates), `grad_norm_max`, `sequences_per_second`, `epoch_seconds`,
   `updates`; at step 0: `baseline` (the task's trivial-predictor loss); at the end: `best_val_loss`.
 - tags: `rnnlib.backend`, `rnnlib.device`, `mlflow.source.git.commit`, `rnnlib.task`, `rnnlib.metric`,
@@ -28,7 +28,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -84,7 +83,6 @@ class Store:
     def __init__(self, uri: str | None = None):
         self.uri = resolve_tracking_uri(uri)
         check_store(self.uri)
-        mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
 
     def experiment_id(self, name: str) -> str:
@@ -173,21 +171,126 @@ def run_name(config: ExperimentConfig) -> str:
     return f"{config.model.cell_type}-{config.training.truncation.label}-s{config.seed}"
 
 
+# ---- Queries: what the dashboard reads. Each returns plain pandas; callers cache them.
+
+RUN_COLUMNS = ["run_id", "run_name", "status", "kind", "parent_run_id", "start_time", "end_time"]
+
+
+def list_experiments(uri: str | None) -> pd.DataFrame:
+    """`experiment_id`, `name`, `last_update` of every active experiment that has runs, newest first."""
+    client = MlflowClient(resolve_tracking_uri(uri))
+    rows = []
+    for experiment in client.search_experiments(order_by=["last_update_time DESC"]):
+        if experiment.name == "Default" and not client.search_runs([experiment.experiment_id], max_results=1):
+            continue
+        rows.append({"experiment_id": experiment.experiment_id, "name": experiment.name,
+                     "last_update": pd.to_datetime(experiment.last_update_time, unit="ms")})
+    return pd.DataFrame(rows, columns=["experiment_id", "name", "last_update"])
+
+
 def runs_frame(uri: str | None, experiment_name: str) -> pd.DataFrame:
-    """All runs of an experiment: one row per run with `run_id`, `status`, `params.*`, `metrics.*` (the
-    last value of each), `tags.*`."""
-    client_uri = resolve_tracking_uri(uri)
-    experiment = MlflowClient(client_uri).get_experiment_by_name(experiment_name)
+    """All runs of an experiment, one row each: `RUN_COLUMNS`, then `params.*`, `metrics.*` (the latest value
+    of each metric) and `tags.*`. Empty (with `RUN_COLUMNS`) when the experiment does not exist."""
+    client = MlflowClient(resolve_tracking_uri(uri))
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        return pd.DataFrame()
-    mlflow.set_tracking_uri(client_uri)
-    return mlflow.search_runs([experiment.experiment_id], max_results=50_000)
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], max_results=50_000, page_token=token)
+        rows += [_run_row(run) for run in page]
+        token = page.token
+        if not token:
+            break
+    if not rows:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    runs = pd.DataFrame(rows)
+    for column in ("start_time", "end_time"):
+        runs[column] = pd.to_datetime(runs[column], unit="ms")
+    return runs
 
 
-def metric_history(uri: str | None, run_id: str, key: str) -> pd.DataFrame:
-    """`step`, `value` of one metric of one run."""
-    history = MlflowClient(resolve_tracking_uri(uri)).get_metric_history(run_id, key)
-    return pd.DataFrame({"step": [m.step for m in history], "value": [m.value for m in history]})
+def _run_row(run) -> dict:
+    tags = run.data.tags
+    row = {
+        "run_id": run.info.run_id,
+        "run_name": tags.get("mlflow.runName", run.info.run_id[:8]),
+        "status": run.info.status,
+        "kind": tags.get("rnnlib.run_kind", "single"),
+        "parent_run_id": tags.get("mlflow.parentRunId", ""),
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+    }
+    row.update({f"params.{k}": v for k, v in run.data.params.items()})
+    row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+    row.update({f"tags.{k}": v for k, v in tags.items()})
+    return row
+
+
+def metric_histories(uri: str | None, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
+    """Every logged value of metrics `keys` for `run_ids`, fetched in bulk: long format with columns
+    `run_id`, `key`, `step`, `value`, sorted by run, key and step.
+
+    A sqlite (or other database) store answers one query per metric and 500 runs; a tracking server one
+    request per metric and 100 runs (its bulk endpoint's limit).
+    """
+    client_uri = resolve_tracking_uri(uri)
+    is_server = client_uri.startswith(("http://", "https://"))
+    fetch, batch = (_server_history_bulk, 100) if is_server else (_database_history_bulk, 500)
+    run_ids = list(run_ids)
+    frames = [fetch(client_uri, run_ids[i : i + batch], key) for key in keys for i in range(0, len(run_ids), batch)]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame({"run_id": pd.Series(dtype=str), "key": pd.Series(dtype=str),
+                             "step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
+    history = pd.concat(frames, ignore_index=True)
+    return history.sort_values(["run_id", "key", "step"], ignore_index=True)
+
+
+def _database_history_bulk(uri, run_ids, key):
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    store = _get_store(uri)
+    if not hasattr(store, "get_metric_history_bulk"):  # not a database store: one call per run
+        client = MlflowClient(uri)
+        records = [(run_id, m.step, m.value) for run_id in run_ids for m in client.get_metric_history(run_id, key)]
+    else:
+        records = [(m.run_id, m.step, m.value)
+                   for m in store.get_metric_history_bulk(run_ids, key, max_results=10_000_000)]
+    frame = pd.DataFrame(records, columns=["run_id", "step", "value"])
+    return frame.assign(key=key)[["run_id", "key", "step", "value"]]
+
+
+def _server_history_bulk(uri, run_ids, key):
+    import requests
+
+    response = requests.get(
+        f"{uri.rstrip('/')}/ajax-api/2.0/mlflow/metrics/get-history-bulk",
+        params={"run_id": run_ids, "metric_key": key, "max_results": 25_000}, timeout=30,
+    )
+    response.raise_for_status()
+    metrics = response.json().get("metrics", [])
+    frame = pd.DataFrame([(m["run_id"], m["step"], m["value"]) for m in metrics], columns=["run_id", "step", "value"])
+    return frame.assign(key=key)[["run_id", "key", "step", "value"]]
+
+
+def load_artifact_text(uri: str | None, run_id: str, path: str) -> str:
+    """The text of a run's artifact, e.g. `config.yaml`."""
+    with tempfile.TemporaryDirectory() as directory:
+        local = MlflowClient(resolve_tracking_uri(uri)).download_artifacts(run_id, path, directory)
+        return Path(local).read_text(encoding="utf-8")
+
+
+def store_status(uri: str | None) -> tuple[bool, str]:
+    """(reachable, a one-line description) of the tracking store, for the dashboard's sidebar."""
+    resolved = resolve_tracking_uri(uri)
+    try:
+        check_store(resolved, timeout=2.0)
+    except TrackingError as error:
+        return False, str(error)
+    if resolved == DEFAULT_TRACKING_URI:
+        return True, "embedded sqlite store (mlflow.db in the project)"
+    return True, resolved
 
 
 def git_commit() -> str:

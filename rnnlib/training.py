@@ -93,7 +93,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     for epoch in range(1, config.training.epochs + 1):
         logs = _train_epoch(config, task, stepper, rng, callbacks, epoch)
         val_loss, val_metric = evaluate(model, task, x_val, y_val, batch_size)
-        logs.update({"val_loss": val_loss, f"val_{task.metric}": val_metric})
+        logs.update({"epoch": float(epoch), "val_loss": val_loss, f"val_{task.metric}": val_metric})
         history.append(logs)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)

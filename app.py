@@ -1,0 +1,17 @@
+"""RNN Lab dashboard: `streamlit run app.py`. Pages are in app_pages/, the shared sidebar is drawn here.
+
+(Not `pages/`: Streamlit 1.67 still runs a folder named `pages` as a v1 multipage app on the first request to
+a fresh server, skipping this file, its navigation and its sidebar.)"""
+
+import streamlit as st
+
+from ui import data, sidebar
+
+st.set_page_config(page_title="RNN Lab", page_icon=":material/replay:", layout="wide")
+page = st.navigation([
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/monitoring:"),
+])
+sidebar.render(data.tracking_uri())
+page.run()

@@ -1,0 +1,75 @@
+import streamlit as st
+
+from rnnlib import compare, plots
+from ui import compare_controls as controls
+from ui import data
+
+st.title("Compare runs")
+st.caption("Cells and truncation lengths side by side: means over seeds with 95% confidence bands, the task's "
+           "baseline drawn. Every setting is in the URL: copy it to share this exact view.")
+uri = data.tracking_uri()
+controls.load_url()
+
+names = data.experiments(uri)["name"].tolist()
+if not names:
+    st.info("No runs yet. Train something first.", icon=":material/science:")
+    st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.stop()
+
+experiment = controls.experiment_picker(names)
+runs = controls.run_picker(data.runs(uri, experiment))
+if runs.empty:
+    st.warning("No run matches these filters.")
+    controls.save_url()
+    st.stop()
+metrics = data.metric_keys(runs)
+histories = data.histories(uri, tuple(runs["run_id"]), tuple(metrics))
+params = compare.param_names(runs)
+group_by = controls.group_by_picker(params)
+baseline = compare.baseline(runs)
+
+st.subheader("Learning curves")
+settings = controls.curve_settings(metrics)
+curve = compare.curves(histories, runs, settings.metric, group_by, settings.smoothing)
+st.plotly_chart(
+    plots.curves_figure(
+        curve, compare.confidence_band(curve), settings.metric,
+        baseline=baseline if compare.is_loss(settings.metric) else None, log_y=settings.log_y,
+        show_runs=settings.show_runs,
+        raw_band=compare.confidence_band(curve, "value") if settings.smoothing > 0 else None,
+        baseline_name=compare.baseline_name(runs),
+    ),
+    width="stretch", key="compare_curves",
+)
+
+st.subheader("Summary")
+statistic, step = controls.statistic_picker(int(histories["step"].max()) if not histories.empty else 1)
+summary = compare.summary_table(histories, runs, metrics, statistic, step, group_by)
+per_run = summary.set_index("run_id")[settings.metric]
+st.dataframe(compare.group_summary(per_run, runs, group_by), hide_index=True, width="stretch",
+             column_config={"group": "group", "mean": f"{settings.metric} ({statistic}) mean"})
+with st.expander(f"Per run ({len(summary)})"):
+    st.dataframe(summary, hide_index=True, width="stretch")
+
+st.subheader("Metric vs hyperparameter")
+x_param, line_param = controls.hyperparameter_pickers(params)
+st.plotly_chart(
+    plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, x_param, line_param),
+                                 f"{settings.metric} ({statistic})", x_param, line_param,
+                                 baseline=baseline if compare.is_loss(settings.metric) else None,
+                                 log_y=settings.log_y),
+    width="stretch", key="compare_vs_param",
+)
+
+st.subheader("Params that differ")
+differences = compare.diff_params(runs)
+st.dataframe(differences, hide_index=True, width="stretch")
+st.download_button("Download as CSV", differences.merge(summary, on=["run_id", "run_name"]).to_csv(index=False),
+                   file_name=f"{experiment}-runs.csv", mime="text/csv")
+
+st.subheader("Parallel coordinates")
+table, dimensions = compare.parallel_table(differences, summary, settings.metric)
+st.plotly_chart(plots.parallel_coordinates_figure(table, dimensions, settings.metric), width="stretch",
+                key="compare_parallel")
+
+controls.save_url()

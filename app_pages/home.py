@@ -1,0 +1,36 @@
+from urllib.parse import quote
+
+import streamlit as st
+
+from rnnlib import config, jobs
+from ui import data, jobs_panel
+
+st.title("RNN Lab")
+st.markdown(
+    "Train **Elman RNNs, LSTMs and GRUs** with full backpropagation through time or **truncated BPTT**, and "
+    "compare them side by side. Every run is logged to MLflow; every chart shows the mean over seeds with a "
+    "confidence band and the task's trivial baseline, so you can see which cell remembers and what truncation "
+    "costs."
+)
+uri = data.tracking_uri()
+experiments = data.experiments(uri)
+
+left, right = st.columns(2)
+left.page_link("app_pages/train.py", label="**Train**: launch an experiment or sweep", icon=":material/model_training:")
+right.page_link("app_pages/compare.py", label="**Compare**: curves, summaries, metric vs hyperparameter",
+                icon=":material/monitoring:")
+
+if experiments.empty:
+    st.info("This store has no runs yet. Start the demo sweep (about 2 minutes on a laptop CPU): the adding "
+            "problem with RNN, LSTM and GRU, full BPTT vs TBPTT(10), two seeds each.", icon=":material/science:")
+    if st.button("Run the demo sweep", type="primary"):
+        jobs.launch(config.load_config(config.EXPERIMENTS_DIR / "demo.yaml"), uri)
+        data.refresh()
+else:
+    st.subheader("Experiments in this store")
+    for _, row in experiments.iterrows():
+        link = f"compare?experiment={quote(row['name'])}"
+        st.markdown(f"- [{row['name']}]({link}) · updated {row['last_update']:%Y-%m-%d %H:%M}")
+
+st.subheader("Training jobs")
+jobs_panel.show(uri)

@@ -1,0 +1,186 @@
+"""Statistics for comparing runs: grouping, smoothing, confidence bands over seeds, summaries. Pure pandas.
+
+Inputs are the frames of `rnnlib.tracking`: `runs` (one row per run, `params.*` columns) and `histories`
+(long: `run_id`, `key`, `step`, `value`).
+"""
+
+import re
+
+import numpy as np
+import pandas as pd
+from scipy import signal, stats
+
+STATISTICS = ("best", "last", "at_step")
+DEFAULT_GROUP_BY = ("model.cell_type", "training.truncation")
+
+
+def param_names(runs: pd.DataFrame) -> list[str]:
+    """The params logged on these runs, without the `params.` prefix."""
+    return [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")]
+
+
+def metric_names(histories: pd.DataFrame) -> list[str]:
+    return sorted(histories["key"].unique()) if not histories.empty else []
+
+
+def varying_params(runs: pd.DataFrame) -> list[str]:
+    """Params whose value differs between the runs (missing counts as a value)."""
+    return [name for name in param_names(runs) if runs[f"params.{name}"].fillna("").nunique() > 1]
+
+
+def higher_is_better(metric: str) -> bool:
+    return bool(re.search(r"accuracy|sequences_per_second", metric))
+
+
+def is_loss(metric: str) -> bool:
+    """Metrics measured in the task's loss units, which the baseline applies to."""
+    return metric in ("val_loss", "train_loss")
+
+
+def baseline(runs: pd.DataFrame) -> float | None:
+    """The task's trivial-predictor loss logged on these runs (their mean, should tasks differ), or None."""
+    if "metrics.baseline" not in runs or runs["metrics.baseline"].isna().all():
+        return None
+    return float(runs["metrics.baseline"].mean())
+
+
+def baseline_name(runs: pd.DataFrame) -> str:
+    column = "tags.rnnlib.baseline_name"
+    names = runs[column].dropna().unique() if column in runs else []
+    return f"baseline: {names[0]}" if len(names) == 1 else "baseline"
+
+
+def filter_runs(runs: pd.DataFrame, filters: dict[str, list[str]]) -> pd.DataFrame:
+    """Keep runs whose param `name` is one of `values`, for each (name, values) in `filters`."""
+    keep = pd.Series(True, index=runs.index)
+    for name, values in filters.items():
+        column = f"params.{name}"
+        if column in runs and values:
+            keep &= runs[column].fillna("").isin([str(v) for v in values])
+    return runs[keep]
+
+
+def group_labels(runs: pd.DataFrame, group_by: list[str]) -> pd.Series:
+    """One label per run, e.g. `lstm · 20` for group_by = [model.cell_type, training.truncation]."""
+    columns = [f"params.{name}" for name in group_by if f"params.{name}" in runs]
+    if not columns:
+        return pd.Series("all runs", index=runs.index)
+    return runs[columns].fillna("–").astype(str).agg(" · ".join, axis=1)
+
+
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """Debiased exponential moving average (TensorBoard's smoothing): weight 0 returns the values unchanged."""
+    values = np.asarray(values, dtype=float)
+    if weight <= 0 or len(values) == 0:
+        return values
+    # y_t = w y_{t-1} + (1 - w) x_t, divided by the same recursion run on ones (the debiasing term)
+    numerator = signal.lfilter([1 - weight], [1, -weight], values)
+    denominator = signal.lfilter([1 - weight], [1, -weight], np.ones_like(values))
+    return numerator / denominator
+
+
+def curves(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, group_by: list[str],
+           smoothing: float = 0.0) -> pd.DataFrame:
+    """Per-run curves of `metric`: `run_id`, `run_name`, `group`, `step`, `value`, `smoothed`."""
+    data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
+    labels = pd.Series(group_labels(runs, group_by).to_numpy(), index=runs["run_id"])
+    names = pd.Series(runs["run_name"].to_numpy(), index=runs["run_id"])
+    data = data.assign(group=data["run_id"].map(labels), run_name=data["run_id"].map(names))
+    data = data.sort_values(["run_id", "step"])
+    data["smoothed"] = data.groupby("run_id", sort=False)["value"].transform(lambda s: smooth(s.to_numpy(), smoothing))
+    return data[["run_id", "run_name", "group", "step", "value", "smoothed"]].reset_index(drop=True)
+
+
+def confidence_band(curve: pd.DataFrame, column: str = "smoothed", level: float = 0.95) -> pd.DataFrame:
+    """Mean over the runs of each group at each step and its `level` confidence interval (Student t over seeds).
+
+    Returns `group`, `step`, `mean`, `lower`, `upper`, `n` (runs contributing at that step). With one run the
+    band collapses to the curve.
+    """
+    table = _mean_and_ci(curve.groupby(["group", "step"], sort=True)[column], level)
+    return table.assign(lower=table["mean"] - table["ci"], upper=table["mean"] + table["ci"])[
+        ["group", "step", "mean", "lower", "upper", "n"]
+    ]
+
+
+def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statistic: str = "best",
+              step: int | None = None) -> pd.Series:
+    """One number per run (indexed by run_id): the best, last, or value at `step` (or the last before it)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"Unknown statistic {statistic!r}; expected one of: {', '.join(STATISTICS)}.")
+    data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
+    data = data.sort_values(["run_id", "step"])
+    if statistic == "best":
+        values = data.groupby("run_id")["value"].agg("max" if higher_is_better(metric) else "min")
+    elif statistic == "last":
+        values = data.groupby("run_id")["value"].last()
+    else:
+        values = data[data["step"] <= (step if step is not None else 0)].groupby("run_id")["value"].last()
+    return values.reindex(runs["run_id"]).rename(metric)
+
+
+def group_summary(per_run: pd.Series, runs: pd.DataFrame, group_by: list[str], level: float = 0.95) -> pd.DataFrame:
+    """Mean, std, confidence half-width and count of a per-run statistic within each group."""
+    labels = pd.Series(group_labels(runs, group_by).to_numpy(), index=runs["run_id"])
+    frame = pd.DataFrame({"group": labels, "value": per_run.reindex(labels.index)})
+    table = _mean_and_ci(frame.groupby("group", sort=False)["value"], level)
+    return table.sort_values("mean", ascending=not higher_is_better(per_run.name or ""), ignore_index=True)
+
+
+def metric_vs_param(per_run: pd.Series, runs: pd.DataFrame, x_param: str, line_param: str | None,
+                    level: float = 0.95) -> pd.DataFrame:
+    """Per-run statistic against a hyperparameter: one row per (line, x) with mean, ci, n.
+
+    x values are ordered numerically when they are numbers, with non-numeric ones (e.g. `full` truncation)
+    after them; `x_order` holds that order.
+    """
+    frame = pd.DataFrame({
+        "x": runs[f"params.{x_param}"].fillna("–").astype(str).to_numpy(),
+        "line": (runs[f"params.{line_param}"].fillna("–").astype(str).to_numpy()
+                 if line_param else np.full(len(runs), "all runs")),
+        "value": per_run.reindex(runs["run_id"]).to_numpy(),
+    })
+    table = _mean_and_ci(frame.groupby(["line", "x"], sort=False)["value"], level)
+    order = {x: i for i, x in enumerate(sorted(table["x"].unique(), key=natural_key))}
+    table["x_order"] = table["x"].map(order)
+    return table.sort_values(["line", "x_order"], ignore_index=True)
+
+
+def _mean_and_ci(grouped, level: float) -> pd.DataFrame:
+    """mean, std (0 for a single run), n and `ci`, the half-width of the Student-t interval of the mean."""
+    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    table["std"] = table["std"].fillna(0.0)
+    quantile = stats.t.ppf(0.5 + level / 2, np.maximum(table["n"] - 1, 1))
+    table["ci"] = np.where(table["n"] > 1, quantile * table["std"] / np.sqrt(table["n"]), 0.0)
+    return table
+
+
+def natural_key(text: str):
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def diff_params(runs: pd.DataFrame) -> pd.DataFrame:
+    """The params table with only the keys that differ across the runs: `run_name`, `run_id`, then those keys."""
+    varying = varying_params(runs)
+    table = runs[["run_name", "run_id"] + [f"params.{p}" for p in varying]]
+    return table.rename(columns={f"params.{p}": p for p in varying}).reset_index(drop=True)
+
+
+def parallel_table(differences: pd.DataFrame, summary: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """Rows for parallel coordinates: the varying params then the summary `metric`; returns (table, dimensions)."""
+    params = [c for c in differences.columns if c not in ("run_id", "run_name")]
+    table = differences.merge(summary[["run_id", metric]], on="run_id")
+    return table, [*params, metric]
+
+
+def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], statistic: str,
+                  step: int | None, group_by: list[str]) -> pd.DataFrame:
+    """Per-run summary: name, group, status and the chosen statistic of each metric."""
+    table = pd.DataFrame({"run_name": runs["run_name"].to_numpy(), "group": group_labels(runs, group_by).to_numpy(),
+                          "status": runs["status"].to_numpy()}, index=runs["run_id"])
+    for metric in metrics:
+        table[metric] = summarize(histories, runs, metric, statistic, step)
+    return table.reset_index()

@@ -1,0 +1,62 @@
+"""Cached reads of the tracking store. A store that cannot be read stops the page with one clear message."""
+
+import functools
+
+import pandas as pd
+import streamlit as st
+
+from rnnlib import tracking
+
+CACHE_SECONDS = 15
+
+
+def tracking_uri() -> str:
+    """The store this dashboard reads: $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
+    return tracking.resolve_tracking_uri()
+
+
+def _stop_on_store_error(function):
+    @functools.wraps(function)
+    def guarded(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # any failure of the store must reach the user as a message, not a traceback
+            uri = args[0] if args else tracking_uri()
+            st.error(f"Cannot read the tracking store {uri}: {type(error).__name__}: {str(error)[:300]}\n\n"
+                     "Check that the tracking server is running (or unset MLFLOW_TRACKING_URI to use the embedded "
+                     "store), then reload the page.", icon=":material/warning:")
+            st.stop()
+
+    return guarded
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=8, show_spinner=False)
+def _experiments(uri: str) -> pd.DataFrame:
+    return tracking.list_experiments(uri)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=32, show_spinner="Reading runs…")
+def _runs(uri: str, experiment: str) -> pd.DataFrame:
+    return tracking.runs_frame(uri, experiment)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=32, show_spinner="Reading metric histories…")
+def _histories(uri: str, run_ids: tuple[str, ...], keys: tuple[str, ...]) -> pd.DataFrame:
+    return tracking.metric_histories(uri, list(run_ids), list(keys))
+
+
+experiments = _stop_on_store_error(_experiments)
+runs = _stop_on_store_error(_runs)
+histories = _stop_on_store_error(_histories)
+
+
+def metric_keys(runs_frame: pd.DataFrame) -> list[str]:
+    """Metrics logged per epoch on these runs (from the latest-value columns), most useful first."""
+    keys = [c.removeprefix("metrics.") for c in runs_frame.columns if c.startswith("metrics.")]
+    keys = [k for k in keys if k not in ("baseline", "best_val_loss")]
+    first = [k for k in ("val_loss", "train_loss") if k in keys]
+    return first + sorted(k for k in keys if k not in first)
+
+
+def refresh() -> None:
+    st.cache_data.clear()

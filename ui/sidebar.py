@@ -1,0 +1,24 @@
+"""The sidebar every page shares: which store, reachable or not, which backend and device."""
+
+import streamlit as st
+
+from rnnlib import backend, tracking
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _device() -> str:
+    return backend.device_without_framework()
+
+
+def render(uri: str) -> None:
+    with st.sidebar:
+        st.markdown("### Tracking store")
+        ok, description = tracking.store_status(uri)
+        if ok:
+            st.success(description, icon=":material/check_circle:")
+        else:
+            st.error(description, icon=":material/warning:")
+        st.caption(f"`{uri}`")
+        st.markdown("### Training")
+        st.markdown(f"Keras backend: **{backend.backend_name()}**  \nDevice: **{_device()}**")
+        st.caption("Training runs in worker processes; this dashboard never loads Keras.")

@@ -16,8 +16,11 @@ if not names:
     st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
-experiment = controls.experiment_picker(names)
-runs = controls.run_picker(data.runs(uri, experiment))
+left, right = st.columns([1, 2])
+with left:
+    experiment = controls.experiment_picker(names)
+with right:
+    runs = controls.run_picker(data.runs(uri, experiment))
 if runs.empty:
     st.warning("No run matches these filters.")
     controls.save_url()
@@ -52,7 +55,7 @@ with st.expander(f"Per run ({len(summary)})"):
     st.dataframe(summary, hide_index=True, width="stretch")
 
 st.subheader("Metric vs hyperparameter")
-x_param, line_param = controls.hyperparameter_pickers(params)
+x_param, line_param = controls.hyperparameter_pickers(params, compare.varying_params(runs))
 st.plotly_chart(
     plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, x_param, line_param),
                                  f"{settings.metric} ({statistic})", x_param, line_param,

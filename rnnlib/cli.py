@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("experiment", help="path to an experiment YAML, e.g. experiments/adding_cells.yaml")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override a config key; VALUE is YAML (task.length=200, grid.seed=[0], 'grid={}')")
+    demo = commands.add_parser("demo", help="start the demo sweep as a background job if the store has no runs")
+    demo.add_argument("--tracking-uri", default=None)
     run = commands.choices["run"]
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     try:
         from rnnlib.config import expand_grid, load_config
 
+        if args.command == "demo":
+            return _demo(args)
         config = load_config(args.experiment, args.overrides)
         if args.command == "validate":
             points = expand_grid(config)
@@ -71,6 +75,22 @@ def _run(config, args) -> int:
     print(f"\nBest validation loss ({results[0].config.task.name}, baseline = {results[0].baseline:.4g}):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\n{len(results)} run(s) logged to {store.uri}, experiment {config.name!r}.")
+    return 0
+
+
+def _demo(args) -> int:
+    """Give a first open something to show: the demo sweep, as a dashboard job, when the store is empty."""
+    from rnnlib import jobs, tracking
+    from rnnlib.config import EXPERIMENTS_DIR, load_config
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_store(uri)
+    if not tracking.list_experiments(uri).empty:
+        print(f"{uri} already has runs; no demo needed.", file=sys.stderr)
+        return 0
+    job = jobs.launch(load_config(EXPERIMENTS_DIR / "demo.yaml"), uri)
+    print(f"The store is empty: started the demo sweep ({job.num_runs} runs, about 2 minutes) as job "
+          f"{job.job_id}; the Home page shows its progress.", file=sys.stderr)
     return 0
 
 

@@ -26,7 +26,7 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool 
         margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )
     fig.update_xaxes(title=x_title)
-    fig.update_yaxes(title=y_title, type="log" if log_y else "linear")
+    fig.update_yaxes(title=y_title, type="log" if log_y else "linear", dtick=1 if log_y else None)
     return fig
 
 
@@ -44,11 +44,14 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
     """
     fig = go.Figure()
     colors = group_colors(band["group"])
+    positive = band["mean"][band["mean"] > 0]
+    floor = float(positive.min()) / 2 if log_y and len(positive) else None  # a log axis cannot show a band <= 0
     for group, rows in band.groupby("group", sort=True):
         color = colors[group]
+        lower = rows["lower"].clip(lower=floor) if floor else rows["lower"]
         fig.add_trace(go.Scatter(
             x=np.concatenate([rows["step"], rows["step"][::-1]]),
-            y=np.concatenate([rows["upper"], rows["lower"][::-1]]),
+            y=np.concatenate([rows["upper"], lower[::-1]]),
             fill="toself", fillcolor=_rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
             legendgroup=group, showlegend=False, name=f"{group} 95% CI",
         ))

@@ -1,7 +1,8 @@
 """View state <-> URL query parameters, so that a copied link reopens exactly the same comparison.
 
-Pure python: the pages read `st.query_params` into a view with `from_query`, check it against what the store
-holds with `resolve` (unknown or stale values are dropped with a notice) and write `to_query` back.
+Pure python: the pages read `st.query_params` into a view with `from_query`, check each value against what the
+store holds as they draw the widget for it (unknown or stale values are dropped with a notice), and write
+`to_query` back.
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ class CompareView:
     log_y: bool = False
     show_runs: bool = False
     selected: tuple[str, ...] = ()  # run ids; empty = all runs that pass the filters
-    x_param: str = "training.truncation"
+    x_param: str = ""  # "" = truncation if it varies, else the first param that varies
     line_param: str = "model.cell_type"
 
     @classmethod
@@ -77,34 +78,3 @@ class CompareView:
             if values:
                 query[FILTER_PREFIX + name] = ",".join(values)
         return query
-
-    def resolve(self, experiments: list[str], params: list[str], metrics: list[str],
-                run_ids: list[str], sweeps: list[str]) -> tuple["CompareView", list[str]]:
-        """Drop what the store does not have, saying so."""
-        notices, fields = [], {}
-        if self.experiment and self.experiment not in experiments:
-            notices.append(f"Experiment {self.experiment!r} from the link is not in this store.")
-            return dataclasses.replace(CompareView(), experiment=""), notices
-        if self.sweep and self.sweep not in sweeps:
-            notices.append(f"Sweep {self.sweep[:8]}… from the link is not in experiment {self.experiment!r}.")
-            fields["sweep"] = ""
-        unknown = [p for p in self.group_by if p not in params]
-        if unknown:
-            notices.append(f"Ignored unknown group-by param(s) {', '.join(unknown)}.")
-            fields["group_by"] = tuple(p for p in self.group_by if p in params)
-        unknown_filters = [name for name, _ in self.filters if name not in params]
-        if unknown_filters:
-            notices.append(f"Ignored filter(s) on unknown param(s) {', '.join(unknown_filters)}.")
-            fields["filters"] = tuple((n, v) for n, v in self.filters if n in params)
-        if metrics and self.metric not in metrics:
-            fallback = "val_loss" if "val_loss" in metrics else metrics[0]
-            notices.append(f"Metric {self.metric!r} is not logged here; showing {fallback!r}.")
-            fields["metric"] = fallback
-        stale = [r for r in self.selected if r not in run_ids]
-        if stale:
-            notices.append(f"{len(stale)} selected run(s) from the link no longer exist; they were dropped.")
-            fields["selected"] = tuple(r for r in self.selected if r in run_ids)
-        for key in ("x_param", "line_param"):
-            if params and getattr(self, key) not in params:
-                fields[key] = params[0] if key == "x_param" else ""
-        return dataclasses.replace(self, **fields), notices

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Starts the lab on the embedded store (sqlite:///<project>/mlflow.db), creating .venv first if needed.
-# Until the dashboard lands this trains the default experiment and prints where its runs went.
+# Starts the dashboard on the embedded store (sqlite:///<project>/mlflow.db; MLFLOW_TRACKING_URI overrides),
+# creating .venv first if needed. On an empty store it also starts the demo sweep, so the first page has
+# something to show. Extra arguments go to `streamlit run` (e.g. --server.port 8502).
 source "$(dirname "$0")/env.sh"
-exec .venv/bin/python -m rnnlib run experiments/adding_cells.yaml "$@"
+.venv/bin/python -m rnnlib demo
+exec .venv/bin/python -m streamlit run app.py --server.address 127.0.0.1 --browser.gatherUsageStats false "$@"

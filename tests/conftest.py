@@ -34,3 +34,17 @@ def run_cli(args, env, timeout=300):
         [sys.executable, "-m", "rnnlib", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def fixture_store(tmp_path_factory):
+    """A real store with a finished sweep: the smoke experiment (3 cells x full/TBPTT(5) x 2 seeds), tiny."""
+    folder = tmp_path_factory.mktemp("fixture-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(PROJECT_DIR)
+    result = run_cli(["run", str(EXPERIMENTS_DIR / "smoke.yaml"), "--tracking-uri", uri, "--quiet",
+                      "--set", "grid.seed=[0, 1]", "--set", "training.epochs=3", "--set", "training.steps_per_epoch=2",
+                      "--set", "model.units=4", "--set", "training.num_validation_sequences=16"], env)
+    assert result.returncode == 0, result.stderr
+    return uri

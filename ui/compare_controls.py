@@ -83,7 +83,8 @@ def run_picker(all_runs: pd.DataFrame) -> pd.DataFrame:
     runs = trials[trials["parent_run_id"] == sweep] if sweep else trials
     with st.expander("Filter runs", expanded=bool(st.session_state.get(_key("filters")))):
         runs = _filters(runs)
-    return _selection(runs)
+        runs = _selection(runs)
+    return runs
 
 
 def _filters(runs: pd.DataFrame) -> pd.DataFrame:
@@ -159,10 +160,12 @@ def statistic_picker(max_step: int) -> tuple[str, int | None]:
     return statistic, (int(step) if statistic == "at_step" else None)
 
 
-def hyperparameter_pickers(params: list[str]) -> tuple[str, str | None]:
+def hyperparameter_pickers(params: list[str], varying: list[str]) -> tuple[str, str | None]:
+    """x axis and line params; the x axis defaults to truncation if it varies, else the first varying param."""
     x_key, line_key = _key("x_param"), _key("line_param")
     if st.session_state.get(x_key) not in params:
-        st.session_state[x_key] = "training.truncation" if "training.truncation" in params else params[0]
+        candidates = [p for p in ["training.truncation", *varying] if p in varying and p != "seed"]
+        st.session_state[x_key] = (candidates or params)[0]
     if st.session_state.get(line_key) not in ["", *params]:
         st.session_state[line_key] = ""
     left, right = st.columns(2)

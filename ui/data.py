@@ -1,6 +1,7 @@
 """Cached reads of the tracking store. A store that cannot be read stops the page with one clear message."""
 
 import functools
+import os
 
 import pandas as pd
 import streamlit as st
@@ -8,6 +9,9 @@ import streamlit as st
 from rnnlib import tracking
 
 CACHE_SECONDS = 15
+# A page waits on the store: fail in seconds, not after MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def tracking_uri() -> str:
@@ -17,12 +21,12 @@ def tracking_uri() -> str:
 
 def _stop_on_store_error(function):
     @functools.wraps(function)
-    def guarded(*args, **kwargs):
+    def guarded(uri, *args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            tracking.check_store(uri, timeout=2.0)
+            return function(uri, *args, **kwargs)
         except Exception as error:  # any failure of the store must reach the user as a message, not a traceback
-            uri = args[0] if args else tracking_uri()
-            st.error(f"Cannot read the tracking store {uri}: {type(error).__name__}: {str(error)[:300]}\n\n"
+            st.error(f"Cannot read the tracking store {uri}: {str(error)[:400]}\n\n"
                      "Check that the tracking server is running (or unset MLFLOW_TRACKING_URI to use the embedded "
                      "store), then reload the page.", icon=":material/warning:")
             st.stop()

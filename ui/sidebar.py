@@ -18,7 +18,8 @@ def render(uri: str) -> None:
             st.success(description, icon=":material/check_circle:")
         else:
             st.error(description, icon=":material/warning:")
-        st.caption(f"`{uri}`")
+        if description != uri:
+            st.caption(f"`{uri}`")
         st.markdown("### Training")
         st.markdown(f"Keras backend: **{backend.backend_name()}**  \nDevice: **{_device()}**")
         st.caption("Training runs in worker processes; this dashboard never loads Keras.")

@@ -44,7 +44,7 @@ def builder() -> dict | None:
             "steps, backpropagate k2), `randN` (random lengths with mean N).")
         clipnorm = middle.number_input("Clip global gradient norm at", 0.0, value=1.0, format="%g",
                                        help="0 disables clipping; the pre-clip norm is logged either way.")
-        seeds = right.text_input("Seeds", "0, 1")
+        seeds = right.text_input("Seeds", "0, 1", key="train_builder_seeds")
         epochs = left.number_input("Epochs", 1, 100_000, 20)
         steps = middle.number_input("Batches per epoch", 1, 1_000_000, 50)
         batch_size = right.number_input("Batch size", 1, 65_536, 64)

@@ -1,0 +1,184 @@
+"""Every page with Streamlit's AppTest: the real scripts, against real MLflow stores."""
+
+import json
+import socket
+import time
+
+import pytest
+import streamlit as st
+from mlflow.tracking import MlflowClient
+from streamlit.testing.v1 import AppTest
+
+from conftest import PROJECT_DIR
+from rnnlib import jobs
+
+pytestmark = pytest.mark.slow
+APP = str(PROJECT_DIR / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNLAB_JOBS_DIR", str(tmp_path / "jobs"))
+    st.cache_data.clear()
+    yield
+    for job in jobs.list_jobs():
+        jobs.cancel(job)
+
+
+def open_page(uri, monkeypatch, page=None, query=None):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if page:
+        if query:
+            at.query_params.update(query)
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def query(at):
+    return {k: v[0] if isinstance(v, list) else v for k, v in at.query_params.items()}
+
+
+def figure(at, index=0):
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def trace_names(at, index=0):
+    return {trace.get("name") for trace in figure(at, index)["data"]}
+
+
+def test_home_on_an_empty_store_offers_the_demo_and_launches_it(tmp_path, monkeypatch):
+    at = open_page(f"sqlite:///{tmp_path / 'empty.db'}", monkeypatch)
+    assert "no runs yet" in at.info[0].value
+    assert "Run the demo sweep" in [b.label for b in at.button]
+    next(b for b in at.button if b.label == "Run the demo sweep").click().run()
+    (job,) = jobs.list_jobs()
+    assert job.experiment == "demo" and job.num_runs == 12 and job.running
+    assert jobs.cancel(job)
+
+
+def test_home_lists_experiments_with_links_to_compare(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch)
+    assert any("[smoke](compare?experiment=smoke)" in m.value for m in at.markdown)
+    assert "embedded" not in at.sidebar.success[0].value and fixture_store in at.sidebar.success[0].value
+
+
+def test_compare_groups_by_cell_and_truncation_by_default(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
+    names = trace_names(at)
+    assert {"gru · full (n=2)", "lstm · 5 (n=2)", "rnn · full (n=2)"} <= names
+    assert figure(at)["layout"]["shapes"][0]["y0"] == pytest.approx(1 / 6)  # baseline drawn
+    assert len(at.get("plotly_chart")) == 3  # curves, metric vs hyperparameter, parallel coordinates
+
+
+def test_grouping_changes_the_figures(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
+    at.multiselect(key="compare_group_by").set_value(["model.cell_type"]).run()
+    assert {"gru (n=4)", "lstm (n=4)", "rnn (n=4)"} <= trace_names(at)
+    assert query(at)["group_by"] == "model.cell_type"
+    at.toggle(key="compare_show_runs").set_value(True).run()
+    assert {"gru runs", "lstm runs", "rnn runs"} <= trace_names(at)
+
+
+def test_statistic_and_metric_vs_hyperparameter(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
+    vs = figure(at, 1)
+    assert vs["layout"]["xaxis"]["categoryarray"] == ["5", "full"]
+    assert {t["name"] for t in vs["data"]} == {"model.cell_type=gru", "model.cell_type=lstm", "model.cell_type=rnn"}
+    best = at.dataframe[0].value["mean"].tolist()
+    at.radio(key="compare_statistic").set_value("at_step").run()
+    at.number_input(key="compare_step").set_value(2).run()
+    assert at.dataframe[0].value["mean"].tolist() != best
+    assert query(at)["statistic"] == "at_step" and query(at)["step"] == "2"
+
+
+def test_permalink_reopens_the_same_view(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
+    at.multiselect(key="compare_group_by").set_value(["training.truncation"]).run()
+    at.slider(key="compare_smoothing").set_value(0.5).run()
+    at.toggle(key="compare_log_y").set_value(True).run()
+    at.multiselect(key="compare_f_model.cell_type").set_value(["lstm", "gru"]).run()
+    link = query(at)
+    assert link["f.model.cell_type"] in ("lstm,gru", "gru,lstm") and link["log_y"] == "1"
+    reopened = open_page(fixture_store, monkeypatch, "app_pages/compare.py", query=link)
+    assert reopened.multiselect(key="compare_group_by").value == ["training.truncation"]
+    assert reopened.slider(key="compare_smoothing").value == 0.5
+    assert figure(reopened)["layout"]["yaxis"]["type"] == "log"
+    assert trace_names(reopened) == trace_names(at)
+    assert not reopened.warning
+
+
+def test_stale_link_gets_a_notice_not_a_crash(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py",
+                   query={"experiment": "gone", "selected": "deadbeef", "group_by": "model.colour",
+                          "statistic": "median"})
+    warnings = " ".join(w.value for w in at.warning)
+    assert "'gone' from the link is not in this store" in warnings
+    assert "not among these runs" in warnings and "model.colour" in warnings and "median" in warnings
+    assert at.selectbox(key="compare_experiment").value == "smoke"
+    assert len(at.get("plotly_chart")) == 3
+
+
+def test_train_page_rejects_invalid_settings_and_launches_nothing(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    at.text_input(key="train_builder_seeds").set_value("")
+    at.button[0].click()  # the form's submit button
+    at.run()
+    assert "grid.seed: empty list" in at.error[0].value and "Nothing was launched" in at.error[0].value
+    assert jobs.list_jobs() == []
+
+
+def test_train_page_yaml_errors_name_the_key(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    at.selectbox(key="train_yaml_file").set_value(PROJECT_DIR / "experiments" / "smoke.yaml").run()
+    area = at.text_area(key="train_yaml_smoke")
+    area.set_value(area.value.replace("cell_type: lstm", "cell_type: elman"))
+    next(b for b in at.button if b.proto.form_id == "train_yaml").click()
+    at.run()
+    assert "model.cell_type: Input should be 'rnn', 'lstm' or 'gru' (got 'elman')" in at.error[0].value
+    assert jobs.list_jobs() == []
+
+
+def test_train_page_job_shows_progress_and_cancel_ends_its_run_killed(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'train.db'}"
+    at = open_page(uri, monkeypatch, "app_pages/train.py")
+    at.selectbox(key="train_yaml_file").set_value(PROJECT_DIR / "experiments" / "smoke.yaml").run()
+    area = at.text_area(key="train_yaml_smoke")
+    area.set_value(area.value.replace("epochs: 2", "epochs: 500") + "\n")
+    next(b for b in at.button if b.proto.form_id == "train_yaml").click()
+    at.run()
+    assert "Started **smoke**: 6 run(s)" in at.success[0].value
+    (job,) = jobs.list_jobs(uri)
+    client = MlflowClient(uri)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        experiment = client.get_experiment_by_name("smoke") if (tmp_path / "train.db").exists() else None
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if any("epoch" in r.data.metrics and r.data.tags.get("rnnlib.run_kind") == "trial" for r in runs):
+            break
+        time.sleep(1)
+    second_tab = open_page(uri, monkeypatch, "app_pages/train.py")  # a reload or another tab sees the same job
+    assert any(f"job `{job.job_id}`" in m.value for m in second_tab.markdown)
+    assert "% done" in second_tab.get("progress")[0].proto.text
+    cancel = next(b for b in second_tab.button if b.label == "Cancel")
+    cancel.click().run()
+    deadline = time.time() + 60
+    while job.running and time.time() < deadline:
+        time.sleep(0.5)
+    assert not job.running
+    statuses = {r.data.tags["rnnlib.run_kind"]: r.info.status for r in client.search_runs([experiment.experiment_id])}
+    assert statuses == {"sweep": "KILLED", "trial": "KILLED"}
+
+
+def test_unreachable_store_shows_one_clear_message(monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    for page in (None, "app_pages/compare.py"):
+        at = open_page(uri, monkeypatch, page)
+        assert "is not reachable" in at.sidebar.error[0].value
+        assert any(f"Cannot read the tracking store {uri}" in e.value for e in at.error)

@@ -1,0 +1,100 @@
+"""The real thing: `streamlit run app.py` on a loopback port, driven by Debian's chromium through Playwright.
+
+Screenshots land in test-artifacts/. CI installs chromium with apt-get and sets RNNLAB_REQUIRE_BROWSER=1, so
+there a missing browser fails instead of skipping.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import PROJECT_DIR
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = PROJECT_DIR / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("RNNLAB_REQUIRE_BROWSER"):
+            pytest.fail(f"chromium not found at {CHROMIUM}: apt-get install chromium")
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(fixture_store, tmp_path_factory):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=fixture_store, PYTHONPATH=str(PROJECT_DIR),
+               RNNLAB_JOBS_DIR=str(tmp_path_factory.mktemp("browser-jobs")))
+    log = open(tmp_path_factory.mktemp("streamlit") / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true", f"--server.port={port}",
+         "--server.address=127.0.0.1", "--browser.gatherUsageStats=false"],
+        cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("streamlit did not start") from None
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def visit(browser, url, name):
+    page = browser.new_page(viewport={"width": 1400, "height": 3000})
+    page.goto(url)
+    page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=90_000)
+    page.wait_for_timeout(1500)  # let plotly finish drawing before the screenshot
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    return page
+
+
+def test_a_compare_permalink_opened_first_renders_its_charts(browser, server):
+    page = visit(browser, f"{server}/compare?experiment=smoke&smoothing=0.3&show_runs=1", "compare")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    assert page.locator(".js-plotly-plot").count() == 3
+    legend = page.locator(".js-plotly-plot").first.inner_text()
+    assert "gru · full (n=2)" in legend and "rnn · 5 (n=2)" in legend
+    assert "smoothing=0.3" in page.url  # the view kept its link
+    assert page.locator('[data-testid="stSidebarNav"]').get_by_text("Compare").count() == 1
+
+
+def test_every_page_renders_in_a_real_browser(browser, server):
+    home = visit(browser, server, "home")
+    assert home.get_by_text("RNN Lab").first.is_visible()
+    assert home.locator("a", has_text="smoke").count() == 1
+    assert home.locator('[data-testid="stException"]').count() == 0
+    train = visit(browser, f"{server}/train", "train")
+    assert train.get_by_text("Start training").first.is_visible()
+    assert train.locator('[data-testid="stException"]').count() == 0

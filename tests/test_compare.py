@@ -1,0 +1,169 @@
+"""Comparison statistics, figures and permalinks on small hand-made frames (and one real store)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from rnnlib import compare, plots, tracking
+from rnnlib.views import CompareView
+
+
+def make_runs():
+    rows = []
+    for cell in ("rnn", "lstm"):
+        for trunc in ("5", "full"):
+            for seed in (0, 1, 2):
+                rows.append({"run_id": f"{cell}-{trunc}-{seed}", "run_name": f"{cell}-{trunc}-s{seed}",
+                             "status": "FINISHED", "params.model.cell_type": cell,
+                             "params.training.truncation": trunc, "params.seed": str(seed),
+                             "params.task.name": "adding", "metrics.baseline": 1 / 6})
+    return pd.DataFrame(rows)
+
+
+def make_histories(runs):
+    rows = []
+    for run_id in runs["run_id"]:
+        cell, trunc, seed = run_id.split("-")
+        level = {"rnn": 0.16, "lstm": 0.01}[cell] * (2 if trunc == "5" else 1)
+        for step in range(1, 6):
+            rows.append((run_id, "val_loss", step, level * (1 + int(seed) * 0.1) / step))
+            rows.append((run_id, "val_copy_accuracy", step, 0.1 * step + int(seed) * 0.01))
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+
+
+def test_smoothing_is_a_debiased_ema_and_zero_weight_is_identity():
+    values = np.array([1.0, 3.0, 2.0, 5.0])
+    np.testing.assert_array_equal(compare.smooth(values, 0.0), values)
+    expected, last, norm = [], 0.0, 0.0
+    for v in values:
+        last, norm = 0.6 * last + 0.4 * v, 0.6 * norm + 0.4
+        expected.append(last / norm)
+    np.testing.assert_allclose(compare.smooth(values, 0.6), expected)
+    assert compare.smooth(values, 0.6)[0] == 1.0  # debiased: no pull towards zero at the start
+
+
+def test_confidence_band_is_the_student_t_interval_over_seeds():
+    runs = make_runs()
+    curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type", "training.truncation"])
+    band = compare.confidence_band(curve, "value")
+    row = band[(band["group"] == "lstm · full") & (band["step"] == 1)].iloc[0]
+    seeds = np.array([0.01, 0.011, 0.012])
+    half = stats.t.ppf(0.975, 2) * seeds.std(ddof=1) / np.sqrt(3)
+    assert row["n"] == 3 and row["mean"] == pytest.approx(seeds.mean())
+    assert (row["lower"], row["upper"]) == pytest.approx((seeds.mean() - half, seeds.mean() + half))
+    assert set(band["group"]) == {"rnn · 5", "rnn · full", "lstm · 5", "lstm · full"}
+
+
+def test_grouping_by_fewer_params_pools_the_runs():
+    runs = make_runs()
+    curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type"])
+    band = compare.confidence_band(curve)
+    assert set(band["group"]) == {"rnn", "lstm"} and band["n"].max() == 6
+    assert set(compare.confidence_band(compare.curves(make_histories(runs), runs, "val_loss", []))["group"]) == {
+        "all runs"}
+
+
+def test_summaries_best_last_and_at_step_respect_the_metric_direction():
+    runs = make_runs()
+    histories = make_histories(runs)
+    best = compare.summarize(histories, runs, "val_loss", "best")
+    last = compare.summarize(histories, runs, "val_loss", "last")
+    at_two = compare.summarize(histories, runs, "val_loss", "at_step", 2)
+    assert best["lstm-full-0"] == pytest.approx(0.01 / 5) == last["lstm-full-0"]
+    assert at_two["lstm-full-0"] == pytest.approx(0.01 / 2)
+    accuracy = compare.summarize(histories, runs, "val_copy_accuracy", "best")
+    assert accuracy["rnn-5-2"] == pytest.approx(0.52)  # higher is better for accuracies
+    with pytest.raises(ValueError, match="expected one of: best, last, at_step"):
+        compare.summarize(histories, runs, "val_loss", "median")
+
+
+def test_group_summary_ranks_groups_best_first():
+    runs = make_runs()
+    per_run = compare.summarize(make_histories(runs), runs, "val_loss", "best")
+    table = compare.group_summary(per_run, runs, ["model.cell_type", "training.truncation"])
+    assert table["group"].tolist() == ["lstm · full", "lstm · 5", "rnn · full", "rnn · 5"]
+    assert table["n"].tolist() == [3, 3, 3, 3] and (table["ci"] > 0).all()
+
+
+def test_metric_vs_param_orders_numbers_then_words_and_draws_one_line_per_cell():
+    runs = make_runs()
+    per_run = compare.summarize(make_histories(runs), runs, "val_loss", "best")
+    table = compare.metric_vs_param(per_run, runs, "training.truncation", "model.cell_type")
+    assert table[table["line"] == "lstm"]["x"].tolist() == ["5", "full"]
+    fig = plots.metric_vs_param_figure(table, "val_loss", "training.truncation", "model.cell_type", baseline=1 / 6)
+    assert {trace.name for trace in fig.data} == {"model.cell_type=lstm", "model.cell_type=rnn"}
+    assert list(fig.layout.xaxis.categoryarray) == ["5", "full"]
+    assert fig.layout.shapes[0].y0 == pytest.approx(1 / 6)  # the baseline line
+    assert all(trace.error_y.array is not None for trace in fig.data)
+
+
+def test_diff_params_keeps_only_what_differs():
+    table = compare.diff_params(make_runs())
+    assert list(table.columns) == ["run_name", "run_id", "model.cell_type", "training.truncation", "seed"]
+    assert len(table) == 12
+
+
+def test_filters_keep_matching_runs():
+    runs = make_runs()
+    kept = compare.filter_runs(runs, {"model.cell_type": ["lstm"], "seed": ["0", "1"]})
+    assert sorted(kept["run_id"]) == ["lstm-5-0", "lstm-5-1", "lstm-full-0", "lstm-full-1"]
+
+
+def test_curves_figure_has_a_band_mean_and_optional_seeds_per_group():
+    runs = make_runs()
+    curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type"], smoothing=0.5)
+    band = compare.confidence_band(curve)
+    plain = plots.curves_figure(curve, band, "val_loss", baseline=1 / 6)
+    names = [trace.name for trace in plain.data]
+    assert "lstm (n=6)" in names and "rnn (n=6)" in names and "lstm 95% CI" in names
+    detailed = plots.curves_figure(curve, band, "val_loss", show_runs=True, log_y=True,
+                                   raw_band=compare.confidence_band(curve, "value"))
+    assert len(detailed.data) == len(plain.data) + 4  # seeds and raw shadow for both groups
+    assert detailed.layout.yaxis.type == "log"
+    band_trace = next(t for t in detailed.data if t.name == "lstm 95% CI")
+    assert min(v for v in band_trace.y if v is not None) > 0  # clipped for the log axis
+
+
+def test_parallel_coordinates_encode_text_params_as_categories():
+    runs = make_runs()
+    histories = make_histories(runs)
+    summary = compare.summary_table(histories, runs, ["val_loss"], "best", None, ["model.cell_type"])
+    table, dims = compare.parallel_table(compare.diff_params(runs), summary, "val_loss")
+    fig = plots.parallel_coordinates_figure(table, dims, "val_loss")
+    labels = [d.label for d in fig.data[0].dimensions]
+    assert labels == ["model.cell_type", "training.truncation", "seed", "val_loss"]
+    assert list(fig.data[0].dimensions[1].ticktext) == ["5", "full"]
+
+
+def test_view_round_trips_through_query_params():
+    view = CompareView(experiment="adding_cells", sweep="abc", filters=(("seed", ("0", "1")),),
+                       group_by=("model.cell_type",), metric="train_loss", statistic="at_step", step=7,
+                       smoothing=0.6, log_y=True, show_runs=True, selected=("r1", "r2"), x_param="seed")
+    query = view.to_query()
+    assert query["f.seed"] == "0,1" and query["log_y"] == "1" and query["group_by"] == "model.cell_type"
+    parsed, notices = CompareView.from_query(query)
+    assert parsed == view and notices == []
+    assert CompareView().to_query() == {}
+
+
+def test_malformed_query_values_fall_back_with_a_notice():
+    view, notices = CompareView.from_query({"statistic": "median", "step": "ten", "smoothing": "5"})
+    assert view.statistic == "best" and view.step == 1 and view.smoothing == 0.99
+    assert len(notices) == 2
+
+
+def test_bulk_histories_from_a_real_store_match_per_run_histories(fixture_store):
+    runs = tracking.runs_frame(fixture_store, "smoke")
+    trials = runs[runs["kind"] == "trial"]
+    assert len(trials) == 12 and (runs["kind"] == "sweep").sum() == 1
+    history = tracking.metric_histories(fixture_store, trials["run_id"].tolist(), ["val_loss", "train_loss"])
+    assert len(history) == 12 * 3 * 2
+    from mlflow.tracking import MlflowClient
+
+    one = trials["run_id"].iloc[0]
+    expected = [m.value for m in sorted(MlflowClient(fixture_store).get_metric_history(one, "val_loss"),
+                                        key=lambda m: m.step)]
+    got = history[(history["run_id"] == one) & (history["key"] == "val_loss")]["value"].tolist()
+    assert got == expected
+    assert compare.baseline(trials) == pytest.approx(1 / 6)

@@ -26,13 +26,14 @@ if runs.empty:
     controls.save_url()
     st.stop()
 metrics = data.metric_keys(runs)
-histories = data.histories(uri, tuple(runs["run_id"]), tuple(metrics))
 params = compare.param_names(runs)
 group_by = controls.group_by_picker(params)
 baseline = compare.baseline(runs)
 
 st.subheader("Learning curves")
 settings = controls.curve_settings(metrics)
+summary_metrics = compare.summary_metrics(metrics, settings.metric)
+histories = data.histories(uri, tuple(runs["run_id"]), tuple(summary_metrics))
 curve = compare.curves(histories, runs, settings.metric, group_by, settings.smoothing)
 st.plotly_chart(
     plots.curves_figure(
@@ -47,7 +48,7 @@ st.plotly_chart(
 
 st.subheader("Summary")
 statistic, step = controls.statistic_picker(int(histories["step"].max()) if not histories.empty else 1)
-summary = compare.summary_table(histories, runs, metrics, statistic, step, group_by)
+summary = compare.summary_table(histories, runs, summary_metrics, statistic, step, group_by)
 per_run = summary.set_index("run_id")[settings.metric]
 st.dataframe(compare.group_summary(per_run, runs, group_by), hide_index=True, width="stretch",
              column_config={"group": "group", "mean": f"{settings.metric} ({statistic}) mean"})

@@ -23,6 +23,12 @@ def metric_names(histories: pd.DataFrame) -> list[str]:
     return sorted(histories["key"].unique()) if not histories.empty else []
 
 
+def summary_metrics(metrics: list[str], shown: str) -> list[str]:
+    """The metrics worth a summary column: losses, validation metrics, the gradient norm, and the one shown."""
+    keep = [m for m in metrics if m in ("train_loss", "grad_norm") or m.startswith("val_")]
+    return keep + [shown] if shown not in keep else keep
+
+
 def varying_params(runs: pd.DataFrame) -> list[str]:
     """Params whose value differs between the runs (missing counts as a value)."""
     return [name for name in param_names(runs) if runs[f"params.{name}"].fillna("").nunique() > 1]

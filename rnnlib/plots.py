@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import hex_to_rgb, qualitative, unlabel_rgb
 
 PALETTE = qualitative.D3 + qualitative.Set2
 BASELINE_STYLE = {"color": "#555555", "dash": "dash", "width": 1.5}
@@ -14,9 +14,10 @@ def group_colors(groups) -> dict[str, str]:
     return {group: PALETTE[i % len(PALETTE)] for i, group in enumerate(sorted(set(groups)))}
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
-    r, g, b = (int(hex_color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
+def _rgba(color: str, alpha: float) -> str:
+    """`#rrggbb` or `rgb(r, g, b)` with an alpha channel."""
+    r, g, b = hex_to_rgb(color) if color.startswith("#") else unlabel_rgb(color)
+    return f"rgba({int(r)},{int(g)},{int(b)},{alpha})"
 
 
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:

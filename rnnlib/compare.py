@@ -71,7 +71,10 @@ def group_labels(runs: pd.DataFrame, group_by: list[str]) -> pd.Series:
     columns = [f"params.{name}" for name in group_by if f"params.{name}" in runs]
     if not columns:
         return pd.Series("all runs", index=runs.index)
-    return runs[columns].fillna("–").astype(str).agg(" · ".join, axis=1)
+    labels = runs[columns[0]].fillna("–").astype(str)
+    for column in columns[1:]:
+        labels = labels + " · " + runs[column].fillna("–").astype(str)
+    return labels
 
 
 def smooth(values: np.ndarray, weight: float) -> np.ndarray:
@@ -93,7 +96,11 @@ def curves(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, group_by: l
     names = pd.Series(runs["run_name"].to_numpy(), index=runs["run_id"])
     data = data.assign(group=data["run_id"].map(labels), run_name=data["run_id"].map(names))
     data = data.sort_values(["run_id", "step"])
-    data["smoothed"] = data.groupby("run_id", sort=False)["value"].transform(lambda s: smooth(s.to_numpy(), smoothing))
+    if smoothing > 0:  # pandas' adjusted EWM is exactly the debiased EMA of `smooth`, vectorised over runs
+        ewm = data.groupby("run_id", sort=False)["value"].ewm(alpha=1 - smoothing, adjust=True).mean()
+        data["smoothed"] = ewm.reset_index(level=0, drop=True)
+    else:
+        data["smoothed"] = data["value"]
     return data[["run_id", "run_name", "group", "step", "value", "smoothed"]].reset_index(drop=True)
 
 
@@ -115,7 +122,7 @@ def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statisti
     if statistic not in STATISTICS:
         raise ValueError(f"Unknown statistic {statistic!r}; expected one of: {', '.join(STATISTICS)}.")
     data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
-    data = data.sort_values(["run_id", "step"])
+    data = data.sort_values(["run_id", "step"], kind="stable")
     if statistic == "best":
         values = data.groupby("run_id")["value"].agg("max" if higher_is_better(metric) else "min")
     elif statistic == "last":

@@ -21,8 +21,8 @@ def _rgba(color: str, alpha: float) -> str:
 
 
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
-    fig.update_layout(
-        title=title, template="plotly_white", hovermode="x unified", height=460,
+    fig.update_layout(  # no template: Streamlit themes the chart, and building one costs ~0.2 s per figure
+        title=title, hovermode="x unified", height=460,
         legend={"orientation": "v", "yanchor": "top", "y": 1, "xanchor": "left", "x": 1.01},
         margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )
@@ -119,5 +119,5 @@ def parallel_coordinates_figure(table: pd.DataFrame, dimensions: list[str], colo
         line={"color": color, "colorscale": "Viridis_r", "showscale": True, "colorbar": {"title": color_by}},
     ))
     fig.update_layout(title="Parallel coordinates: params and summary metrics", height=460,
-                      margin={"l": 80, "r": 60, "t": 80, "b": 40}, template="plotly_white")
+                      margin={"l": 80, "r": 60, "t": 80, "b": 40})
     return fig

@@ -231,53 +231,67 @@ def metric_histories(uri: str | None, run_ids: list[str], keys: list[str]) -> pd
     """Every logged value of metrics `keys` for `run_ids`, fetched in bulk: long format with columns
     `run_id`, `key`, `step`, `value`, sorted by run, key and step.
 
-    A sqlite (or other database) store answers one query per metric and 500 runs; a tracking server one
-    request per metric and 100 runs (its bulk endpoint's limit).
+    A sqlite (or other database) store answers one query per 2,000 runs; a tracking server one request per
+    metric and 100 runs (its bulk endpoint's limit).
     """
     client_uri = resolve_tracking_uri(uri)
-    is_server = client_uri.startswith(("http://", "https://"))
-    fetch, batch = (_server_history_bulk, 100) if is_server else (_database_history_bulk, 500)
-    run_ids = list(run_ids)
-    frames = [fetch(client_uri, run_ids[i : i + batch], key) for key in keys for i in range(0, len(run_ids), batch)]
+    run_ids, keys = list(run_ids), list(keys)
+    if client_uri.startswith(("http://", "https://")):
+        frames = [_server_history_bulk(client_uri, run_ids[i : i + 100], key)
+                  for key in keys for i in range(0, len(run_ids), 100)]
+    else:
+        frames = [_database_history_bulk(client_uri, run_ids[i : i + 2000], keys)
+                  for i in range(0, len(run_ids), 2000)]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame({"run_id": pd.Series(dtype=str), "key": pd.Series(dtype=str),
                              "step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
     history = pd.concat(frames, ignore_index=True)
+    history["key"] = history["key"].astype("category")  # fast equality filters on a few distinct names
     return history.sort_values(["run_id", "key", "step"], ignore_index=True)
 
 
-def _database_history_bulk(uri, run_ids, key):
+def _database_history_bulk(uri, run_ids, keys):
     from mlflow.tracking._tracking_service.utils import _get_store
 
     store = _get_store(uri)
     engine = getattr(store, "engine", None)
     if engine is not None:
         try:  # one SQL query straight into a DataFrame: ~20x faster than building MLflow entities
-            return _read_metrics_table(engine, run_ids, key)
+            return _read_metrics_table(engine, run_ids, keys)
         except Exception:  # an unexpected schema: fall back to MLflow's own bulk call
             pass
-    if hasattr(store, "get_metric_history_bulk"):
-        records = [(m.run_id, m.step, m.value)
-                   for m in store.get_metric_history_bulk(run_ids, key, max_results=10_000_000)]
-    else:  # not a database store: one call per run
-        client = MlflowClient(uri)
-        records = [(run_id, m.step, m.value) for run_id in run_ids for m in client.get_metric_history(run_id, key)]
-    frame = pd.DataFrame(records, columns=["run_id", "step", "value"])
-    return frame.assign(key=key)[["run_id", "key", "step", "value"]]
+    frames = []
+    for key in keys:
+        if hasattr(store, "get_metric_history_bulk"):
+            records = [(m.run_id, m.step, m.value)
+                       for m in store.get_metric_history_bulk(run_ids, key, max_results=10_000_000)]
+        else:  # not a database store: one call per run
+            client = MlflowClient(uri)
+            records = [(run_id, m.step, m.value) for run_id in run_ids
+                       for m in client.get_metric_history(run_id, key)]
+        frames.append(pd.DataFrame(records, columns=["run_id", "step", "value"]).assign(key=key))
+    return pd.concat(frames, ignore_index=True)[["run_id", "key", "step", "value"]]
 
 
-def _read_metrics_table(engine, run_ids, key) -> pd.DataFrame:
-    import sqlalchemy
-
-    query = sqlalchemy.text(
-        "SELECT run_uuid AS run_id, step, value, timestamp FROM metrics WHERE key = :key AND run_uuid IN :run_ids"
-    ).bindparams(sqlalchemy.bindparam("run_ids", expanding=True))
-    with engine.connect() as connection:
-        frame = pd.read_sql(query, connection, params={"key": key, "run_ids": list(run_ids)})
+def _read_metrics_table(engine, run_ids, keys) -> pd.DataFrame:
+    """Read MLflow's `metrics` table directly: columns run_id, key, step, value."""
+    marks = lambda values: ", ".join("?" * len(values))  # noqa: E731
+    query = (f"SELECT run_uuid, key, step, value, timestamp FROM metrics "
+             f"WHERE key IN ({marks(keys)}) AND run_uuid IN ({marks(run_ids)})")
+    if engine.dialect.paramstyle != "qmark":
+        query = query.replace("?", "%s")
+    connection = engine.raw_connection()  # the DBAPI connection: no per-row SQLAlchemy processing
+    try:
+        cursor = connection.cursor()
+        cursor.execute(query, [*keys, *run_ids])
+        frame = pd.DataFrame(cursor.fetchall(), columns=["run_id", "key", "step", "value", "timestamp"])
+    finally:
+        connection.close()
     # a step logged twice keeps its latest value, as MLflow's own history does
-    frame = frame.sort_values(["run_id", "step", "timestamp"]).drop_duplicates(["run_id", "step"], keep="last")
-    return frame.assign(key=key)[["run_id", "key", "step", "value"]]
+    frame = frame.sort_values(["run_id", "key", "step", "timestamp"]).drop_duplicates(["run_id", "key", "step"],
+                                                                                       keep="last")
+    return frame[["run_id", "key", "step", "value"]]
 
 
 def _server_history_bulk(uri, run_ids, key):

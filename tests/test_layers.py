@@ -9,7 +9,8 @@ import pytest
 from conftest import PROJECT_DIR
 
 LIGHT_MODULES = ["rnnlib.config", "rnnlib.tasks", "rnnlib.truncation", "rnnlib.probes", "rnnlib.tracking",
-                 "rnnlib.sweep", "rnnlib.cli", "rnnlib.training"]
+                 "rnnlib.sweep", "rnnlib.cli", "rnnlib.training", "rnnlib.compare", "rnnlib.plots", "rnnlib.views",
+                 "rnnlib.jobs", "ui.data", "ui.sidebar", "ui.compare_controls", "ui.jobs_panel", "ui.train_form"]
 
 
 def imported_modules(path):
@@ -40,6 +41,14 @@ def test_training_code_is_written_against_keras_not_tf():
     for name in ("training.py", "models.py"):
         modules = set(imported_modules(PROJECT_DIR / "rnnlib" / name))
         assert not any(m.split(".")[0] == "tensorflow" for m in modules), name
+
+
+def test_dashboard_files_never_import_keras_tensorflow_or_mlflow():
+    files = [PROJECT_DIR / "app.py", *sorted((PROJECT_DIR / "app_pages").glob("*.py")),
+             *sorted((PROJECT_DIR / "ui").glob("*.py"))]
+    offenders = {p.name: m for p in files for m in imported_modules(p)
+                 if m.split(".")[0] in ("keras", "tensorflow", "mlflow", "jax", "torch")}
+    assert offenders == {}
 
 
 @pytest.mark.parametrize("module", LIGHT_MODULES)

@@ -26,6 +26,10 @@ if runs.empty:
     controls.save_url()
     st.stop()
 metrics = data.metric_keys(runs)
+if not metrics:
+    st.info("These runs have not logged an epoch yet; the charts appear with the first one.")
+    controls.save_url()
+    st.stop()
 params = compare.param_names(runs)
 group_by = controls.group_by_picker(params)
 baseline = compare.baseline(runs)

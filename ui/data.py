@@ -19,11 +19,17 @@ def tracking_uri() -> str:
     return tracking.resolve_tracking_uri()
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def _check_store(uri: str) -> bool:
+    tracking.check_store(uri, timeout=2.0)  # raises (and so caches nothing) when the store is unreachable
+    return True
+
+
 def _stop_on_store_error(function):
     @functools.wraps(function)
     def guarded(uri, *args, **kwargs):
         try:
-            tracking.check_store(uri, timeout=2.0)
+            _check_store(uri)
             return function(uri, *args, **kwargs)
         except Exception as error:  # any failure of the store must reach the user as a message, not a traceback
             st.error(f"Cannot read the tracking store {uri}: {str(error)[:400]}\n\n"

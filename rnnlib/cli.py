@@ -66,10 +66,16 @@ def main(argv=None) -> int:
 def _run(config, args) -> int:
     from rnnlib import sweep, tracking
 
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the open run KILLED, like Ctrl-C
+    signal.signal(signal.SIGTERM, _request_stop)  # `kill` ends the open run KILLED, like Ctrl-C
+    signal.signal(signal.SIGINT, _request_stop)
     store = tracking.Store(args.tracking_uri)
     print(f"experiment {config.name!r} -> {store.uri}", file=sys.stderr)
-    make_callbacks = None if args.quiet else _progress_callbacks
+
+    def make_callbacks(index, total, trial_config):
+        _GracefulStop.check()  # a stop requested between runs starts no new one
+        progress = [] if args.quiet else _progress_callbacks(index, total, trial_config)
+        return [_GracefulStop(), *progress]
+
     results = sweep.run_experiment(config, store, make_callbacks)
     table = sweep.summary_table(results)
     print(f"\nBest validation loss ({results[0].config.task.name}, baseline = {results[0].baseline:.4g}):")
@@ -94,8 +100,28 @@ def _demo(args) -> int:
     return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class _GracefulStop(Callback):
+    """Turns SIGTERM / Ctrl-C into KeyboardInterrupt at the next batch boundary, so that no MLflow write is cut
+    in half and the open run is ended KILLED cleanly. A second signal interrupts at once."""
+
+    requested = False
+
+    @classmethod
+    def check(cls):
+        if cls.requested:
+            raise KeyboardInterrupt
+
+    def on_batch_end(self, epoch, batch):
+        self.check()
+
+    def on_epoch_end(self, epoch, logs):
+        self.check()
+
+
+def _request_stop(signum, frame):
+    if _GracefulStop.requested:
+        raise KeyboardInterrupt
+    _GracefulStop.requested = True
 
 
 def _progress_callbacks(index, total, config):

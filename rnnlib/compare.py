@@ -176,8 +176,13 @@ def natural_key(text: str):
 
 
 def diff_params(runs: pd.DataFrame) -> pd.DataFrame:
-    """The params table with only the keys that differ across the runs: `run_name`, `run_id`, then those keys."""
+    """The params table with only the keys that differ across the runs: `run_name`, `run_id`, then those keys.
+
+    The parts of a truncation (`training.truncation.mode/k1/k2/mean`) are left out when its label already is.
+    """
     varying = varying_params(runs)
+    if "training.truncation" in varying:
+        varying = [p for p in varying if not p.startswith("training.truncation.")]
     table = runs[["run_name", "run_id"] + [f"params.{p}" for p in varying]]
     return table.rename(columns={f"params.{p}": p for p in varying}).reset_index(drop=True)
 

@@ -99,7 +99,9 @@ def test_metric_vs_param_orders_numbers_then_words_and_draws_one_line_per_cell()
 
 
 def test_diff_params_keeps_only_what_differs():
-    table = compare.diff_params(make_runs())
+    runs = make_runs()
+    runs["params.training.truncation.mode"] = runs["params.training.truncation"].map({"5": "tbptt", "full": "full"})
+    table = compare.diff_params(runs)
     assert list(table.columns) == ["run_name", "run_id", "model.cell_type", "training.truncation", "seed"]
     assert len(table) == 12
 

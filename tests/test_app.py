@@ -182,3 +182,12 @@ def test_unreachable_store_shows_one_clear_message(monkeypatch):
         at = open_page(uri, monkeypatch, page)
         assert "is not reachable" in at.sidebar.error[0].value
         assert any(f"Cannot read the tracking store {uri}" in e.value for e in at.error)
+
+
+def test_compare_view_survives_a_visit_to_another_page(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
+    at.multiselect(key="compare_group_by").set_value(["seed"]).run()
+    at.switch_page("app_pages/home.py").run()
+    at.switch_page("app_pages/compare.py").run()
+    assert at.multiselect(key="compare_group_by").value == ["seed"]
+    assert query(at)["group_by"] == "seed"

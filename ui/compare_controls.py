@@ -18,14 +18,18 @@ def _key(field: str) -> str:
 
 
 def load_url() -> None:
-    """Seed the widgets from the URL the first time this session opens the page, and show link problems."""
+    """Seed the widgets from the URL the first time this session opens the page (and from the last view when
+    the user comes back from another page, which drops widget state), and show link problems."""
+    view = None
     if not st.session_state.get(PREFIX + "seeded"):
-        view, notices = CompareView.from_query(st.query_params.to_dict())
+        view, st.session_state[NOTICES] = CompareView.from_query(st.query_params.to_dict())
+        st.session_state[PREFIX + "seeded"] = True
+    elif _key("experiment") not in st.session_state:
+        view = st.session_state.get(PREFIX + "view")
+    if view is not None:
         for field in dataclasses.fields(view):
             value = getattr(view, field.name)
             st.session_state[_key(field.name)] = list(value) if isinstance(value, tuple) else value
-        st.session_state[PREFIX + "seeded"] = True
-        st.session_state[NOTICES] = notices
     for notice in st.session_state.get(NOTICES, []):
         st.warning(notice, icon=":material/link:")
 
@@ -45,7 +49,9 @@ def current_view() -> CompareView:
 
 def save_url() -> None:
     """Write the current view to the URL, so copying it shares exactly this comparison."""
-    query = current_view().to_query()
+    view = current_view()
+    st.session_state[PREFIX + "view"] = view  # not a widget key: survives a visit to another page
+    query = view.to_query()
     if st.query_params.to_dict() != query:
         st.query_params.from_dict(query)
 

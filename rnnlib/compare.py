@@ -159,6 +159,11 @@ def metric_vs_param(per_run: pd.Series, runs: pd.DataFrame, x_param: str, line_p
     return table.sort_values(["line", "x_order"], ignore_index=True)
 
 
+def group_sort_key(label: str):
+    """Orders group labels part by part, numbers numerically: `lstm · 5` < `lstm · 10` < `lstm · full`."""
+    return tuple(natural_key(part) for part in str(label).split(" · "))
+
+
 def _mean_and_ci(grouped, level: float) -> pd.DataFrame:
     """mean, std (0 for a single run), n and `ci`, the half-width of the Student-t interval of the mean."""
     table = grouped.agg(mean="mean", std="std", n="count").reset_index()

@@ -5,13 +5,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative, unlabel_rgb
 
+from rnnlib.compare import group_sort_key, natural_key
+
 PALETTE = qualitative.D3 + qualitative.Set2
 BASELINE_STYLE = {"color": "#555555", "dash": "dash", "width": 1.5}
 
 
 def group_colors(groups) -> dict[str, str]:
     """A stable color per group label, in sorted order, so every chart of a page agrees."""
-    return {group: PALETTE[i % len(PALETTE)] for i, group in enumerate(sorted(set(groups)))}
+    ordered = sorted(set(groups), key=group_sort_key)
+    return {group: PALETTE[i % len(PALETTE)] for i, group in enumerate(ordered)}
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -47,7 +50,8 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
     colors = group_colors(band["group"])
     positive = band["mean"][band["mean"] > 0]
     floor = float(positive.min()) / 2 if log_y and len(positive) else None  # a log axis cannot show a band <= 0
-    for group, rows in band.groupby("group", sort=True):
+    for group in colors:  # in natural order, so the legend reads 5, 10, 25, full
+        rows = band[band["group"] == group]
         color = colors[group]
         lower = rows["lower"].clip(lower=floor) if floor else rows["lower"]
         fig.add_trace(go.Scatter(
@@ -84,8 +88,8 @@ def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_
     of `line_param`, error bars = 95% confidence interval over seeds."""
     fig = go.Figure()
     colors = group_colors(table["line"])
-    for line, rows in table.groupby("line", sort=True):
-        rows = rows.sort_values("x_order")
+    for line in colors:
+        rows = table[table["line"] == line].sort_values("x_order")
         fig.add_trace(go.Scatter(
             x=rows["x"], y=rows["mean"], mode="lines+markers", name=f"{line_param or ''}={line}" if line_param
             else line, line={"color": colors[line], "width": 2.5}, marker={"size": 9},
@@ -109,7 +113,7 @@ def parallel_coordinates_figure(table: pd.DataFrame, dimensions: list[str], colo
         if numeric.notna().all():
             dims.append({"label": name, "values": numeric})
         else:
-            categories = sorted(column.fillna("–").astype(str).unique(), key=str)
+            categories = sorted(column.fillna("–").astype(str).unique(), key=natural_key)
             codes = column.fillna("–").astype(str).map({c: i for i, c in enumerate(categories)})
             dims.append({"label": name, "values": codes, "tickvals": list(range(len(categories))),
                          "ticktext": categories})

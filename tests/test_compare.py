@@ -169,3 +169,13 @@ def test_bulk_histories_from_a_real_store_match_per_run_histories(fixture_store)
     got = history[(history["run_id"] == one) & (history["key"] == "val_loss")]["value"].tolist()
     assert got == expected
     assert compare.baseline(trials) == pytest.approx(1 / 6)
+
+
+def test_groups_are_ordered_naturally_in_legends_and_axes():
+    band = pd.DataFrame({"group": ["full", "10", "5", "25"], "step": [1] * 4, "mean": [0.1] * 4,
+                         "lower": [0.1] * 4, "upper": [0.1] * 4, "n": [1] * 4})
+    fig = plots.curves_figure(pd.DataFrame(columns=["group", "run_id", "step", "smoothed"]), band, "val_loss")
+    means = [t.name for t in fig.data if t.name.endswith("(n=1)")]
+    assert means == ["5 (n=1)", "10 (n=1)", "25 (n=1)", "full (n=1)"]
+    assert sorted(["lstm · full", "lstm · 10", "gru · 5"], key=compare.group_sort_key) == [
+        "gru · 5", "lstm · 10", "lstm · full"]

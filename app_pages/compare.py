@@ -76,7 +76,7 @@ st.download_button("Download as CSV", differences.merge(summary, on=["run_id", "
                    file_name=f"{experiment}-runs.csv", mime="text/csv")
 
 st.subheader("Parallel coordinates")
-table, dimensions = compare.parallel_table(differences, summary, settings.metric)
+table, dimensions = compare.parallel_table(differences, summary, summary_metrics)
 st.plotly_chart(plots.parallel_coordinates_figure(table, dimensions, settings.metric), width="stretch",
                 key="compare_parallel")
 

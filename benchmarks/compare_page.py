@@ -74,7 +74,7 @@ def figures(runs, histories):
     plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, "training.truncation", "model.cell_type"),
                                  "val_loss", "training.truncation", "model.cell_type", 1 / 6)
     differences = compare.diff_params(runs)
-    table, dims = compare.parallel_table(differences, summary, "val_loss")
+    table, dims = compare.parallel_table(differences, summary, list(METRICS))
     plots.parallel_coordinates_figure(table, dims, "val_loss")
 
 

@@ -192,11 +192,14 @@ def diff_params(runs: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={f"params.{p}": p for p in varying}).reset_index(drop=True)
 
 
-def parallel_table(differences: pd.DataFrame, summary: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
-    """Rows for parallel coordinates: the varying params then the summary `metric`; returns (table, dimensions)."""
+def parallel_table(
+    differences: pd.DataFrame, summary: pd.DataFrame, metrics: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Rows for parallel coordinates: the varying params, then the summary metrics; returns (table, dimensions)."""
     params = [c for c in differences.columns if c not in ("run_id", "run_name")]
-    table = differences.merge(summary[["run_id", metric]], on="run_id")
-    return table, [*params, metric]
+    metrics = [m for m in dict.fromkeys(metrics) if m in summary]
+    table = differences.merge(summary[["run_id", *metrics]], on="run_id")
+    return table, [*params, *metrics]
 
 
 def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], statistic: str,

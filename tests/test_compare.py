@@ -130,11 +130,12 @@ def test_curves_figure_has_a_band_mean_and_optional_seeds_per_group():
 def test_parallel_coordinates_encode_text_params_as_categories():
     runs = make_runs()
     histories = make_histories(runs)
-    summary = compare.summary_table(histories, runs, ["val_loss"], "best", None, ["model.cell_type"])
-    table, dims = compare.parallel_table(compare.diff_params(runs), summary, "val_loss")
+    summary = compare.summary_table(histories, runs, ["val_loss", "val_copy_accuracy"], "best", None,
+                                    ["model.cell_type"])
+    table, dims = compare.parallel_table(compare.diff_params(runs), summary, ["val_loss", "val_copy_accuracy"])
     fig = plots.parallel_coordinates_figure(table, dims, "val_loss")
     labels = [d.label for d in fig.data[0].dimensions]
-    assert labels == ["model.cell_type", "training.truncation", "seed", "val_loss"]
+    assert labels == ["model.cell_type", "training.truncation", "seed", "val_loss", "val_copy_accuracy"]
     assert list(fig.data[0].dimensions[1].ticktext) == ["5", "full"]
 
 

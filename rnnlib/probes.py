@@ -10,6 +10,7 @@ concatenated in Keras' order (LSTM: i, f, c, o; GRU: z, r, h), `bias` `[g * unit
 """
 
 import numpy as np
+import pandas as pd
 
 
 def sigmoid(x):
@@ -81,3 +82,67 @@ def run_cell(cell_type, inputs, kernel, recurrent_kernel, bias, initial_state=No
         traces.append(trace)
     stacked = {name: np.stack([trace[name] for trace in traces], axis=1) for name in traces[0]}
     return stacked["h"], state, stacked
+
+
+GATES = {
+    "rnn": ("pre_activation",),
+    "lstm": ("input_gate", "forget_gate", "output_gate"),
+    "gru": ("update_gate", "reset_gate"),
+}
+
+
+def layer_weights(weights: dict[str, np.ndarray], cell_type: str, layer: int) -> tuple[np.ndarray, ...]:
+    """(kernel, recurrent_kernel, bias) of stacked layer `layer` from `rnnlib.models.export_weights` output."""
+    prefix = [k for k in weights if k.startswith(f"{cell_type}_{layer}/") and k.endswith("/kernel")
+              and not k.endswith("recurrent_kernel")]
+    if not prefix:
+        layers = sorted({k.split("/")[0] for k in weights})
+        raise ValueError(f"No weights for layer {cell_type}_{layer}; these weights hold: {', '.join(layers)}.")
+    cell = prefix[0].removesuffix("/kernel")
+    return tuple(np.asarray(weights[f"{cell}/{name}"], np.float64) for name in ("kernel", "recurrent_kernel", "bias"))
+
+
+def model_traces(weights: dict[str, np.ndarray], cell_type: str, num_layers: int,
+                 inputs: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+    """Run every stacked layer's cell over `inputs` `[batch, time, features]` with the logged weights.
+
+    Returns `{layer: {quantity: [batch, time, units]}}`; quantities are the cell's gates, candidate, cell state
+    (LSTM `c`) and hidden state `h` (see the `*_step` functions).
+    """
+    traces, hidden = {}, np.asarray(inputs, np.float64)
+    for layer in range(num_layers):
+        hidden, _, traces[layer] = run_cell(cell_type, hidden, *layer_weights(weights, cell_type, layer))
+    return traces
+
+
+def tidy_traces(traces: dict[int, dict[str, np.ndarray]], sequence: int = 0) -> pd.DataFrame:
+    """One sequence's traces as a long DataFrame: `layer`, `quantity`, `t`, `unit`, `value`."""
+    frames = []
+    for layer, quantities in traces.items():
+        for quantity, values in quantities.items():
+            time_steps, units = values.shape[1:]
+            frames.append(pd.DataFrame({
+                "layer": layer, "quantity": quantity,
+                "t": np.repeat(np.arange(time_steps), units), "unit": np.tile(np.arange(units), time_steps),
+                "value": values[sequence].reshape(-1),
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def gate_saturation(traces: dict[int, dict[str, np.ndarray]], cell_type: str, low: float = 0.1,
+                    high: float = 0.9) -> pd.DataFrame:
+    """Share of (sequence, step) pairs each gate unit spends nearly closed (< low) or nearly open (> high).
+
+    Returns `layer`, `gate`, `unit`, `closed`, `open`; a saturated gate passes (or blocks) gradient unchanged.
+    """
+    rows = []
+    for layer, quantities in traces.items():
+        for gate in GATES[cell_type]:
+            if gate == "pre_activation":
+                continue  # not a gate: the tanh RNN has none
+            values = quantities[gate]
+            for unit in range(values.shape[-1]):
+                column = values[..., unit]
+                rows.append({"layer": layer, "gate": gate, "unit": unit, "closed": float(np.mean(column < low)),
+                             "open": float(np.mean(column > high))})
+    return pd.DataFrame(rows, columns=["layer", "gate", "unit", "closed", "open"])

@@ -307,6 +307,16 @@ def _server_history_bulk(uri, run_ids, key):
     return frame.assign(key=key)[["run_id", "key", "step", "value"]]
 
 
+def load_weights(uri: str | None, run_id: str) -> dict:
+    """A run's trained weights (`model/weights.npz`) as {Keras weight path: numpy array}, without Keras."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as directory:
+        local = MlflowClient(resolve_tracking_uri(uri)).download_artifacts(run_id, "model/weights.npz", directory)
+        with np.load(local) as archive:
+            return {name: archive[name] for name in archive.files}
+
+
 def load_artifact_text(uri: str | None, run_id: str, path: str) -> str:
     """The text of a run's artifact, e.g. `config.yaml`."""
     with tempfile.TemporaryDirectory() as directory:

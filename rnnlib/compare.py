@@ -19,10 +19,6 @@ def param_names(runs: pd.DataFrame) -> list[str]:
     return [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")]
 
 
-def metric_names(histories: pd.DataFrame) -> list[str]:
-    return sorted(histories["key"].unique()) if not histories.empty else []
-
-
 def summary_metrics(metrics: list[str], shown: str) -> list[str]:
     """The metrics worth a summary column: losses, validation metrics, the gradient norm, and the one shown."""
     keep = [m for m in metrics if m in ("train_loss", "grad_norm") or m.startswith("val_")]

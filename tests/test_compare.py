@@ -41,6 +41,10 @@ def test_smoothing_is_a_debiased_ema_and_zero_weight_is_identity():
         expected.append(last / norm)
     np.testing.assert_allclose(compare.smooth(values, 0.6), expected)
     assert compare.smooth(values, 0.6)[0] == 1.0  # debiased: no pull towards zero at the start
+    runs = make_runs()
+    curve = compare.curves(make_histories(runs), runs, "val_loss", [], smoothing=0.6)
+    for _, run in curve.groupby("run_id"):  # the vectorised smoothing of the page is this same EMA, per run
+        np.testing.assert_allclose(run["smoothed"], compare.smooth(run["value"].to_numpy(), 0.6))
 
 
 def test_confidence_band_is_the_student_t_interval_over_seeds():

@@ -5,6 +5,7 @@ asked for, sits between stacked layers.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from rnnlib import backend
@@ -77,6 +78,12 @@ def recurrent_layers(model: keras.Model) -> list[keras.layers.RNN]:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
 
 
+def reset_states(layers: list[keras.layers.RNN]) -> None:
+    """Zero the carried state of stateful recurrent layers (Keras 3.15 has no `Model.reset_state()`)."""
+    for layer in layers:
+        layer.reset_state()
+
+
 class _RecordsGradientNorm:
     """Optimizer mixin: keeps the global norm of the latest gradients, measured before clipping.
 
@@ -120,7 +127,7 @@ def compile_model(model: keras.Model, task: Task, training_config) -> keras.Mode
     return model
 
 
-def export_weights(model: keras.Model) -> dict[str, "numpy.ndarray"]:  # noqa: F821
+def export_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """Every weight by its Keras path (`lstm_0/lstm_cell/kernel`, ...) as numpy: the plain format the
     dashboard reads without Keras."""
     return {variable.path: ops.convert_to_numpy(variable.value) for variable in model.weights}

@@ -20,6 +20,7 @@ A run that raises ends FAILED, one interrupted (Ctrl-C, SIGTERM) ends KILLED; ne
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -43,8 +44,6 @@ ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """`uri` if given, else $MLFLOW_TRACKING_URI, else the embedded store `sqlite:///<project>/mlflow.db`."""
-    import os
-
     return uri or os.environ.get(ENV_TRACKING_URI) or DEFAULT_TRACKING_URI
 
 

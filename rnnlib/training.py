@@ -186,8 +186,9 @@ class _WindowStepper:
         return to
 
     def _reset(self):
-        for layer in self.layers:
-            layer.reset_state()
+        from rnnlib import models
+
+        models.reset_states(self.layers)
 
     def _read_states(self):
         return [[np.array(v.numpy()) for v in layer.states] for layer in self.layers]
@@ -213,8 +214,7 @@ def evaluate(model, task, x, y, batch_size) -> tuple[float, float]:
     loss_sum = loss_count = metric_sum = metric_count = 0.0
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
-        for layer in layers:
-            layer.reset_state()
+        models.reset_states(layers)
         for t in range(0, length, FORWARD_CHUNK):
             steps = slice(t, min(length, t + FORWARD_CHUNK))
             y_pred = np.asarray(model.predict_on_batch(x[rows, steps]))

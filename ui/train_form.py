@@ -62,7 +62,7 @@ def builder() -> dict | None:
         "model": {"cell_type": (cells or ["lstm"])[0], "units": units, "num_layers": num_layers},
         "training": {"epochs": epochs, "steps_per_epoch": steps, "batch_size": batch_size,
                      "learning_rate": learning_rate, "optimizer": optimizer, "clipnorm": clipnorm or None},
-        "grid": {key: values for key, values in grid.items()},
+        "grid": grid,
     }
 
 

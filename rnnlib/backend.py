@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 
 def backend_name() -> str:
     """The Keras backend that `import keras` will pick, read without importing keras."""
@@ -71,3 +73,67 @@ def device_name() -> str:
     except Exception:  # a device query must never stop training
         return "unknown"
     return "cpu"
+
+
+def gradient_function(function):
+    """Compile `function(*constants, *inputs) -> scalar` (written with `keras.ops`) into one that returns the
+    value and its gradients with respect to `inputs`: `(constants, inputs) -> (float, [numpy arrays])`.
+
+    Keras 3 has no backend-neutral autodiff, so this is the one place that calls TensorFlow's tape, `jax.grad`
+    or `torch.autograd`. On TensorFlow the step is traced once into a graph (variables are read when it runs,
+    so it sees the weights as training changes them); JAX and PyTorch run eagerly, because a `jax.jit` trace
+    would bake the Keras variables' current values in. Inputs the value does not depend on get zero gradients.
+    """
+    import keras
+
+    name = keras.backend.backend()
+    try:
+        differentiate = _GRADIENTS[name](function)
+    except KeyError:
+        raise ValueError(f"Gradient probes support the backends {', '.join(_GRADIENTS)}; got {name!r}.") from None
+
+    def value_and_gradients(constants, inputs):
+        value, grads = differentiate([keras.ops.convert_to_tensor(c) for c in constants],
+                                     [np.asarray(a, np.float32) for a in inputs])
+        return float(keras.ops.convert_to_numpy(value)), [np.asarray(keras.ops.convert_to_numpy(g)) for g in grads]
+
+    return value_and_gradients
+
+
+def _tensorflow_gradients(function):
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def differentiate(constants, inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            value = function(*constants, *inputs)
+        return value, tape.gradient(value, inputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return lambda constants, inputs: differentiate(constants, [tf.convert_to_tensor(a) for a in inputs])
+
+
+def _jax_gradients(function):
+    import jax
+
+    def differentiate(constants, inputs):
+        return jax.value_and_grad(lambda *args: function(*constants, *args), argnums=tuple(range(len(inputs))))(
+            *[jax.numpy.asarray(a) for a in inputs])
+
+    return differentiate
+
+
+def _torch_gradients(function):
+    import keras
+    import torch
+
+    def differentiate(constants, inputs):
+        tensors = [keras.ops.convert_to_tensor(a).requires_grad_(True) for a in inputs]
+        value = function(*constants, *tensors)
+        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+        return value.detach(), [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+
+    return differentiate
+
+
+_GRADIENTS = {"tensorflow": _tensorflow_gradients, "jax": _jax_gradients, "torch": _torch_gradients}

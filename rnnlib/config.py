@@ -144,6 +144,10 @@ class TrainingConfig(_Frozen):
 
     `clipnorm` clips the global gradient norm (all weights together); null disables clipping. The pre-clip
     norm is logged either way.
+
+    Gradient flow over time (`rnnlib.gradients`) is probed at initialisation and then every `probe_every`
+    batches (null: at the end of every epoch; 0: never) on `num_probe_sequences` fixed sequences, and logged as
+    the run's `gradient_flow.npz` artifact.
     """
 
     epochs: int = pydantic.Field(10, ge=1, le=100_000)
@@ -154,6 +158,8 @@ class TrainingConfig(_Frozen):
     learning_rate: float = pydantic.Field(1e-3, gt=0.0, le=10.0)
     clipnorm: float | None = pydantic.Field(1.0, gt=0.0)
     truncation: Truncation = Truncation()
+    probe_every: int | None = pydantic.Field(None, ge=0)
+    num_probe_sequences: int = pydantic.Field(4, ge=1, le=256)
 
 
 TaskConfig = Annotated[

@@ -13,7 +13,9 @@ Run schema (what the dashboard and outside tools may rely on):
   `updates`; at step 0: `baseline` (the task's trivial-predictor loss); at the end: `best_val_loss`.
 - tags: `rnnlib.backend`, `rnnlib.device`, `mlflow.source.git.commit`, `rnnlib.task`, `rnnlib.metric`,
   `rnnlib.baseline_name`, `rnnlib.num_parameters`, `rnnlib.grid_point` (JSON), `rnnlib.error` on failure.
-- artifacts: `config.yaml` (the resolved single-run config), `model/model.keras`, `model/weights.npz`.
+- artifacts: `config.yaml` (the resolved single-run config), `model/model.keras`, `model/weights.npz`, and
+  `gradient_flow.npz` (`rnnlib.probes.GradientFlow`: per probe, layer and timestep the norms of ∂L_T/∂h_t,
+  ∂L_T/∂c_t and ∂h_T/∂h_t; rewritten at every epoch end while training, absent when `probe_every` is 0).
 
 A run that raises ends FAILED, one interrupted (Ctrl-C, SIGTERM) ends KILLED; neither stays RUNNING.
 """
@@ -40,6 +42,7 @@ from rnnlib.training import Callback
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+GRADIENT_FLOW_ARTIFACT = "gradient_flow.npz"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -140,6 +143,7 @@ class RunLogger(Callback):
         self.store, self.run_id, self.config = store, run_id, config
         self.grid_point = grid_point or {}
         self.best_val_loss = float("inf")
+        self.gradient_flow = None  # the latest probes, written at the next epoch end
 
     def on_train_begin(self, info):
         tags = {
@@ -157,12 +161,27 @@ class RunLogger(Callback):
     def on_epoch_end(self, epoch, logs):
         self.best_val_loss = min(self.best_val_loss, logs["val_loss"])
         self.store.log_metrics(self.run_id, logs, step=epoch)
+        self._log_gradient_flow()
+
+    def on_gradient_flow(self, flow):
+        self.gradient_flow = flow
 
     def on_train_end(self, result):
         self.store.log_metrics(self.run_id, {"best_val_loss": self.best_val_loss}, step=len(result.history))
+        self._log_gradient_flow()
         with tempfile.TemporaryDirectory() as directory:
             result.save(directory)
             self.store.client.log_artifacts(self.run_id, directory, artifact_path="model")
+
+    def _log_gradient_flow(self):
+        """Rewrite `gradient_flow.npz` with every probe so far (a few KB), so a stopped run keeps its history."""
+        if self.gradient_flow is None:
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / GRADIENT_FLOW_ARTIFACT
+            path.write_bytes(self.gradient_flow.to_bytes())
+            self.store.client.log_artifact(self.run_id, str(path))
+        self.gradient_flow = None
 
 
 def run_name(config: ExperimentConfig) -> str:
@@ -314,6 +333,18 @@ def load_weights(uri: str | None, run_id: str) -> dict:
         local = MlflowClient(resolve_tracking_uri(uri)).download_artifacts(run_id, "model/weights.npz", directory)
         with np.load(local) as archive:
             return {name: archive[name] for name in archive.files}
+
+
+def load_gradient_flow(uri: str | None, run_id: str):
+    """A run's `gradient_flow.npz` as a `rnnlib.probes.GradientFlow`, or None when the run logged none."""
+    from rnnlib.probes import GradientFlow
+
+    client = MlflowClient(resolve_tracking_uri(uri))
+    if not any(a.path == GRADIENT_FLOW_ARTIFACT for a in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as directory:
+        return GradientFlow.from_bytes(Path(client.download_artifacts(run_id, GRADIENT_FLOW_ARTIFACT,
+                                                                      directory)).read_bytes())
 
 
 def load_artifact_text(uri: str | None, run_id: str, path: str) -> str:

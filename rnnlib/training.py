@@ -33,6 +33,9 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """`logs`: train_loss, val_loss, val_<metric>, grad_norm, grad_norm_max, sequences_per_second, ..."""
 
+    def on_gradient_flow(self, flow: "probes.GradientFlow") -> None:  # noqa: F821
+        """After each gradient-flow probe (`rnnlib.gradients`), with the record of every probe so far."""
+
     def on_train_end(self, result: "TrainResult") -> None:
         """After the last epoch, with the trained model."""
 
@@ -43,6 +46,7 @@ class TrainResult:
     task: tasks.Task
     model: "keras.Model"  # noqa: F821
     history: list[dict[str, float]]
+    gradient_flow: "probes.GradientFlow | None" = None  # noqa: F821
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write `model.keras` (batch-size-free, stateless) and `weights.npz` (plain arrays) into `directory`."""
@@ -89,23 +93,55 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     }
     for callback in callbacks:
         callback.on_train_begin(info)
+    probe = _Prober(model, task, config, callbacks)
+    probe.maybe(step=0)
     history = []
     for epoch in range(1, config.training.epochs + 1):
-        logs = _train_epoch(config, task, stepper, rng, callbacks, epoch)
+        logs = _train_epoch(config, task, stepper, rng, callbacks, epoch, probe)
         val_loss, val_metric = evaluate(model, task, x_val, y_val, batch_size)
         logs.update({"epoch": float(epoch), "val_loss": val_loss, f"val_{task.metric}": val_metric})
         history.append(logs)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
-    result = TrainResult(config, task, model, history)
+    result = TrainResult(config, task, model, history, probe.flow)
     for callback in callbacks:
         callback.on_train_end(result)
     return result
 
 
-def _train_epoch(config, task, stepper, rng, callbacks, epoch) -> dict[str, float]:
+class _Prober:
+    """Probes gradient flow (`rnnlib.gradients`) on the schedule `training.probe_every` asks for."""
+
+    def __init__(self, model, task, config, callbacks):
+        self.every = config.training.probe_every
+        self.steps_per_epoch = config.training.steps_per_epoch
+        self.callbacks = callbacks
+        self.recorder = None
+        self.seconds = 0.0  # spent probing, kept out of the training throughput
+        if self.every != 0:
+            from rnnlib import gradients
+
+            self.recorder = gradients.FlowRecorder(model, task, config)
+
+    @property
+    def flow(self):
+        return self.recorder.flow if self.recorder else None
+
+    def maybe(self, step: int, epoch_end: bool = False) -> None:
+        """Probe after `step` batches when the schedule says so (always at step 0)."""
+        due = step == 0 or (self.every is None and epoch_end) or (bool(self.every) and step % self.every == 0)
+        if self.recorder is None or not due:
+            return
+        start = time.perf_counter()
+        flow = self.recorder.record(step, step / self.steps_per_epoch)
+        self.seconds += time.perf_counter() - start
+        for callback in self.callbacks:
+            callback.on_gradient_flow(flow)
+
+
+def _train_epoch(config, task, stepper, rng, callbacks, epoch, probe) -> dict[str, float]:
     losses, weights, norms = [], [], []
-    start = time.perf_counter()
+    start, probe_seconds = time.perf_counter(), probe.seconds
     for batch in range(1, config.training.steps_per_epoch + 1):
         x, y = task.sample_batch(rng, config.training.batch_size)
         windows = truncation.schedule(task.sequence_length, config.training.truncation, rng)
@@ -113,9 +149,11 @@ def _train_epoch(config, task, stepper, rng, callbacks, epoch) -> dict[str, floa
             losses.append(loss)
             weights.append(num_scored)
             norms.append(norm)
+        step = (epoch - 1) * config.training.steps_per_epoch + batch
+        probe.maybe(step, epoch_end=batch == config.training.steps_per_epoch)
         for callback in callbacks:
             callback.on_batch_end(epoch, batch)
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - (probe.seconds - probe_seconds)
     sequences = config.training.steps_per_epoch * config.training.batch_size
     return {
         "train_loss": float(np.average(losses, weights=weights)),

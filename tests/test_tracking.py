@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -61,11 +62,19 @@ def test_cli_sweep_logs_finished_runs_with_the_documented_schema(sqlite_uri, cli
     assert tags["mlflow.source.git.commit"] and tags["rnnlib.task"] == "adding"
     assert json.loads(tags["rnnlib.grid_point"]) == {"model.cell_type": "gru", "training.truncation": 5, "seed": 1}
     artifacts = {a.path for a in client.list_artifacts(trial.info.run_id)}
-    assert artifacts == {"config.yaml", "model"}
+    assert artifacts == {"config.yaml", "model", "gradient_flow.npz"}
     assert {a.path for a in client.list_artifacts(trial.info.run_id, "model")} == {"model/model.keras",
                                                                                    "model/weights.npz"}
     resolved = mlflow.artifacts.load_text(f"{trial.info.artifact_uri}/config.yaml")
     assert cfg.parse_config(resolved).training.truncation.label == "5"
+
+    flow = tracking.load_gradient_flow(sqlite_uri, trial.info.run_id)  # probed at init and after each epoch
+    assert (flow.cell_type, flow.truncation, flow.sequence_length) == ("gru", "5", 20)
+    steps_per_epoch = int(params["training.steps_per_epoch"])
+    np.testing.assert_array_equal(flow.steps, [0, steps_per_epoch, 2 * steps_per_epoch])
+    np.testing.assert_array_equal(flow.window_starts, [15, 15, 15])
+    hidden = flow.norms["loss_hidden"]
+    assert hidden.shape == (3, 1, 20) and np.all(hidden[..., :15] == 0) and np.all(hidden[..., 15:] > 0)
 
 
 def test_artifacts_of_a_sqlite_store_sit_beside_the_database(sqlite_uri, cli_env, tmp_path):
@@ -193,3 +202,6 @@ def test_cli_logs_to_a_real_mlflow_server(mlflow_server, cli_env, tmp_path):
     assert {a.path for a in client.list_artifacts(trial.info.run_id, "model")} == {"model/model.keras",
                                                                                    "model/weights.npz"}
     assert (tmp_path / "server-artifacts").is_dir()
+    flow = tracking.load_gradient_flow(mlflow_server, trial.info.run_id)
+    assert flow.cell_type == "lstm" and set(flow.norms) == {"loss_hidden", "loss_cell", "jacobian"}
+    np.testing.assert_allclose(flow.norms["jacobian"][:, 0, -1], 1.0, rtol=1e-5)  # ∂h_T/∂h_T = I

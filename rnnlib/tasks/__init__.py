@@ -1,6 +1,6 @@
 """Registry of sequence tasks: `TASKS[name]` is a `Task` class; `get(name)` and `build(params)` look them up."""
 
-from rnnlib.tasks.base import Task, TaskParams
+from rnnlib.tasks.base import IO_FORMS, Task, TaskParams
 from rnnlib.tasks.series import SineTask, SunspotsTask
 from rnnlib.tasks.synthetic import AddingTask, CopyMemoryTask
 
@@ -25,4 +25,4 @@ def build(params: TaskParams) -> Task:
     return get(params.name)(params)
 
 
-__all__ = ["TASKS", "Task", "TaskParams", "build", "get"]
+__all__ = ["IO_FORMS", "TASKS", "Task", "TaskParams", "build", "get"]

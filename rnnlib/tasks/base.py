@@ -15,6 +15,10 @@ import pydantic
 VALIDATION_SEED = 12345
 
 
+# The four sequence input/output forms (Karpathy 2015; d2l.ai chapter 9-10).
+IO_FORMS = ("seq2seq", "seq2vec", "vec2seq", "encoder_decoder")
+
+
 class TaskParams(pydantic.BaseModel):
     """Base of every task's parameters; `name` is the registry key (the YAML's `task.name`)."""
 
@@ -34,6 +38,7 @@ class Task(abc.ABC):
     Class attributes:
         params_type: the pydantic model of the task's YAML parameters.
         target_form: "final" (one target per sequence, seq2vec) or "per_step" (a target at every timestep).
+        io_form: the sequence input/output form the task demonstrates (one of `IO_FORMS`).
         loss: the Keras loss identifier used for training.
         metric: name of the task metric, logged as `val_<metric>`.
         baseline_name: what the baseline is (shown next to it).
@@ -41,6 +46,7 @@ class Task(abc.ABC):
 
     params_type: ClassVar[type[TaskParams]]
     target_form: ClassVar[Literal["final", "per_step"]]
+    io_form: ClassVar[Literal["seq2seq", "seq2vec", "vec2seq", "encoder_decoder"]]
     loss: ClassVar[Literal["mse", "sparse_categorical_crossentropy"]]
     metric: ClassVar[str]
     baseline_name: ClassVar[str]

@@ -22,6 +22,7 @@ class SeriesTask(Task):
     """
 
     target_form = "per_step"
+    io_form = "seq2seq"
     loss = "mse"
     metric = "mae"
     baseline_name = "persistence (x_{t+1} = x_t)"

@@ -36,6 +36,7 @@ class AddingTask(Task):
 
     params_type = AddingParams
     target_form = "final"
+    io_form = "seq2vec"
     loss = "mse"
     metric = "mae"
     baseline_name = "predict 1 (MSE 1/6)"
@@ -97,6 +98,7 @@ class CopyMemoryTask(Task):
 
     params_type = CopyMemoryParams
     target_form = "per_step"
+    io_form = "seq2seq"
     loss = "sparse_categorical_crossentropy"
     metric = "copy_accuracy"
     baseline_name = "memoryless (10 ln 8 / (T+20))"

@@ -1,0 +1,71 @@
+import streamlit as st
+
+from rnnlib import diagrams, lessons
+
+MODES = {"full": "Full BPTT", "tbptt": "Truncated (TBPTT)", "randomized": "Randomized truncation"}
+
+st.title("Unrolled backpropagation through time")
+st.markdown(
+    "An RNN applies the same step at every timestep, $h_t = \\tanh(W_{hh} h_{t-1} + W_{xh} x_t)$: unrolled over "
+    "a sequence it is a deep feed-forward network whose layers all share $W_{hh}$ and $W_{xh}$. Training "
+    "backpropagates each loss $L_t$ down this graph, and every step it passes adds its contribution to the "
+    "gradient of the shared weights. Truncation decides how far down it goes."
+)
+
+left, middle, right = st.columns(3)
+length = left.slider("Sequence length T", 8, 60, 24, key="unrolled_length")
+mode = middle.radio("Truncation", list(MODES), format_func=MODES.get, key="unrolled_mode")
+k1 = k2 = mean = None
+seed = 0
+if mode == "tbptt":
+    k1 = right.slider("k1: update every k1 steps", 1, 60, 4, key="unrolled_k1")
+    k2 = right.slider("k2: backpropagate k2 steps", 1, 60, 8, key="unrolled_k2")
+elif mode == "randomized":
+    mean = right.slider("Mean truncation length", 1.0, 20.0, 6.0, step=0.5, key="unrolled_mean")
+    seed = right.number_input("Seed of the random lengths", 0, 10_000, 0, key="unrolled_seed")
+
+# Follow the last loss by default, also when T changes; keep another choice while it exists. The slider's
+# range changes with T, which would reset it, so its value is set here on every run.
+step = st.session_state.get("unrolled_step")
+if step is None or step >= length or step == st.session_state.get("unrolled_last_step"):
+    step = length - 1
+st.session_state["unrolled_step"] = step
+st.session_state["unrolled_last_step"] = length - 1
+step = st.slider("Follow the loss at step t", 0, length - 1, key="unrolled_step")
+
+try:
+    truncation = lessons.make_truncation(mode, k1=k1, k2=k2, mean=mean)
+except ValueError as error:
+    st.error(f"Cannot draw this truncation: {error}.", icon=":material/error:")
+    st.stop()
+windows = lessons.truncation_windows(length, truncation, seed)
+reach = lessons.unrolled_gradient_reach(length, windows, step)
+summary = lessons.reach_summary(reach)
+
+st.plotly_chart(diagrams.unrolled_bptt_figure(reach), width="stretch", key="unrolled_graph")
+columns = st.columns(4)
+columns[0].metric("Parameter updates", summary["num_updates"])
+columns[1].metric(f"Loss at t={step} reaches back to", f"t={summary['reach']}")
+columns[2].metric("Hidden states reached", summary["num_reached"])
+columns[3].metric("Steps unrolled by its update", summary["backprop_steps"])
+
+EXPLANATIONS = {
+    "full": "One update at the end of the sequence: the loss at t sends gradient through every earlier hidden "
+            "state, down to $h_0$. Memory grows with T, and the signal from a distant step has been "
+            "multiplied by one Jacobian per step on the way (next page: why that vanishes or explodes).",
+    "tbptt": f"An update every k1 = {k1} steps, each backpropagating k2 = {k2} steps. The state is carried "
+             "forward, so the forward pass still sees the whole past, but the gradient is stopped at each "
+             "window's start (black bar): the loss at the window's end sends no gradient beyond t − k2. Losses "
+             "early in a window reach less far, only k2 − k1 + 1 steps at the window's first step; with "
+             "k2 > k1 the windows overlap (darker bands), so every loss gets at least that much history.",
+    "randomized": f"Windows of random length (geometric, mean {mean}; k1 = k2 = the window's length), so where "
+                  "the gradient is cut changes from sequence to sequence and no dependency length is always cut "
+                  "at the same place (Tallec & Ollivier 2017). Change the seed to draw another schedule.",
+}
+st.markdown(
+    f"**Highlighted in red**: the hidden states that receive gradient from the loss at t={step} (the star) and "
+    "the edges it flows along; each shaded band is one update's unrolled window, with the steps it scores on "
+    f"the loss row. {EXPLANATIONS[mode]}"
+)
+with st.expander(f"The {summary['num_updates']} updates of this schedule"):
+    st.dataframe(lessons.windows_table(windows), hide_index=True, width="stretch")

@@ -1,0 +1,177 @@
+"""Gradient flow over time: the probe's per-timestep gradients against finite differences of the numpy reference
+equations, truncation cutting them off exactly where training does, and the record logged during training."""
+
+import keras
+import numpy as np
+import pytest
+
+from rnnlib import config as cfg
+from rnnlib import gradients, models, probes, tasks, training
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def tiny(cell_type, length=6, units=3, num_layers=2, truncation="full", **training_options):
+    config = cfg.validate({
+        "task": {"name": "adding", "length": length},
+        "model": {"cell_type": cell_type, "units": units, "num_layers": num_layers},
+        "training": {"batch_size": 2, "truncation": truncation, **training_options},
+    })
+    task = tasks.build(config.task)
+    keras.utils.set_random_seed(0)
+    model = models.build_model(config.model, task, batch_size=2, stateful=True)
+    # Non-trivial biases, so no derivative is accidentally symmetric around zero.
+    for layer in models.recurrent_layers(model):
+        bias = layer.cell.bias
+        bias.assign(np.random.default_rng(1).normal(0, 0.5, bias.shape).astype(np.float32))
+    return config, task, model
+
+
+def reference_forward(weights, cell_type, num_layers, x, perturb=None):
+    """float64 numpy forward with the reference equations; `perturb(layer, t, states, trace)` may change the
+    states after each step. Returns (prediction at T `[batch, 1]`, top-layer hidden states)."""
+    hidden = np.asarray(x, np.float64)
+    for layer in range(num_layers):
+        kernel, recurrent_kernel, bias = probes.layer_weights(weights, cell_type, layer)
+        states = [np.zeros((len(x), recurrent_kernel.shape[0])) for _ in range(probes.NUM_STATES[cell_type])]
+        outputs = []
+        for t in range(hidden.shape[1]):
+            _, states, trace = probes.CELL_STEPS[cell_type](hidden[:, t], states, kernel, recurrent_kernel, bias)
+            if perturb:
+                states = perturb(layer, t, list(states), trace)
+            outputs.append(states[0])
+        hidden = np.stack(outputs, axis=1)
+    prediction = hidden[:, -1] @ weights["head/kernel"].astype(np.float64) + weights["head/bias"]
+    return prediction, hidden
+
+
+def finite_difference_gradient(function, layer, t, state_index, units, epsilon=1e-5):
+    """Central differences of a scalar `function(perturb)` with respect to one state at (layer, t). The LSTM
+    cell state (`state_index` 1) is perturbed where it is made, so h_t = o_t tanh(c_t) sees the change too."""
+    gradient = np.zeros(units)
+    for unit in range(units):
+        values = []
+        for sign in (1.0, -1.0):
+            def perturb(at_layer, at_t, states, trace, sign=sign, unit=unit):
+                if (at_layer, at_t) == (layer, t):
+                    states[state_index] = states[state_index].copy()
+                    states[state_index][:, unit] += sign * epsilon
+                    if state_index == 1:
+                        states[0] = trace["output_gate"] * np.tanh(states[1])
+                return states
+            values.append(function(perturb))
+        gradient[unit] = (values[0] - values[1]) / (2 * epsilon)
+    return gradient
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_loss_gradient_norms_agree_with_finite_differences(cell_type):
+    config, task, model = tiny(cell_type)
+    x, y = task.sample_batch(np.random.default_rng(2), 1)
+    weights = models.export_weights(model)
+    loss, norms = gradients.GradientProbe(model, task).loss_gradients(x, y)
+
+    def last_step_loss(perturb=None):
+        prediction, _ = reference_forward(weights, cell_type, 2, x, perturb)
+        return float(np.sum((prediction - y) ** 2))
+
+    assert loss == pytest.approx(last_step_loss(), rel=1e-4)
+    quantities = {"loss_hidden": 0, "loss_cell": 1} if cell_type == "lstm" else {"loss_hidden": 0}
+    assert set(norms) == set(quantities)
+    for quantity, state_index in quantities.items():
+        for layer in range(2):
+            for t in range(6):
+                expected = np.linalg.norm(finite_difference_gradient(last_step_loss, layer, t, state_index, 3))
+                assert norms[quantity][layer, t] == pytest.approx(expected, rel=2e-3, abs=1e-6), (quantity, layer, t)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_jacobian_norms_are_the_spectral_norms_of_finite_difference_jacobians(cell_type):
+    config, task, model = tiny(cell_type)
+    x, _ = task.sample_batch(np.random.default_rng(3), 2)
+    weights = models.export_weights(model)
+    measured = gradients.GradientProbe(model, task).jacobian_norms(x)
+    assert measured.shape == (2, 6)
+    for layer in range(2):
+        for t in range(6):
+            spectral = []
+            for sequence in range(2):
+                def last_state(perturb, sequence=sequence, layer=layer):
+                    _, hidden = reference_forward(weights, cell_type, layer + 1, x[sequence : sequence + 1], perturb)
+                    return hidden[0, -1]
+                jacobian = np.stack([finite_difference_gradient(lambda p, j=j: last_state(p)[j], layer, t, 0, 3)
+                                     for j in range(3)])
+                spectral.append(np.linalg.norm(jacobian, ord=2))
+            assert measured[layer, t] == pytest.approx(np.mean(spectral), rel=2e-3, abs=1e-6), (layer, t)
+    np.testing.assert_allclose(measured[:, -1], 1.0, rtol=1e-5)  # ∂h_T/∂h_T is the identity
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_truncated_bptt_delivers_no_gradient_beyond_the_window(cell_type):
+    config, task, model = tiny(cell_type, length=20, units=4, num_layers=1, truncation=5)
+    x, y = task.sample_batch(np.random.default_rng(4), 2)
+    probe = gradients.GradientProbe(model, task)
+    _, truncated = probe.loss_gradients(x, y, window_start=15)
+    _, full = probe.loss_gradients(x, y, window_start=0)
+    for quantity in truncated:
+        assert np.all(truncated[quantity][:, :15] == 0.0)
+        assert np.all(truncated[quantity][:, 15:] > 0.0)
+        assert np.all(full[quantity] > 0.0)
+        # Inside the window the gradient is the full one: truncation only removes paths, it changes none.
+        np.testing.assert_allclose(truncated[quantity][:, 15:], full[quantity][:, 15:], rtol=1e-5)
+
+
+def test_training_records_gradient_flow_at_init_and_each_epoch_with_the_window_of_its_truncation():
+    config, _, _ = tiny("rnn", length=12, units=4, num_layers=1, truncation={"k1": 3, "k2": 4}, epochs=2,
+                        steps_per_epoch=3, num_validation_sequences=4)
+    flows = []
+
+    class Collect(training.Callback):
+        def on_gradient_flow(self, flow):
+            flows.append(len(flow.steps))
+
+    result = training.train(config, [Collect()])
+    flow = result.gradient_flow
+    assert flows == [1, 2, 3]
+    np.testing.assert_array_equal(flow.steps, [0, 3, 6])
+    np.testing.assert_allclose(flow.epochs, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(flow.window_starts, [8, 8, 8])  # last update: steps 8..11 (k2 = 4)
+    assert flow.norms["loss_hidden"].shape == (3, 1, 12) and flow.truncation == "3/4"
+    assert np.all(flow.norms["loss_hidden"][:, :, :8] == 0) and np.all(flow.norms["loss_hidden"][:, :, 8:] > 0)
+    assert not np.allclose(flow.norms["jacobian"][0], flow.norms["jacobian"][-1])  # training changed the dynamics
+
+
+@pytest.mark.parametrize("probe_every, expected_steps", [(2, [0, 2, 4, 6]), (0, None)])
+def test_probe_every_sets_the_probe_schedule_in_batches(probe_every, expected_steps):
+    config, _, _ = tiny("gru", length=8, units=2, num_layers=1, epochs=2, steps_per_epoch=3,
+                        num_validation_sequences=4, probe_every=probe_every)
+    flow = training.train(config).gradient_flow
+    if expected_steps is None:
+        assert flow is None
+    else:
+        np.testing.assert_array_equal(flow.steps, expected_steps)
+
+
+def test_gradient_flow_round_trips_through_bytes_and_a_tidy_frame():
+    flow = probes.GradientFlow.empty("lstm", 2, 5, "full")
+    rng = np.random.default_rng(0)
+    for step in (0, 10):
+        flow.append(step, step / 10, 0, 0.5, {q: rng.random((2, 5)) for q in flow.norms})
+    back = probes.GradientFlow.from_bytes(flow.to_bytes())
+    assert (back.cell_type, back.num_layers, back.sequence_length, back.truncation) == ("lstm", 2, 5, "full")
+    np.testing.assert_array_equal(back.steps, [0, 10])
+    for quantity in flow.norms:
+        np.testing.assert_allclose(back.norms[quantity], flow.norms[quantity], rtol=1e-6)
+    frame = back.to_frame()
+    assert len(frame) == 3 * 2 * 2 * 5
+    row = frame[(frame.quantity == "jacobian") & (frame.step == 10) & (frame.layer == 1) & (frame.t == 1)]
+    assert row["lag"].item() == 3 and row["value"].item() == pytest.approx(flow.norms["jacobian"][1, 1, 1])
+
+
+@pytest.mark.parametrize("norms, expected", [
+    ([1e-5, 1e-4, 0.01, 0.1, 1.0], 3),  # lag 3 is the first below 1e-3 of the last step
+    ([0.5, 0.6, 0.8, 1.0], None),  # never falls that far
+    ([0.0, 0.0, 2.0, 4.0], 2),  # truncated: exactly zero beyond the window
+])
+def test_vanishing_lag_is_the_first_lag_below_the_threshold(norms, expected):
+    assert probes.vanishing_lag(np.array(norms)) == expected

@@ -8,10 +8,21 @@ import streamlit as st
 from ui import data, sidebar
 
 st.set_page_config(page_title="RNN Lab", page_icon=":material/replay:", layout="wide")
-page = st.navigation([
-    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("app_pages/compare.py", title="Compare", icon=":material/monitoring:"),
-])
+page = st.navigation({
+    "Lab": [
+        st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("app_pages/compare.py", title="Compare", icon=":material/monitoring:"),
+    ],
+    "Inside the network": [
+        st.Page("app_pages/gradients.py", title="Gradient flow", icon=":material/trending_down:"),
+        st.Page("app_pages/gates.py", title="Gates and states", icon=":material/grid_on:"),
+    ],
+    "How RNNs learn": [
+        st.Page("app_pages/unrolled.py", title="Unrolled BPTT", icon=":material/account_tree:"),
+        st.Page("app_pages/products.py", title="Vanishing & exploding", icon=":material/functions:"),
+        st.Page("app_pages/forms.py", title="Sequence forms", icon=":material/swap_horiz:"),
+    ],
+})
 sidebar.render(data.tracking_uri())
 page.run()

@@ -206,3 +206,93 @@ def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str
     for metric in metrics:
         table[metric] = summarize(histories, runs, metric, statistic, step)
     return table.reset_index()
+
+
+# Gradient flow over time (`rnnlib.probes.GradientFlow`, one per run).
+
+def flow_curves(flows: dict, runs: pd.DataFrame, group_by: list[str], quantity: str, layer: int = 0) -> pd.DataFrame:
+    """Every probe of every run as norm vs timestep: `run_id`, `run_name`, `group`, `probe`, `epoch`, `step`, `t`,
+    `lag`, `window_start`, `value`. Runs without a record (or without `quantity`, e.g. ∂L/∂c of a GRU) are
+    left out."""
+    labels = dict(zip(runs["run_id"], group_labels(runs, group_by)))
+    names = dict(zip(runs["run_id"], runs["run_name"]))
+    frames = []
+    for run_id, flow in flows.items():
+        if flow is None or quantity not in flow.norms or run_id not in labels or layer >= flow.num_layers:
+            continue
+        values = flow.norms[quantity][:, layer]  # [probes, T]
+        num_probes, length = values.shape
+        probe, t = np.indices(values.shape).reshape(2, -1)
+        frames.append(pd.DataFrame({
+            "run_id": run_id, "run_name": names[run_id], "group": labels[run_id], "probe": probe,
+            "epoch": flow.epochs[probe], "step": flow.steps[probe], "t": t, "lag": length - 1 - t,
+            "window_start": flow.window_starts[probe], "value": values.reshape(-1),
+        }))
+    columns = ["run_id", "run_name", "group", "probe", "epoch", "step", "t", "lag", "window_start", "value"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def at_epoch(curves: pd.DataFrame, epoch: float | None) -> pd.DataFrame:
+    """Each run's probe closest to `epoch` (None: its last probe, i.e. after training)."""
+    if curves.empty:
+        return curves
+    probes = curves[["run_id", "probe", "epoch"]].drop_duplicates()
+    if epoch is None:
+        chosen = probes.loc[probes.groupby("run_id")["probe"].idxmax()]
+    else:
+        chosen = probes.assign(distance=(probes["epoch"] - epoch).abs()).sort_values(["distance", "probe"])
+        chosen = chosen.drop_duplicates("run_id")
+    return curves.merge(chosen[["run_id", "probe"]], on=["run_id", "probe"])
+
+
+def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Geometric mean over a group's runs of the norm at each lag, with its `level` confidence band.
+
+    Norms span many decades, so the mean and Student-t interval are taken of log10; exact zeros (no gradient:
+    beyond a truncation window) are left out, so a truncated group's curve ends where its gradient does.
+    Returns `group`, `lag`, `mean`, `lower`, `upper`, `n`.
+    """
+    positive = curves[curves["value"] > 0].assign(log=lambda f: np.log10(f["value"]))
+    table = _mean_and_ci(positive.groupby(["group", "lag"], sort=True)["log"], level)
+    return pd.DataFrame({
+        "group": table["group"], "lag": table["lag"], "mean": 10 ** table["mean"],
+        "lower": 10 ** (table["mean"] - table["ci"]), "upper": 10 ** (table["mean"] + table["ci"]), "n": table["n"],
+    })
+
+
+def vanishing_table(curves: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
+    """Per run, the lag where the norm first falls below `threshold` times its value at the last step, at the
+    first probe (initialisation) and the last (after training): `run_name`, `group`, `at_init`, `trained`
+    (NaN: it never does within the sequence)."""
+    from rnnlib.probes import vanishing_lag
+
+    rows = []
+    for _, run in curves.groupby("run_id", sort=False):
+        first, last = run["probe"].min(), run["probe"].max()
+        lags = [vanishing_lag(run[run["probe"] == p].sort_values("t")["value"].to_numpy(), threshold)
+                for p in (first, last)]
+        rows.append({"run_name": run["run_name"].iloc[0], "group": run["group"].iloc[0],
+                     "at_init": np.nan if lags[0] is None else lags[0],
+                     "trained": np.nan if lags[1] is None else lags[1], "length": int(run["t"].max()) + 1})
+    table = pd.DataFrame(rows, columns=["run_name", "group", "at_init", "trained", "length"])
+    return table.sort_values(["group", "run_name"], key=lambda c: c.map(group_sort_key) if c.name == "group" else c)
+
+
+def vanishing_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """`vanishing_table` per group: the median lag over runs at initialisation and after training, as text
+    (`never` when the gradient reaches the first step in most runs): `group`, `runs`, `at_init`, `trained`."""
+    def median_text(values: pd.Series, length: int) -> str:
+        median = values.fillna(np.inf).median()
+        return f"never (> {length - 1})" if np.isinf(median) else f"{median:g}"
+
+    rows = [{"group": group, "runs": len(rows), "at_init": median_text(rows["at_init"], rows["length"].max()),
+             "trained": median_text(rows["trained"], rows["length"].max())}
+            for group, rows in table.groupby("group", sort=False)]
+    return pd.DataFrame(rows, columns=["group", "runs", "at_init", "trained"])
+
+
+def clip_threshold(runs: pd.DataFrame) -> float | None:
+    """The gradient-clipping norm shared by these runs, or None (no clipping, or several thresholds)."""
+    column = "params.training.clipnorm"
+    values = pd.to_numeric(runs[column], errors="coerce").dropna().unique() if column in runs else []
+    return float(values[0]) if len(values) == 1 else None

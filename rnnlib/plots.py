@@ -125,3 +125,133 @@ def parallel_coordinates_figure(table: pd.DataFrame, dimensions: list[str], colo
     fig.update_layout(title="Parallel coordinates: params and summary metrics", height=460,
                       margin={"l": 80, "r": 60, "t": 80, "b": 40})
     return fig
+
+
+def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFrame | None = None,
+                        reference_name: str = "at initialisation", seeds: pd.DataFrame | None = None) -> go.Figure:
+    """Gradient norm vs lag T - t on a log axis, one curve per group (`rnnlib.compare.lag_band`).
+
+    Args:
+        reference: the same groups at another moment (e.g. initialisation), drawn dashed.
+        seeds: per-run curves (`rnnlib.compare.flow_curves` rows of one probe), thin lines under the means.
+    """
+    fig = go.Figure()
+    colors = group_colors(band["group"])
+    for group in colors:
+        rows = band[band["group"] == group]
+        color = colors[group]
+        fig.add_trace(go.Scatter(
+            x=np.concatenate([rows["lag"], rows["lag"][::-1]]), y=np.concatenate([rows["upper"], rows["lower"][::-1]]),
+            fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip", legendgroup=group,
+            showlegend=False, name=f"{group} 95% CI",
+        ))
+        if seeds is not None:
+            xs, ys = [], []
+            for _, run in seeds[(seeds["group"] == group) & (seeds["value"] > 0)].groupby("run_id", sort=False):
+                xs += [*run["lag"], None]
+                ys += [*run["value"], None]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": _rgba(color, 0.4), "width": 1},
+                                     legendgroup=group, showlegend=False, hoverinfo="skip", name=f"{group} runs"))
+        if reference is not None:
+            before = reference[reference["group"] == group]
+            fig.add_trace(go.Scatter(x=before["lag"], y=before["mean"], mode="lines", legendgroup=group,
+                                     line={"color": color, "width": 1.5, "dash": "dash"},
+                                     name=f"{group} {reference_name}"))
+        fig.add_trace(go.Scatter(x=rows["lag"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
+                                 legendgroup=group, name=f"{group} (n={int(rows['n'].max())})"))
+    fig = _layout(fig, f"{quantity} vs lag T − t (geometric mean over runs, 95% band)", "lag T − t (steps back)",
+                  quantity, log_y=True)
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
+    """One run's gradient norms over training: probes (epochs) x timestep t, colour = log10 norm.
+
+    Exact zeros (no gradient: before the truncation window) are left blank, and the window's start at each
+    probe is drawn as a line, so TBPTT(k) shows as an empty band left of T - k.
+    """
+    table = run.pivot_table(index="epoch", columns="t", values="value", aggfunc="first").sort_index()
+    logs = np.log10(table.where(table > 0))
+    fig = go.Figure(go.Heatmap(
+        x=table.columns, y=table.index, z=logs.to_numpy(), colorscale="Viridis",
+        colorbar={"title": "log10 norm"}, hovertemplate="t=%{x}, epoch %{y}: 10^%{z:.2f}<extra></extra>",
+        name=quantity,
+    ))
+    starts = run.drop_duplicates("epoch").sort_values("epoch")
+    if (starts["window_start"] > 0).any():
+        fig.add_trace(go.Scatter(x=starts["window_start"] - 0.5, y=starts["epoch"], mode="lines+markers",
+                                 line={"color": "#d62728", "width": 2}, marker={"size": 5},
+                                 name="truncation window start: no gradient to the left"))
+    fig = _layout(fig, f"{quantity} over training (blank: no gradient)", "timestep t", "epoch")
+    fig.update_layout(hovermode="closest", legend={"orientation": "h", "y": -0.2, "x": 0, "xanchor": "left"})
+    return fig
+
+
+def gates_figure(tidy: pd.DataFrame, inputs: pd.DataFrame, quantities: list[str], title: str) -> go.Figure:
+    """The input sequence on top, then one units x time heatmap per quantity (gates, candidate, c, h), all on
+    the same time axis (LSTMVis / Karpathy style).
+
+    Args:
+        tidy: one layer of `rnnlib.probes.tidy_traces`: quantity, t, unit, value.
+        inputs: the sequence as `Task.to_table` gives it: a row per step, a column per feature.
+    """
+    from plotly.subplots import make_subplots
+
+    rows = 1 + len(quantities)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.025,
+                        row_heights=[0.6] + [1.0] * len(quantities),
+                        subplot_titles=["input", *[q.replace("_", " ") for q in quantities]])
+    for index, column in enumerate(inputs.columns):
+        fig.add_trace(go.Scatter(x=inputs.index, y=inputs[column], mode="lines", name=f"input: {column}",
+                                 line={"color": PALETTE[index % len(PALETTE)], "width": 1.5}), row=1, col=1)
+    for row, quantity in enumerate(quantities, start=2):
+        table = tidy[tidy["quantity"] == quantity].pivot(index="unit", columns="t", values="value")
+        gate = quantity.endswith("_gate")
+        fig.add_trace(go.Heatmap(
+            x=table.columns, y=table.index, z=table.to_numpy(), name=quantity, coloraxis="coloraxis2" if gate
+            else "coloraxis", hovertemplate=f"{quantity}<br>t=%{{x}}, unit %{{y}}: %{{z:.3f}}<extra></extra>",
+        ), row=row, col=1)
+        fig.update_yaxes(title="unit", row=row, col=1)
+    fig.update_layout(
+        title=title, height=170 + 150 * rows, margin={"l": 60, "r": 20, "t": 70, "b": 40}, hovermode="closest",
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+        coloraxis={"colorscale": "RdBu_r", "cmid": 0, "colorbar": {"title": "state", "x": 1.0, "len": 0.45,
+                                                                   "y": 0.25}},
+        coloraxis2={"colorscale": "Viridis", "cmin": 0, "cmax": 1,
+                    "colorbar": {"title": "gate", "x": 1.07, "len": 0.45, "y": 0.25}},
+    )
+    fig.update_xaxes(title="timestep t", row=rows, col=1)
+    return fig
+
+
+def unit_lines_figure(tidy: pd.DataFrame, units: list[int], quantities: list[str]) -> go.Figure:
+    """Selected units over time, one panel per quantity, one colour per unit."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=len(quantities), cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=[q.replace("_", " ") for q in quantities])
+    for row, quantity in enumerate(quantities, start=1):
+        for index, unit in enumerate(units):
+            rows = tidy[(tidy["quantity"] == quantity) & (tidy["unit"] == unit)]
+            fig.add_trace(go.Scatter(x=rows["t"], y=rows["value"], mode="lines", name=f"unit {unit}",
+                                     legendgroup=str(unit), showlegend=row == 1,
+                                     line={"color": PALETTE[index % len(PALETTE)], "width": 2}), row=row, col=1)
+    fig.update_layout(title="Selected units", height=120 + 170 * len(quantities), hovermode="x unified",
+                      margin={"l": 60, "r": 20, "t": 70, "b": 40})
+    fig.update_xaxes(title="timestep t", row=len(quantities), col=1)
+    return fig
+
+
+def saturation_figure(saturation: pd.DataFrame) -> go.Figure:
+    """Per gate and unit, the share of steps spent nearly closed (< 0.1) and nearly open (> 0.9)
+    (`rnnlib.probes.gate_saturation`), as stacked bars."""
+    fig = go.Figure()
+    labels = saturation["gate"].str.replace("_", " ") + " · unit " + saturation["unit"].astype(str)
+    for column, name, color in (("closed", "closed (< 0.1)", "#1f77b4"), ("open", "open (> 0.9)", "#ff7f0e")):
+        fig.add_trace(go.Bar(x=labels, y=saturation[column], name=name, marker_color=color))
+    fig.update_layout(barmode="stack", title="Gate saturation: share of steps nearly closed or nearly open",
+                      height=380, margin={"l": 60, "r": 20, "t": 60, "b": 80}, yaxis={"range": [0, 1]},
+                      legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"})
+    fig.update_xaxes(tickangle=-45, showticklabels=len(labels) <= 96)
+    return fig

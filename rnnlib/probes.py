@@ -245,3 +245,43 @@ def vanishing_lag(norms: np.ndarray, threshold: float = 1e-3) -> int | None:
         return 0
     below = np.flatnonzero(norms / norms[0] < threshold)
     return int(below[0]) if len(below) else None
+
+
+def example_sequences(task, seed: int, num_sequences: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """`num_sequences` input sequences of `task` drawn with `seed`: float `[num, T, features]` and targets."""
+    x, y = task.sample_batch(np.random.default_rng(seed), num_sequences)
+    return np.asarray(x, np.float64), np.asarray(y)
+
+
+def memory_units(traces: dict[str, np.ndarray], signal: np.ndarray, quantity: str = "h") -> pd.DataFrame:
+    """How closely each unit's `quantity` (`[batch, T, units]`) follows `signal` `[batch, T]` over all sequences
+    and steps (`Task.memory_signal`): `unit`, `correlation` (Pearson), strongest first. A unit near ±1 holds
+    what the task needs remembered."""
+    values = traces[quantity].reshape(-1, traces[quantity].shape[-1])
+    target = np.asarray(signal, np.float64).reshape(-1)
+    centred, target = values - values.mean(axis=0), target - target.mean()
+    spread = np.linalg.norm(centred, axis=0) * np.linalg.norm(target)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlation = np.where(spread > 0, centred.T @ target / spread, 0.0)
+    table = pd.DataFrame({"unit": np.arange(values.shape[1]), "correlation": correlation})
+    return table.reindex(table["correlation"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def most_active_units(traces: dict[str, np.ndarray], quantity: str = "h", count: int = 4) -> list[int]:
+    """The `count` units whose `quantity` varies most over time (a starting point when no memory signal exists)."""
+    spread = traces[quantity].std(axis=1).mean(axis=0)
+    return [int(u) for u in np.argsort(spread)[::-1][:count]]
+
+
+def predictions(weights: dict[str, np.ndarray], traces: dict[int, dict[str, np.ndarray]], task) -> np.ndarray:
+    """The model's outputs from the top layer's hidden states and the logged `head` weights: `[batch, outputs]`
+    at the last step for final-target tasks, `[batch, T, outputs]` otherwise (class probabilities for
+    classification tasks)."""
+    hidden = traces[max(traces)]["h"]
+    if task.target_form == "final":
+        hidden = hidden[:, -1]
+    logits = hidden @ np.asarray(weights["head/kernel"], np.float64) + np.asarray(weights["head/bias"], np.float64)
+    if task.loss != "sparse_categorical_crossentropy":
+        return logits
+    exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)

@@ -55,9 +55,29 @@ def _histories(uri: str, run_ids: tuple[str, ...], keys: tuple[str, ...]) -> pd.
     return tracking.metric_histories(uri, list(run_ids), list(keys))
 
 
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner="Reading gradient-flow records…")
+def _gradient_flows(uri: str, run_ids: tuple[str, ...]) -> dict:
+    return {run_id: tracking.load_gradient_flow(uri, run_id) for run_id in run_ids}
+
+
+@st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the run's weights…")
+def _weights(uri: str, run_id: str) -> dict:
+    return tracking.load_weights(uri, run_id)
+
+
+@st.cache_data(ttl=300, max_entries=64, show_spinner=False)
+def _run_config(uri: str, run_id: str):
+    from rnnlib import config
+
+    return config.parse_config(tracking.load_artifact_text(uri, run_id, "config.yaml"))
+
+
 experiments = _stop_on_store_error(_experiments)
 runs = _stop_on_store_error(_runs)
 histories = _stop_on_store_error(_histories)
+gradient_flows = _stop_on_store_error(_gradient_flows)
+weights = _stop_on_store_error(_weights)
+run_config = _stop_on_store_error(_run_config)
 
 
 def metric_keys(runs_frame: pd.DataFrame) -> list[str]:

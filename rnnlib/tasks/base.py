@@ -8,6 +8,7 @@ import abc
 from typing import ClassVar, Literal
 
 import numpy as np
+import pandas as pd
 import pydantic
 
 # Seed of the validation set: fixed, so every run of an experiment (every cell, truncation and training seed)
@@ -50,6 +51,7 @@ class Task(abc.ABC):
     loss: ClassVar[Literal["mse", "sparse_categorical_crossentropy"]]
     metric: ClassVar[str]
     baseline_name: ClassVar[str]
+    feature_names: ClassVar[tuple[str, ...]] = ("x",)
 
     def __init__(self, params: TaskParams):
         self.params = params
@@ -86,6 +88,30 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def validation_data(self, num_sequences: int) -> tuple[np.ndarray, np.ndarray]:
         """A fixed validation set of `num_sequences` sequences, the same for every run; shapes as `sample_batch`."""
+
+    def to_table(self, x: np.ndarray) -> pd.DataFrame:
+        """One input sequence `[T, num_features]` as an editable table: a row per step, a column per feature."""
+        return pd.DataFrame(np.asarray(x, np.float64), columns=list(self.feature_names))
+
+    def from_table(self, table: pd.DataFrame) -> np.ndarray:
+        """The inverse of `to_table`: float32 `[T, num_features]`.
+
+        Raises:
+            ValueError: with what is wrong and how to fix it (empty cells, wrong columns).
+        """
+        missing = [name for name in self.feature_names if name not in table]
+        if missing:
+            raise ValueError(f"The sequence needs the columns {', '.join(self.feature_names)}; "
+                             f"missing: {', '.join(missing)}.")
+        values = table[list(self.feature_names)].apply(pd.to_numeric, errors="coerce")
+        if values.empty or values.isna().any().any():
+            raise ValueError("Every step needs a number in every column: fill or delete the empty rows.")
+        return values.to_numpy(np.float32)
+
+    def memory_signal(self, x: np.ndarray) -> np.ndarray | None:
+        """What a solution has to hold in its state after each step, `[batch, T]`, or None when no single
+        quantity says it. Units that track it are the network's memory (see the Gates page)."""
+        return None
 
     def loss_per_step(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         """The training loss of each sequence and step, `[batch, steps]` (`[batch, 1]` for final targets)."""

@@ -7,6 +7,7 @@ import math
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pydantic
 
 from rnnlib.tasks.base import VALIDATION_SEED, OneHotSequences, Task, TaskParams, absolute_error
@@ -40,6 +41,7 @@ class AddingTask(Task):
     loss = "mse"
     metric = "mae"
     baseline_name = "predict 1 (MSE 1/6)"
+    feature_names = ("value", "mask")
 
     @property
     def num_features(self) -> int:
@@ -68,6 +70,11 @@ class AddingTask(Task):
 
     def metric_per_step(self, y_true, y_pred):
         return absolute_error(y_true, y_pred)
+
+    def memory_signal(self, x):
+        """The running sum of the marked values: 0, then the first marked value, then the answer."""
+        x = np.asarray(x)
+        return np.cumsum(x[..., 0] * x[..., 1], axis=-1)
 
 
 class CopyMemoryParams(TaskParams):
@@ -136,6 +143,18 @@ class CopyMemoryTask(Task):
         """Whether the argmax prediction is right; only the 10 recalled symbols count (`metric_weights`), so the
         metric is the share of symbols copied correctly, 1/8 at chance."""
         return (np.argmax(y_pred, axis=-1) == y_true[..., 0]).astype(np.float64)
+
+    def to_table(self, x):
+        """A `symbol` column of class ids (0 blank, 1-8 symbols, 9 delimiter) instead of ten one-hot columns."""
+        return pd.DataFrame({"symbol": np.argmax(np.asarray(x), axis=-1)})
+
+    def from_table(self, table):
+        symbols = pd.to_numeric(table.get("symbol", pd.Series(dtype=float)), errors="coerce")
+        if symbols.empty or symbols.isna().any() or not symbols.between(0, self.num_classes - 1).all() \
+                or not (symbols == symbols.round()).all():
+            raise ValueError(f"Every step needs a symbol id, a whole number from 0 to {self.num_classes - 1} "
+                             f"(0 blank, 1-{self.alphabet_size} symbols, {self.delimiter} delimiter).")
+        return np.eye(self.num_classes, dtype=np.float32)[symbols.to_numpy(np.int64)]
 
     def metric_weights(self, length):
         weights = np.zeros(length)

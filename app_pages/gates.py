@@ -1,0 +1,113 @@
+import streamlit as st
+
+from rnnlib import plots, probes, tasks
+from ui import data, scope
+
+# Longest stretch of a sequence drawn as heatmaps; longer sequences are traced in full and shown from the start.
+MAX_STEPS_SHOWN = 1000
+# Sequences the memory-unit ranking and the saturation statistics are computed over.
+NUM_STATISTICS_SEQUENCES = 128
+
+st.title("Gates, cell state and hidden state")
+st.caption("A trained network's own weights, run on one input sequence with the textbook cell equations (the "
+           "same numbers as Keras', checked to 1e-5): every gate, the candidate, the LSTM's cell state c and the "
+           "hidden state h, unit by unit and step by step.")
+uri = data.tracking_uri()
+link = scope.Permalink("gates_", ("experiment", "run", "source", "seed", "layer"), ("units",))
+
+names = data.experiments(uri)["name"].tolist()
+if not names:
+    st.info("No runs yet. Train something first.", icon=":material/science:")
+    st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.stop()
+left, right = st.columns([1, 2])
+experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
+runs = scope.training_runs(data.runs(uri, experiment))
+runs = runs[runs["status"] == "FINISHED"]
+if runs.empty:
+    st.info("No finished run in this experiment: a run logs its weights when it ends.", icon=":material/info:")
+    link.save()
+    st.stop()
+run_id = link.choice("Run", "run", runs["run_id"].tolist(), widget=right.selectbox, format_func=scope.run_label(runs))
+run_config = data.run_config(uri, run_id)
+task = tasks.build(run_config.task)
+cell_type, num_layers = run_config.model.cell_type, run_config.model.num_layers
+weights = data.weights(uri, run_id)
+
+left, middle, right = st.columns([2, 1, 1])
+source = link.choice("Input sequence", "source", ["task", "edit"], widget=left.radio, horizontal=True,
+                     format_func={"task": "a sequence of the task", "edit": "edit the values"}.get)
+seed = link.number("Sequence seed", "seed", 0, 0, 10**6, widget=middle.number_input,
+                   help="Which sequence of the task to trace; change it to see another.")
+layer = link.choice("Layer", "layer", list(range(num_layers)), widget=right.selectbox, disabled=num_layers == 1)
+x, y = probes.example_sequences(task, seed)
+if source == "edit":
+    edited = st.data_editor(task.to_table(x[0]), num_rows="dynamic", height=240, key=f"gates_editor_{run_id}_{seed}",
+                            width="stretch")
+    try:
+        x = task.from_table(edited)[None]
+    except ValueError as error:
+        st.error(f"{error}", icon=":material/edit_off:")
+        link.save()
+        st.stop()
+if x.shape[1] > MAX_STEPS_SHOWN:
+    st.warning(f"The sequence has {x.shape[1]} steps; the first {MAX_STEPS_SHOWN} are shown.")
+    x = x[:, :MAX_STEPS_SHOWN]
+
+traces = probes.model_traces(weights, cell_type, num_layers, x)
+output = probes.predictions(weights, traces, task)
+if task.target_form == "final" and source == "task":
+    st.markdown(f"**{cell_type.upper()} `{run_config.model.units}` units** answers **{output[0, 0]:.3f}**; the "
+                f"target is **{y[0, 0]:.3f}**.")
+quantities = [q for q in (*probes.GATES[cell_type], "candidate", "c", "h") if q in traces[layer]]
+tidy = probes.tidy_traces({layer: traces[layer]})
+st.plotly_chart(plots.gates_figure(tidy, task.to_table(x[0]), quantities,
+                                   f"Layer {layer} of {cell_type.upper()} × {num_layers}: units × time"),
+                width="stretch", key="gates_heatmaps")
+
+batch, _ = probes.example_sequences(task, seed + 1, NUM_STATISTICS_SEQUENCES)
+batch = batch[:, :MAX_STEPS_SHOWN]
+batch_traces = probes.model_traces(weights, cell_type, num_layers, batch)
+signal = task.memory_signal(batch)
+memory_state = "c" if cell_type == "lstm" else "h"
+if signal is not None:
+    ranking = probes.memory_units(batch_traces[layer], signal, memory_state)
+    default_units = ranking["unit"].head(3).tolist()
+else:
+    ranking, default_units = None, probes.most_active_units(batch_traces[layer], memory_state)
+
+st.subheader("Units over time")
+if task.params.name == "adding":
+    st.info(
+        "**What to look for (adding problem).** The answer is the sum of the two values whose mask is 1, so a "
+        f"network that solves it must hold the first marked value until the end and then add the second. Look "
+        f"for units whose {memory_state} steps at the first marked step, stays flat through the unmarked ones "
+        "and steps again at the second: they latch the marked values. The table ranks the units by how closely "
+        f"their {memory_state} follows the running sum of marked values over {NUM_STATISTICS_SEQUENCES} "
+        "sequences. In a trained LSTM the input gate opens (bright) at the marked steps and the forget gate stays "
+        "near 1 in between; in a GRU the update gate stays near 1 (keep the state) except at the marked steps. "
+        "An untrained or failed tanh RNN shows no such unit: its state is overwritten at every step.",
+        icon=":material/lightbulb:")
+left, right = st.columns([3, 1])
+units = link.choices("Units", "units", list(range(run_config.model.units)), default=default_units,
+                     placeholder="pick units")
+if ranking is not None:
+    with right:
+        st.dataframe(ranking.head(8), hide_index=True, width="stretch",
+                     column_config={"correlation": st.column_config.NumberColumn("corr. with memory", format="%.2f")})
+if units:
+    with left:
+        st.plotly_chart(plots.unit_lines_figure(tidy, units, quantities), width="stretch", key="gates_unit_lines")
+
+st.subheader("Gate saturation")
+saturation = probes.gate_saturation({layer: batch_traces[layer]}, cell_type)
+if saturation.empty:
+    st.info("The tanh RNN has no gates: all it can do is overwrite h_t = tanh(W_hh h_{t-1} + W_xh x_t + b) at "
+            "every step. Its pre-activation is shown above; where |pre-activation| > 2, tanh' < 0.08 and the "
+            "gradient through that unit all but stops.")
+else:
+    st.plotly_chart(plots.saturation_figure(saturation), width="stretch", key="gates_saturation")
+    st.caption(f"Over {NUM_STATISTICS_SEQUENCES} sequences of the task. A forget (LSTM) or update (GRU) gate that "
+               "is mostly open keeps the state, and so the gradient, nearly unchanged from step to step; a gate "
+               "that is mostly closed resets it.")
+link.save()

@@ -1,6 +1,7 @@
 import streamlit as st
 
-from rnnlib import diagrams, lessons
+from rnnlib import compare, diagrams, lessons
+from ui import data
 
 # The measured products take ~0.15 s per activation at 32 units; cache them across slider moves.
 product_norms = st.cache_data(max_entries=64, show_spinner=False)(lessons.jacobian_product_norms)
@@ -28,7 +29,29 @@ if not activations:
 bounds = {name: lessons.derivative_bound_curve(radius, lessons.ACTIVATION_DERIVATIVE_BOUNDS[name], max_lag)
           for name in activations}
 measured = {name: product_norms(radius, name, units, max_lag, rng=0) for name in activations}
-st.plotly_chart(diagrams.products_figure(bounds, measured), width="stretch", key="products_figure")
+
+# Measured gradient flow of real runs: ‖∂h_T/∂h_t‖₂ of trained networks, logged with every run.
+uri = data.tracking_uri()
+names = data.experiments(uri)["name"].tolist()
+overlay = None
+with st.expander("Overlay real runs: ‖∂h_T/∂h_t‖₂ measured on networks logged in this store", expanded=True):
+    left, right = st.columns(2)
+    experiment = left.selectbox("Experiment", ["(none)", *names], index=1 if names else 0, key="products_experiment")
+    moment = right.radio("Weights", ["initialisation", "after training"], horizontal=True, key="products_moment")
+    if experiment != "(none)":
+        runs = data.runs(uri, experiment)
+        runs = runs[runs["kind"] != "sweep"]
+        curves = compare.flow_curves(data.gradient_flows(uri, tuple(runs["run_id"])), runs, ["model.cell_type"],
+                                     "jacobian")
+        if curves.empty:
+            st.caption("These runs logged no gradient flow.")
+        else:
+            overlay = compare.lag_overlay(compare.at_epoch(curves, 0.0 if moment == "initialisation" else None),
+                                          suffix=moment)
+            st.caption("Geometric mean over each cell type's runs, one curve per cell type (solid). A real RNN's "
+                       "curve sits where its recurrent weights put it on the radius slider; an LSTM or GRU decays "
+                       "by its gates, not by a power of ρ.")
+st.plotly_chart(diagrams.products_figure(bounds, measured, runs=overlay), width="stretch", key="products_figure")
 
 columns = st.columns(len(activations))
 for column, name in zip(columns, activations):
@@ -53,5 +76,3 @@ st.markdown(r"""
   GRU's update gate $z_t$ mixes $h_t = z_t \odot h_{t-1} + (1 - z_t) \odot \tilde h_t$, a derivative near 1
   when it chooses to keep the state.
 """)
-
-# Measured gradient flow of real runs: see below

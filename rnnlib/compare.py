@@ -296,3 +296,12 @@ def clip_threshold(runs: pd.DataFrame) -> float | None:
     column = "params.training.clipnorm"
     values = pd.to_numeric(runs[column], errors="coerce").dropna().unique() if column in runs else []
     return float(values[0]) if len(values) == 1 else None
+
+
+def lag_overlay(curves: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
+    """`lag_band` means as `label`, `lag`, `value`, normalised to 1 at lag 0: curves to lay over a theory plot."""
+    band = lag_band(curves)
+    first = band[band["lag"] == 0].set_index("group")["mean"]
+    values = band["mean"] / band["group"].map(first)
+    labels = band["group"] + (f" ({suffix})" if suffix else "")
+    return pd.DataFrame({"label": labels, "lag": band["lag"], "value": values}).dropna()

@@ -1,9 +1,11 @@
 """Every page with Streamlit's AppTest: the real scripts, against real MLflow stores."""
 
+import base64
 import json
 import socket
 import time
 
+import numpy as np
 import pytest
 import streamlit as st
 from mlflow.tracking import MlflowClient
@@ -44,6 +46,13 @@ def query(at):
 
 def figure(at, index=0):
     return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def decoded(values):
+    """A trace's x / y: plotly writes numeric arrays as base64 typed arrays in the chart's JSON."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return values
 
 
 def trace_names(at, index=0):
@@ -191,3 +200,70 @@ def test_compare_view_survives_a_visit_to_another_page(fixture_store, monkeypatc
     at.switch_page("app_pages/compare.py").run()
     assert at.multiselect(key="compare_group_by").value == ["seed"]
     assert query(at)["group_by"] == "seed"
+
+
+def test_gradient_flow_page_shows_lag_curves_truncation_and_where_gradients_vanish(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/gradients.py")
+    assert trace_names(at) >= {"rnn · full (n=2)", "lstm · 5 (n=2)", "gru · full (n=2)"}
+    assert figure(at)["layout"]["yaxis"]["type"] == "log"
+    (truncated,) = [t for t in figure(at)["data"] if t["name"] == "lstm · 5 (n=2)"]
+    summary = at.dataframe[0].value.set_index("group")
+    # TBPTT(5): the loss at T reaches steps T-1 .. T-5, so at lag 5 the gradient is exactly zero
+    assert summary.loc["gru · 5", "at_init"] == "5" and summary.loc["rnn · 5", "trained"] == "5"
+    assert max(decoded(truncated["x"])) == 4  # its curve ends at lag k - 1: nothing flows further back
+    heatmap = figure(at, 1)
+    assert heatmap["data"][0]["type"] == "heatmap"
+    assert query(at)["experiment"] == "smoke"
+    at.radio(key="gradients_quantity").set_value("jacobian").run()
+    assert not at.exception
+    assert "‖∂h_T/∂h_t‖₂" in figure(at)["layout"]["title"]["text"]
+    assert query(at)["quantity"] == "jacobian"
+    norms = figure(at, 2)
+    assert norms["layout"]["yaxis"]["type"] == "log" and "clipnorm" in json.dumps(norms["layout"])
+
+
+def test_gradient_flow_heatmap_draws_the_truncation_window_of_a_tbptt_run(fixture_store, monkeypatch):
+    client = MlflowClient(fixture_store)
+    experiment = client.get_experiment_by_name("smoke")
+    (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'gru-5-s1'")
+    at = open_page(fixture_store, monkeypatch, "app_pages/gradients.py")
+    at.selectbox(key="gradients_run").set_value(run.info.run_id).run()
+    window = [t for t in figure(at, 1)["data"] if t["name"].startswith("truncation window start")]
+    assert window and set(decoded(window[0]["x"])) == {14.5}  # T = 20, k = 5: no gradient left of t = 15
+
+
+def test_gradient_flow_permalink_reopens_the_same_view(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/gradients.py",
+                   query={"experiment": "smoke", "quantity": "loss_cell", "group_by": ["training.truncation"]})
+    assert at.radio(key="gradients_quantity").value == "loss_cell"
+    assert at.multiselect(key="gradients_group_by").value == ["training.truncation"]
+    assert trace_names(at) >= {"5 (n=2)", "full (n=2)"}  # ∂L/∂c: LSTM runs only, grouped by truncation
+
+
+def test_gates_page_traces_a_run_and_points_to_memory_units(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/gates.py", query={"experiment": "smoke", "seed": "3"})
+    run_id = at.selectbox(key="gates_run").value
+    client = MlflowClient(fixture_store)
+    cell_type = client.get_run(run_id).data.params["model.cell_type"]
+    heatmaps = figure(at)
+    titles = {a["text"] for a in heatmaps["layout"]["annotations"]}
+    expected = {"lstm": {"input gate", "forget gate", "output gate", "c", "h"}, "gru": {"update gate", "reset gate"},
+                "rnn": {"pre activation", "h"}}[cell_type]
+    assert expected <= titles and "input" in titles
+    assert sum(t["type"] == "heatmap" for t in heatmaps["data"]) == len(titles) - 1
+    assert "What to look for (adding problem)" in at.info[0].value
+    assert "target is" in " ".join(m.value for m in at.markdown)
+    assert len(at.multiselect(key="gates_units").value) == 3
+    assert query(at)["seed"] == "3"
+
+
+def test_gates_page_shows_lstm_gate_saturation_for_an_lstm_run(fixture_store, monkeypatch):
+    client = MlflowClient(fixture_store)
+    experiment = client.get_experiment_by_name("smoke")
+    lstm = next(r for r in client.search_runs([experiment.experiment_id])
+                if r.data.params.get("model.cell_type") == "lstm")
+    at = open_page(fixture_store, monkeypatch, "app_pages/gates.py",
+                   query={"experiment": "smoke", "run": lstm.info.run_id})
+    saturation = figure(at, 2)
+    assert {t["name"] for t in saturation["data"]} == {"closed (< 0.1)", "open (> 0.9)"}
+    assert any("forget gate" in str(x) for x in saturation["data"][0]["x"])

@@ -98,3 +98,18 @@ def test_every_page_renders_in_a_real_browser(browser, server):
     train = visit(browser, f"{server}/train", "train")
     assert train.get_by_text("Start training").first.is_visible()
     assert train.locator('[data-testid="stException"]').count() == 0
+
+
+@pytest.mark.parametrize("path, name, charts, text", [
+    ("gradients?experiment=smoke&quantity=loss_hidden", "gradients", 3, "Where the gradient vanishes"),
+    ("gates?experiment=smoke&seed=3", "gates", 3, "What to look for (adding problem)"),
+    ("unrolled", "unrolled", 1, "shared"),
+    ("products", "products", 1, "Overlay real runs"),
+    ("forms", "forms", 4, "seq2vec"),
+])
+def test_inside_the_network_and_lesson_pages_render_their_charts(browser, server, path, name, charts, text):
+    page = visit(browser, f"{server}/{path}", name)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    assert page.locator(".js-plotly-plot").count() == charts
+    assert page.get_by_text(text).count() >= 1

@@ -184,3 +184,82 @@ def test_groups_are_ordered_naturally_in_legends_and_axes():
     assert means == ["5 (n=1)", "10 (n=1)", "25 (n=1)", "full (n=1)"]
     assert sorted(["lstm · full", "lstm · 10", "gru · 5"], key=compare.group_sort_key) == [
         "gru · 5", "lstm · 10", "lstm · full"]
+
+
+def make_flows(runs, length=10):
+    """Synthetic gradient-flow records: norm = decay ** lag, the decay set by cell; TBPTT(5) zero beyond 5 steps."""
+    from rnnlib.probes import GradientFlow
+
+    flows = {}
+    for _, run in runs.iterrows():
+        cell, truncation = run["params.model.cell_type"], run["params.training.truncation"]
+        flow = GradientFlow.empty(cell, 1, length, truncation)
+        lags = np.arange(length)[::-1]
+        for step, decay in ((0, 0.5), (10, {"rnn": 0.1, "lstm": 0.9}[cell])):
+            norms = decay ** lags.astype(float)
+            window_start = 0 if truncation == "full" else length - 5
+            norms[:window_start] = 0.0
+            flow.append(step, step / 5, window_start, 1.0,
+                        {q: np.broadcast_to(norms, (1, length)).copy() for q in flow.norms})
+        flows[run["run_id"]] = flow
+    return flows
+
+
+def test_flow_curves_and_at_epoch_pick_each_runs_probe():
+    runs = make_runs()
+    curves = compare.flow_curves(make_flows(runs), runs, ["model.cell_type"], "loss_hidden")
+    assert len(curves) == 12 * 2 * 10 and set(curves["group"]) == {"rnn", "lstm"}
+    assert set(compare.at_epoch(curves, None)["epoch"]) == {2.0}
+    assert set(compare.at_epoch(curves, 0.3)["epoch"]) == {0.0}
+    cells = compare.flow_curves(make_flows(runs), runs, ["model.cell_type"], "loss_cell")
+    assert set(cells["group"]) == {"lstm"}  # only LSTMs have a cell state
+
+
+def test_lag_band_is_the_geometric_mean_and_ends_where_truncation_cuts():
+    runs = make_runs()
+    curves = compare.at_epoch(compare.flow_curves(make_flows(runs), runs, ["model.cell_type", "training.truncation"],
+                                                  "loss_hidden"), None)
+    band = compare.lag_band(curves).set_index(["group", "lag"])
+    assert band.loc[("rnn · full", 3), "mean"] == pytest.approx(0.1**3)
+    assert band.loc[("lstm · full", 9), "mean"] == pytest.approx(0.9**9)
+    assert band.xs("lstm · 5", level="group").index.max() == 4  # zeros beyond the window are not averaged in
+    overlay = compare.lag_overlay(curves, suffix="trained")
+    assert set(overlay["label"]) >= {"rnn · full (trained)"}
+    assert overlay.loc[overlay["lag"] == 0, "value"].tolist() == pytest.approx([1.0] * 4)
+
+
+def test_vanishing_table_finds_the_first_lag_below_a_thousandth():
+    runs = make_runs()
+    curves = compare.flow_curves(make_flows(runs), runs, ["model.cell_type", "training.truncation"], "loss_hidden")
+    table = compare.vanishing_table(curves)
+    rnn = table[table["group"] == "rnn · full"]
+    assert rnn["at_init"].isna().all()  # 0.5 ** 9 = 0.002: still above 1e-3 at the first step
+    assert rnn["trained"].tolist() == [4.0] * 3  # 0.1 ** 4 = 1e-4 < 1e-3, 0.1 ** 3 = 1e-3 is not below
+    summary = compare.vanishing_summary(table).set_index("group")
+    assert summary.loc["lstm · full", "trained"] == "never (> 9)" and summary.loc["lstm · 5", "trained"] == "5"
+
+
+def test_clip_threshold_is_the_shared_clipnorm_only():
+    runs = make_runs().assign(**{"params.training.clipnorm": "1.0"})
+    assert compare.clip_threshold(runs) == 1.0
+    runs.loc[0, "params.training.clipnorm"] = "None"
+    assert compare.clip_threshold(runs) == 1.0  # runs without clipping do not set a threshold
+    runs.loc[1, "params.training.clipnorm"] = "5.0"
+    assert compare.clip_threshold(runs) is None
+
+
+def test_gradient_figures_use_a_log_axis_and_mark_the_truncation_window():
+    runs = make_runs()
+    curves = compare.flow_curves(make_flows(runs), runs, ["model.cell_type"], "loss_hidden")
+    fig = plots.gradient_lag_figure(compare.lag_band(compare.at_epoch(curves, None)), "‖∂L_T/∂h_t‖",
+                                    reference=compare.lag_band(compare.at_epoch(curves, 0.0)))
+    assert fig.layout.yaxis.type == "log"
+    names = {t.name for t in fig.data}
+    assert {"rnn (n=6)", "lstm (n=6)", "rnn at initialisation"} <= names
+    truncated = curves[curves["run_id"] == "lstm-5-0"]
+    heatmap = plots.gradient_heatmap_figure(truncated, "‖∂L_T/∂h_t‖")
+    z = np.array(heatmap.data[0].z, dtype=float)
+    assert np.isnan(z[:, :5]).all() and np.isfinite(z[:, 5:]).all()  # no gradient: blank, not log10(0)
+    assert list(heatmap.data[1].x) == [4.5, 4.5]
+    full = plots.gradient_heatmap_figure(curves[curves["run_id"] == "lstm-full-0"], "‖∂L_T/∂h_t‖")
+    assert len(full.data) == 1

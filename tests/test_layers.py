@@ -10,7 +10,8 @@ from conftest import PROJECT_DIR
 
 LIGHT_MODULES = ["rnnlib.config", "rnnlib.tasks", "rnnlib.truncation", "rnnlib.probes", "rnnlib.tracking",
                  "rnnlib.sweep", "rnnlib.cli", "rnnlib.training", "rnnlib.compare", "rnnlib.plots", "rnnlib.views",
-                 "rnnlib.jobs", "ui.data", "ui.sidebar", "ui.compare_controls", "ui.jobs_panel", "ui.train_form"]
+                 "rnnlib.jobs", "rnnlib.lessons", "rnnlib.diagrams", "rnnlib.backend", "ui.data", "ui.sidebar",
+                 "ui.compare_controls", "ui.jobs_panel", "ui.train_form", "ui.scope"]
 
 
 def imported_modules(path):

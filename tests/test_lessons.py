@@ -188,6 +188,15 @@ def test_lessons_and_diagrams_do_not_import_keras_or_tensorflow():
 # --- Pages -----------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def empty_store(monkeypatch, tmp_path):
+    """Pages that overlay real runs read an empty store unless a test points them at one."""
+    import streamlit as st
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    st.cache_data.clear()
+
+
 def open_page(name):
     at = AppTest.from_file(str(PROJECT_DIR / "app_pages" / f"{name}.py"), default_timeout=30)
     at.run()
@@ -254,3 +263,13 @@ def test_forms_page_pictures_every_form_and_is_honest_about_missing_tasks():
     assert any("adding" in m.value for m in at.markdown)
     missing = [c.value for c in at.caption if c.value.startswith("No bundled task yet")]
     assert len(missing) == sum(not names for names in lessons.tasks_by_form().values())
+
+
+def test_products_page_overlays_the_measured_jacobians_of_logged_runs(fixture_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fixture_store)
+    at = open_page("products")
+    names = {t["name"] for t in figure(at)["data"]}
+    assert {"run: gru (initialisation)", "run: lstm (initialisation)", "run: rnn (initialisation)"} <= names
+    assert trace_values(at, "run: rnn (initialisation)", "y")[0] == pytest.approx(1.0)  # ∂h_T/∂h_T = I
+    at.radio(key="products_moment").set_value("after training").run()
+    assert "run: rnn (after training)" in {t["name"] for t in figure(at)["data"]}

@@ -52,3 +52,27 @@ def test_weights_logged_by_a_run_replay_its_model_without_keras(fixture_store, t
     final = traces[config.model.num_layers - 1]["h"][:, -1]
     prediction = final @ weights["head/kernel"] + weights["head/bias"]
     np.testing.assert_allclose(prediction, keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def test_memory_units_rank_a_unit_that_tracks_the_signal_first():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(8, 30)).cumsum(axis=1)
+    h = rng.normal(size=(8, 30, 5))
+    h[..., 3] = -0.5 * signal + 0.01 * rng.normal(size=(8, 30))
+    ranking = probes.memory_units({"h": h}, signal)
+    assert ranking["unit"].iloc[0] == 3 and ranking["correlation"].iloc[0] == pytest.approx(-1.0, abs=1e-3)
+    assert probes.most_active_units({"h": h}, count=1) == [3]
+
+
+def test_numpy_predictions_from_logged_weights_equal_the_keras_model():
+    for task_config, cell_type in (({"name": "adding", "length": 12}, "gru"), ({"name": "copy_memory", "delay": 5},
+                                                                            "lstm")):
+        config = cfg.validate({"task": task_config, "model": {"cell_type": cell_type, "units": 4, "num_layers": 2}})
+        task = tasks.build(config.task)
+        keras.utils.set_random_seed(0)
+        model = models.build_model(config.model, task)
+        x, _ = probes.example_sequences(task, seed=1, num_sequences=3)
+        traces = probes.model_traces(models.export_weights(model), cell_type, 2, x)
+        expected = keras.ops.convert_to_numpy(model(x.astype(np.float32)))
+        np.testing.assert_allclose(probes.predictions(models.export_weights(model), traces, task), expected,
+                                   atol=1e-5)

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from rnnlib import config as cfg
 from rnnlib import tasks
 
 
@@ -112,3 +113,36 @@ def test_sunspots_is_the_bundled_series_split_by_time():
     train_values = set(np.round(task._scaled[0][:216], 6))
     assert not set(np.round(x_val[0, :, 0], 6)) <= train_values
     assert task.metric_value(np.zeros((1, 3, 1)), np.ones((1, 3, 1))) == pytest.approx(task.scale)
+
+
+@pytest.mark.parametrize("name", sorted(tasks.TASKS))
+def test_a_sequence_round_trips_through_its_editable_table(name):
+    task = tasks.build(cfg.validate({"task": {"name": name}}).task)
+    x, _ = task.sample_batch(np.random.default_rng(0), 1)
+    x = np.asarray(x)[0]
+    table = task.to_table(x)
+    assert len(table) == task.sequence_length
+    np.testing.assert_array_equal(task.from_table(table), x)
+
+
+def test_edited_tables_with_holes_or_bad_symbols_are_refused_with_what_to_fix():
+    adding = tasks.build(cfg.validate({"task": {"name": "adding", "length": 5}}).task)
+    table = adding.to_table(np.zeros((5, 2)))
+    table.loc[2, "mask"] = None
+    with pytest.raises(ValueError, match="Every step needs a number"):
+        adding.from_table(table)
+    with pytest.raises(ValueError, match="missing: mask"):
+        adding.from_table(table.drop(columns="mask"))
+    copy = tasks.build(cfg.validate({"task": {"name": "copy_memory", "delay": 3}}).task)
+    symbols = copy.to_table(np.eye(10)[np.zeros(23, int)])
+    symbols.loc[0, "symbol"] = 12
+    with pytest.raises(ValueError, match="whole number from 0 to 9"):
+        copy.from_table(symbols)
+
+
+def test_adding_memory_signal_is_the_running_sum_of_marked_values():
+    task = tasks.build(cfg.validate({"task": {"name": "adding", "length": 20}}).task)
+    x, y = task.sample_batch(np.random.default_rng(3), 4)
+    signal = task.memory_signal(x)
+    np.testing.assert_allclose(signal[:, -1], y[:, 0], rtol=1e-6)
+    assert np.all(np.diff(signal, axis=1) >= 0) and len(np.unique(signal[0])) == 3  # 0, first value, the sum

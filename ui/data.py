@@ -12,6 +12,7 @@ CACHE_SECONDS = 15
 # A page waits on the store: fail in seconds, not after MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in the server log
 
 
 def tracking_uri() -> str:

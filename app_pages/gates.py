@@ -57,7 +57,7 @@ if x.shape[1] > MAX_STEPS_SHOWN:
 traces = probes.model_traces(weights, cell_type, num_layers, x)
 output = probes.predictions(weights, traces, task)
 if task.target_form == "final" and source == "task":
-    st.markdown(f"**{cell_type.upper()} `{run_config.model.units}` units** answers **{output[0, 0]:.3f}**; the "
+    st.markdown(f"This {cell_type.upper()} ({run_config.model.units} units) answers **{output[0, 0]:.3f}**; the "
                 f"target is **{y[0, 0]:.3f}**.")
 quantities = [q for q in (*probes.GATES[cell_type], "candidate", "c", "h") if q in traces[layer]]
 tidy = probes.tidy_traces({layer: traces[layer]})
@@ -89,8 +89,9 @@ if task.params.name == "adding":
         "An untrained or failed tanh RNN shows no such unit: its state is overwritten at every step.",
         icon=":material/lightbulb:")
 left, right = st.columns([3, 1])
-units = link.choices("Units", "units", list(range(run_config.model.units)), default=default_units,
-                     placeholder="pick units")
+with left:
+    units = link.choices("Units", "units", list(range(run_config.model.units)), default=default_units,
+                         placeholder="pick units")
 if ranking is not None:
     with right:
         st.dataframe(ranking.head(8), hide_index=True, width="stretch",

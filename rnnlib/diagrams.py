@@ -179,7 +179,7 @@ def products_figure(bounds: Mapping[str, pd.DataFrame], measured: Mapping[str, p
         color = colors[label]
         fig.add_trace(go.Scatter(
             x=np.concatenate([frame["lag"], frame["lag"][::-1]]),
-            y=np.concatenate([frame["upper"], frame["lower"][::-1]]), fill="toself", hoverinfo="skip",
+            y=np.concatenate([frame["upper"], frame["lower"][::-1]]), fill="toself", mode="lines", hoverinfo="skip",
             fillcolor=_rgba(color, 0.2), line={"width": 0}, legendgroup=label, showlegend=False,
             name=f"{label} measured band",
         ))

@@ -57,7 +57,7 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
         fig.add_trace(go.Scatter(
             x=np.concatenate([rows["step"], rows["step"][::-1]]),
             y=np.concatenate([rows["upper"], lower[::-1]]),
-            fill="toself", fillcolor=_rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
+            fill="toself", mode="lines", fillcolor=_rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
             legendgroup=group, showlegend=False, name=f"{group} 95% CI",
         ))
         if show_runs:
@@ -142,8 +142,8 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
         color = colors[group]
         fig.add_trace(go.Scatter(
             x=np.concatenate([rows["lag"], rows["lag"][::-1]]), y=np.concatenate([rows["upper"], rows["lower"][::-1]]),
-            fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip", legendgroup=group,
-            showlegend=False, name=f"{group} 95% CI",
+            fill="toself", mode="lines", fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
+            legendgroup=group, showlegend=False, name=f"{group} 95% CI",
         ))
         if seeds is not None:
             xs, ys = [], []

@@ -105,11 +105,15 @@ def test_every_page_renders_in_a_real_browser(browser, server):
     ("gates?experiment=smoke&seed=3", "gates", 3, "What to look for (adding problem)"),
     ("unrolled", "unrolled", 1, "shared"),
     ("products", "products", 1, "Overlay real runs"),
-    ("forms", "forms", 4, "seq2vec"),
+    ("forms", "forms", 4, "Sequence to vector"),
 ])
 def test_inside_the_network_and_lesson_pages_render_their_charts(browser, server, path, name, charts, text):
     page = visit(browser, f"{server}/{path}", name)
     assert page.locator('[data-testid="stException"]').count() == 0
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {charts}",
+                           timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))  # now with every chart drawn
     assert page.locator(".js-plotly-plot").count() == charts
     assert page.get_by_text(text).count() >= 1

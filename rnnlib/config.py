@@ -49,13 +49,15 @@ class ModelConfig(_Frozen):
     """The recurrent network: `num_layers` stacked layers of `units` cells of `cell_type`.
 
     `dropout` is applied between stacked layers (never on the recurrent connection, which would rule out
-    cuDNN).
+    cuDNN). `recurrent_gain` scales the orthogonal initial recurrent weights (Keras' default, gain 1): above 1
+    a tanh RNN starts with a spectral radius above 1, the setting where gradients explode (Pascanu et al. 2013).
     """
 
     cell_type: Literal["rnn", "lstm", "gru"] = "lstm"
     units: int = pydantic.Field(64, ge=1, le=4096)
     num_layers: int = pydantic.Field(1, ge=1, le=16)
     dropout: float = pydantic.Field(0.0, ge=0.0, lt=1.0)
+    recurrent_gain: float = pydantic.Field(1.0, gt=0.0, le=10.0)
 
 
 class Truncation(_Frozen):

@@ -122,7 +122,8 @@ class GradientProbe:
         """Spectral norm of ∂h_T/∂h_t within each layer for every t, averaged over sequences: `[num_layers, T]`.
 
         Row j of the Jacobian is the gradient of h_T[j]; one backward pass gets all rows by replicating each
-        sequence once per unit. NaN for layers wider than `MAX_JACOBIAN_ROWS` units.
+        sequence once per unit. NaN for layers wider than `MAX_JACOBIAN_ROWS` units, and where the network has
+        diverged (non-finite Jacobians): a probe records what it sees and never stops training.
         """
         length = x.shape[1]
         result = np.full((len(self.cells), length), np.nan)
@@ -136,7 +137,8 @@ class GradientProbe:
             _, grads = self._state_gradients[index]([replicated, selector], self._zeros(len(replicated), length))
             position = sum(_num_states(c) for c in self.cells[:index])  # this layer's h perturbation
             rows = grads[position].reshape(num_sequences, units, length, units).transpose(0, 2, 1, 3)
-            result[index] = np.linalg.svd(rows, compute_uv=False)[..., 0].mean(axis=0)
+            finite = np.isfinite(rows).all(axis=(0, 2, 3))  # a diverged network has inf / NaN Jacobians
+            result[index, finite] = np.linalg.svd(rows[:, finite], compute_uv=False)[..., 0].mean(axis=0)
         return result
 
     def _zeros(self, batch, length):

@@ -30,7 +30,7 @@ def build_model(model_config, task: Task, batch_size: int | None = None, statefu
     """A stack of `num_layers` recurrent layers and a dense head.
 
     Args:
-        model_config: a config's `model` (cell_type, units, num_layers, dropout).
+        model_config: a config's `model` (cell_type, units, num_layers, dropout, recurrent_gain).
         task: decides the head: one output per sequence (`final`, seq2vec) or per step (`per_step`, seq2seq);
             a softmax over classes for cross-entropy tasks, a linear unit for regression.
         batch_size: fixed batch size, required when `stateful` (truncated BPTT carries state in the layers).
@@ -49,6 +49,7 @@ def build_model(model_config, task: Task, batch_size: int | None = None, statefu
             model_config.units,
             return_sequences=not is_last or task.target_form == "per_step",
             stateful=stateful,
+            recurrent_initializer=keras.initializers.Orthogonal(gain=model_config.recurrent_gain),
             name=f"{model_config.cell_type}_{index}",
             **backend.recurrent_layer_options(keras.backend.backend(), model_config.cell_type, stateful),
         )(hidden)

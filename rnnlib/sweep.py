@@ -62,7 +62,7 @@ def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list
             results.append(_run_trial(store, experiment_id, trial_config, point, parent_id, callbacks))
         failed = [r for r in results if r.status == "FAILED"]
         if failed:  # raised inside the parent run, so the sweep ends FAILED
-            lines = "\n".join(f"  - {tracking.run_name(r.config)}: {r.error}" for r in failed)
+            lines = "\n".join(f"  - {tracking.run_name(r.config, r.point)}: {r.error}" for r in failed)
             raise SweepError(f"{len(failed)} of {len(results)} runs failed:\n{lines}")
     return results
 
@@ -71,7 +71,7 @@ def _run_trial(store, experiment_id, config, point, parent_id, callbacks) -> Tri
     kind = "trial" if parent_id else "single"
     run_id = ""
     try:
-        with store.run(experiment_id, tracking.run_name(config), {"rnnlib.run_kind": kind}, parent_id) as run_id:
+        with store.run(experiment_id, tracking.run_name(config, point), {"rnnlib.run_kind": kind}, parent_id) as run_id:
             logger = tracking.RunLogger(store, run_id, config, point)
             result = training.train(config, [logger, *callbacks])
     except Exception as error:  # store.run ended the run FAILED; the sweep goes on
@@ -88,6 +88,7 @@ def summary_table(results: list[TrialResult]) -> pd.DataFrame:
         {
             "cell_type": r.config.model.cell_type,
             "truncation": r.config.training.truncation.label,
+            **{key: str(value) for key, value in (r.point or {}).items() if key not in tracking.NAMED_AXES},
             "seed": r.config.seed,
             "best_val_loss": r.best_val_loss,
             "baseline": r.baseline,
@@ -99,8 +100,9 @@ def summary_table(results: list[TrialResult]) -> pd.DataFrame:
         return pd.DataFrame(columns=["cell_type", "truncation", "runs", "best_val_loss", "std", "baseline",
                                      "vs_baseline"])
     frame = pd.DataFrame(rows)
+    axes = [c for c in frame.columns if c not in ("seed", "best_val_loss", "baseline")]  # cell, truncation, others
     table = (
-        frame.groupby(["cell_type", "truncation"], sort=False)
+        frame.groupby(axes, sort=False)
         .agg(runs=("seed", "size"), best_val_loss=("best_val_loss", "mean"),
              std=("best_val_loss", lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else 0.0),
              baseline=("baseline", "first"))

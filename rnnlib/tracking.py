@@ -184,9 +184,15 @@ class RunLogger(Callback):
         self.gradient_flow = None
 
 
-def run_name(config: ExperimentConfig) -> str:
-    """`lstm-full-s0`, `gru-10/20-s2`: cell, truncation and seed, the axes runs are usually told apart by."""
-    return f"{config.model.cell_type}-{config.training.truncation.label}-s{config.seed}"
+# Grid axes every run name carries; other axes of a sweep are appended as `name=value`.
+NAMED_AXES = ("model.cell_type", "training.truncation", "seed")
+
+
+def run_name(config: ExperimentConfig, grid_point: dict | None = None) -> str:
+    """`lstm-full-s0`, `gru-10/20-s2`: cell, truncation and seed, the axes runs are usually told apart by, then
+    the sweep's other axes: `rnn-full-s0-clipnorm=None-recurrent_gain=1.5`."""
+    extra = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in (grid_point or {}).items() if key not in NAMED_AXES]
+    return "-".join([config.model.cell_type, config.training.truncation.label, f"s{config.seed}", *extra])
 
 
 # ---- Queries: what the dashboard reads. Each returns plain pandas; callers cache them.

@@ -175,3 +175,14 @@ def test_gradient_flow_round_trips_through_bytes_and_a_tidy_frame():
 ])
 def test_vanishing_lag_is_the_first_lag_below_the_threshold(norms, expected):
     assert probes.vanishing_lag(np.array(norms)) == expected
+
+
+def test_a_diverged_network_is_probed_as_nan_without_stopping_training():
+    config, task, model = tiny("rnn", length=8, units=3, num_layers=1)
+    layer = models.recurrent_layers(model)[0]
+    layer.cell.recurrent_kernel.assign(np.full((3, 3), np.nan, np.float32))
+    x, y = task.sample_batch(np.random.default_rng(0), 2)
+    probe = gradients.GradientProbe(model, task)
+    assert np.isnan(probe.jacobian_norms(x)[0, :-1]).all()
+    _, norms = probe.loss_gradients(x, y)
+    assert norms["loss_hidden"].shape == (1, 8)

@@ -67,9 +67,12 @@ def group_labels(runs: pd.DataFrame, group_by: list[str]) -> pd.Series:
     columns = [f"params.{name}" for name in group_by if f"params.{name}" in runs]
     if not columns:
         return pd.Series("all runs", index=runs.index)
-    labels = runs[columns[0]].fillna("–").astype(str)
+    def text(column):  # a param logged empty means "not set" (e.g. clipnorm: null)
+        return runs[column].fillna("–").astype(str).replace("", "none")
+
+    labels = text(columns[0])
     for column in columns[1:]:
-        labels = labels + " · " + runs[column].fillna("–").astype(str)
+        labels = labels + " · " + text(column)
     return labels
 
 
@@ -210,6 +213,9 @@ def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str
 
 # Gradient flow over time (`rnnlib.probes.GradientFlow`, one per run).
 
+# The smallest positive float32: gradient norms are computed in float32 and underflow to 0 below it.
+FLOAT32_FLOOR = float(np.finfo(np.float32).smallest_subnormal)
+
 def flow_curves(flows: dict, runs: pd.DataFrame, group_by: list[str], quantity: str, layer: int = 0) -> pd.DataFrame:
     """Every probe of every run as norm vs timestep: `run_id`, `run_name`, `group`, `probe`, `epoch`, `step`, `t`,
     `lag`, `window_start`, `value`. Runs without a record (or without `quantity`, e.g. ∂L/∂c of a GRU) are
@@ -248,11 +254,13 @@ def at_epoch(curves: pd.DataFrame, epoch: float | None) -> pd.DataFrame:
 def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Geometric mean over a group's runs of the norm at each lag, with its `level` confidence band.
 
-    Norms span many decades, so the mean and Student-t interval are taken of log10; exact zeros (no gradient:
-    beyond a truncation window) are left out, so a truncated group's curve ends where its gradient does.
-    Returns `group`, `lag`, `mean`, `lower`, `upper`, `n`.
+    Norms span many decades, so the mean and Student-t interval are taken of log10. Steps before the truncation
+    window get no gradient at all and are left out, so a truncated group's curve ends where its gradient does;
+    a norm that underflowed float32 elsewhere counts as `FLOAT32_FLOOR`, not as missing (dropping it would lift
+    the mean to the runs that had not underflowed yet). Returns `group`, `lag`, `mean`, `lower`, `upper`, `n`.
     """
-    positive = curves[curves["value"] > 0].assign(log=lambda f: np.log10(f["value"]))
+    reached = curves[curves["t"] >= curves["window_start"]]
+    positive = reached.assign(log=lambda f: np.log10(f["value"].clip(lower=FLOAT32_FLOOR)))
     table = _mean_and_ci(positive.groupby(["group", "lag"], sort=True)["log"], level)
     return pd.DataFrame({
         "group": table["group"], "lag": table["lag"], "mean": 10 ** table["mean"],
@@ -263,27 +271,34 @@ def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 def vanishing_table(curves: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
     """Per run, the lag where the norm first falls below `threshold` times its value at the last step, at the
     first probe (initialisation) and the last (after training): `run_name`, `group`, `at_init`, `trained`
-    (NaN: it never does within the sequence)."""
+    (inf: it never does within the sequence; NaN: the network had diverged, its norms are not finite)."""
     from rnnlib.probes import vanishing_lag
 
     rows = []
     for _, run in curves.groupby("run_id", sort=False):
         first, last = run["probe"].min(), run["probe"].max()
-        lags = [vanishing_lag(run[run["probe"] == p].sort_values("t")["value"].to_numpy(), threshold)
-                for p in (first, last)]
-        rows.append({"run_name": run["run_name"].iloc[0], "group": run["group"].iloc[0],
-                     "at_init": np.nan if lags[0] is None else lags[0],
-                     "trained": np.nan if lags[1] is None else lags[1], "length": int(run["t"].max()) + 1})
+        lags = []
+        for probe in (first, last):
+            norms = run[run["probe"] == probe].sort_values("t")["value"].to_numpy()
+            lag = vanishing_lag(norms, threshold) if np.isfinite(norms).all() else np.nan  # NaN: diverged
+            lags.append(np.inf if lag is None else lag)
+        rows.append({"run_name": run["run_name"].iloc[0], "group": run["group"].iloc[0], "at_init": lags[0],
+                     "trained": lags[1], "length": int(run["t"].max()) + 1})
     table = pd.DataFrame(rows, columns=["run_name", "group", "at_init", "trained", "length"])
     return table.sort_values(["group", "run_name"], key=lambda c: c.map(group_sort_key) if c.name == "group" else c)
 
 
 def vanishing_summary(table: pd.DataFrame) -> pd.DataFrame:
     """`vanishing_table` per group: the median lag over runs at initialisation and after training, as text
-    (`never` when the gradient reaches the first step in most runs): `group`, `runs`, `at_init`, `trained`."""
+    (`never` when the gradient reaches the first step in most runs, `diverged` for runs whose norms are not
+    finite): `group`, `runs`, `at_init`, `trained`."""
     def median_text(values: pd.Series, length: int) -> str:
-        median = values.fillna(np.inf).median()
-        return f"never (> {length - 1})" if np.isinf(median) else f"{median:g}"
+        finite = values.dropna()
+        diverged = f" ({len(values) - len(finite)} diverged)" if len(finite) < len(values) else ""
+        if finite.empty:
+            return "diverged"
+        median = finite.median()
+        return (f"never (> {length - 1})" if np.isinf(median) else f"{median:g}") + diverged
 
     rows = [{"group": group, "runs": len(rows), "at_init": median_text(rows["at_init"], rows["length"].max()),
              "trained": median_text(rows["trained"], rows["length"].max())}

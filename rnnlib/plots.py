@@ -161,6 +161,13 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
                                  legendgroup=group, name=f"{group} (n={int(rows['n'].max())})"))
     fig = _layout(fig, f"{quantity} vs lag T − t (geometric mean over runs, 95% band)", "lag T − t (steps back)",
                   quantity, log_y=True)
+    # Fit the axis to the means, not the bands: with few seeds a Student-t band in log space can span dozens of
+    # decades and would flatten every curve.
+    means = pd.concat([band["mean"], reference["mean"] if reference is not None else pd.Series(dtype=float)])
+    means = np.log10(means[(means > 0) & np.isfinite(means)])
+    if len(means):
+        low, high = float(means.min()) - 0.5, float(means.max()) + 0.5
+        fig.update_yaxes(range=[low, high], dtick=1 if high - low <= 12 else None)
     fig.update_layout(hovermode="closest")
     return fig
 
@@ -168,11 +175,15 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
 def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
     """One run's gradient norms over training: probes (epochs) x timestep t, colour = log10 norm.
 
-    Exact zeros (no gradient: before the truncation window) are left blank, and the window's start at each
-    probe is drawn as a line, so TBPTT(k) shows as an empty band left of T - k.
+    Steps before the truncation window (no gradient at all) are left blank, and the window's start at each
+    probe is drawn as a line, so TBPTT(k) shows as an empty band left of T - k. Norms that underflowed float32
+    show at its floor (1e-45).
     """
-    table = run.pivot_table(index="epoch", columns="t", values="value", aggfunc="first").sort_index()
-    logs = np.log10(table.where(table > 0))
+    reached = run.assign(value=run["value"].clip(lower=np.finfo(np.float32).smallest_subnormal)
+                         .where(run["t"] >= run["window_start"]))  # underflow: the floor; truncated: blank
+    table = reached.pivot_table(index="epoch", columns="t", values="value", aggfunc="first", dropna=False)
+    table = table.sort_index().reindex(columns=sorted(run["t"].unique()))
+    logs = np.log10(table)
     fig = go.Figure(go.Heatmap(
         x=table.columns, y=table.index, z=logs.to_numpy(), colorscale="Viridis",
         colorbar={"title": "log10 norm"}, hovertemplate="t=%{x}, epoch %{y}: 10^%{z:.2f}<extra></extra>",

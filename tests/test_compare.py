@@ -233,7 +233,7 @@ def test_vanishing_table_finds_the_first_lag_below_a_thousandth():
     curves = compare.flow_curves(make_flows(runs), runs, ["model.cell_type", "training.truncation"], "loss_hidden")
     table = compare.vanishing_table(curves)
     rnn = table[table["group"] == "rnn · full"]
-    assert rnn["at_init"].isna().all()  # 0.5 ** 9 = 0.002: still above 1e-3 at the first step
+    assert np.isinf(rnn["at_init"]).all()  # 0.5 ** 9 = 0.002: still above 1e-3 at the first step
     assert rnn["trained"].tolist() == [4.0] * 3  # 0.1 ** 4 = 1e-4 < 1e-3, 0.1 ** 3 = 1e-3 is not below
     summary = compare.vanishing_summary(table).set_index("group")
     assert summary.loc["lstm · full", "trained"] == "never (> 9)" and summary.loc["lstm · 5", "trained"] == "5"
@@ -263,3 +263,33 @@ def test_gradient_figures_use_a_log_axis_and_mark_the_truncation_window():
     assert list(heatmap.data[1].x) == [4.5, 4.5]
     full = plots.gradient_heatmap_figure(curves[curves["run_id"] == "lstm-full-0"], "‖∂L_T/∂h_t‖")
     assert len(full.data) == 1
+
+
+def test_gradient_lag_axis_fits_the_means_not_a_wide_band():
+    band = pd.DataFrame({"group": "rnn", "lag": [0, 1, 2], "mean": [1.0, 1e-3, 1e-6],
+                         "lower": [1e-40, 1e-40, 1e-40], "upper": [1e5, 1e5, 1e5], "n": 3})
+    fig = plots.gradient_lag_figure(band, "‖∂L_T/∂h_t‖")
+    assert list(fig.layout.yaxis.range) == [-6.5, 0.5]
+
+
+def test_float32_underflow_counts_as_tiny_not_missing_but_truncation_is_missing():
+    curves = pd.DataFrame({"run_id": ["a", "a", "b", "b", "c", "c"], "group": "rnn", "t": [0, 1] * 3,
+                           "lag": [1, 0] * 3, "window_start": [0, 0, 0, 0, 1, 1],
+                           "value": [0.0, 1.0, 1e-20, 1.0, 0.0, 1.0]})
+    band = compare.lag_band(curves).set_index("lag")
+    assert band.loc[1, "n"] == 2  # run c's zero is truncation: left out; run a's is underflow: kept at the floor
+    assert band.loc[1, "mean"] == pytest.approx(np.sqrt(compare.FLOAT32_FLOOR * 1e-20), rel=1e-6)
+
+
+def test_a_diverged_run_reads_diverged_not_never():
+    curves = pd.DataFrame({"run_id": "a", "run_name": "a", "group": "rnn · none", "probe": [0, 0, 1, 1],
+                           "t": [0, 1, 0, 1], "value": [1e-5, 1.0, np.nan, 1.0]})
+    table = compare.vanishing_table(curves)
+    assert table["at_init"].item() == 1 and np.isnan(table["trained"].item())
+    summary = compare.vanishing_summary(table)
+    assert summary["trained"].item() == "diverged"
+
+
+def test_unset_params_group_as_none():
+    runs = make_runs().assign(**{"params.training.clipnorm": ["", "1.0"] * 6})
+    assert set(compare.group_labels(runs, ["training.clipnorm"])) == {"none", "1.0"}

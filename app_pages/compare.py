@@ -2,7 +2,7 @@ import streamlit as st
 
 from rnnlib import compare, plots
 from ui import compare_controls as controls
-from ui import data
+from ui import data, scope
 
 st.title("Compare runs")
 st.caption("Cells and truncation lengths side by side: means over seeds with 95% confidence bands, the task's "
@@ -10,11 +10,7 @@ st.caption("Cells and truncation lengths side by side: means over seeds with 95%
 uri = data.tracking_uri()
 controls.load_url()
 
-names = data.experiments(uri)["name"].tolist()
-if not names:
-    st.info("No runs yet. Train something first.", icon=":material/science:")
-    st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
-    st.stop()
+names = scope.experiment_names(uri, "No runs yet. Train something first.")
 
 left, right = st.columns([1, 2])
 with left:

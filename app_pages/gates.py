@@ -15,11 +15,7 @@ st.caption("A trained network's own weights, run on one input sequence with the 
 uri = data.tracking_uri()
 link = scope.Permalink("gates_", ("experiment", "run", "source", "seed", "layer"), ("units",))
 
-names = data.experiments(uri)["name"].tolist()
-if not names:
-    st.info("No runs yet. Train something first.", icon=":material/science:")
-    st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
-    st.stop()
+names = scope.experiment_names(uri, "No runs yet. Train something first.")
 left, right = st.columns([1, 2])
 experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
 runs = scope.training_runs(data.runs(uri, experiment))
@@ -57,8 +53,8 @@ if x.shape[1] > MAX_STEPS_SHOWN:
 traces = probes.model_traces(weights, cell_type, num_layers, x)
 output = probes.predictions(weights, traces, task)
 if task.target_form == "final" and source == "task":
-    st.markdown(f"This {cell_type.upper()} ({run_config.model.units} units) answers **{output[0, 0]:.3f}**; the "
-                f"target is **{y[0, 0]:.3f}**.")
+    st.markdown(f"This {cell_type.upper()} ({run_config.model.units} units) answers "
+                f"**{task.format_answer(output[0])}**; the target is **{task.format_target(y[0])}**.")
 quantities = [q for q in (*probes.GATES[cell_type], "candidate", "c", "h") if q in traces[layer]]
 tidy = probes.tidy_traces({layer: traces[layer]})
 st.plotly_chart(plots.gates_figure(tidy, task.to_table(x[0]), quantities,

@@ -10,11 +10,7 @@ st.caption("How much the loss at the last step T depends on the state at each ea
 uri = data.tracking_uri()
 link = scope.Permalink("gradients_", ("experiment", "quantity", "layer", "epoch", "run"), ("group_by",))
 
-names = data.experiments(uri)["name"].tolist()
-if not names:
-    st.info("No runs yet. Train something first: every run logs its gradient flow.", icon=":material/science:")
-    st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
-    st.stop()
+names = scope.experiment_names(uri, "No runs yet. Train something first: every run logs its gradient flow.")
 
 left, right = st.columns([1, 2])
 experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)

@@ -23,6 +23,16 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({int(r)},{int(g)},{int(b)},{alpha})"
 
 
+def _run_lines(runs: pd.DataFrame, x: str, y: str, group: str, color: str) -> go.Scatter:
+    """Every run of a group as one thin trace (runs separated by gaps), drawn under the group's mean."""
+    xs, ys = [], []
+    for _, run in runs.groupby("run_id", sort=False):
+        xs += [*run[x], None]
+        ys += [*run[y], None]
+    return go.Scatter(x=xs, y=ys, mode="lines", line={"color": color, "width": 1}, legendgroup=group,
+                      showlegend=False, hoverinfo="skip", name=f"{group} runs")
+
+
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
     fig.update_layout(  # no template: Streamlit themes the chart, and building one costs ~0.2 s per figure
         title=title, hovermode="x unified", height=460,
@@ -61,13 +71,7 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
             legendgroup=group, showlegend=False, name=f"{group} 95% CI",
         ))
         if show_runs:
-            runs = curve[curve["group"] == group]
-            xs, ys = [], []
-            for _, run in runs.groupby("run_id", sort=False):
-                xs += [*run["step"], None]
-                ys += [*run["smoothed"], None]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": _rgba(color, 0.45), "width": 1},
-                                     legendgroup=group, showlegend=False, hoverinfo="skip", name=f"{group} runs"))
+            fig.add_trace(_run_lines(curve[curve["group"] == group], "step", "smoothed", group, _rgba(color, 0.45)))
         if raw_band is not None:
             raw = raw_band[raw_band["group"] == group]
             fig.add_trace(go.Scatter(x=raw["step"], y=raw["mean"], mode="lines", hoverinfo="skip",
@@ -146,12 +150,8 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
             legendgroup=group, showlegend=False, name=f"{group} 95% CI",
         ))
         if seeds is not None:
-            xs, ys = [], []
-            for _, run in seeds[(seeds["group"] == group) & (seeds["value"] > 0)].groupby("run_id", sort=False):
-                xs += [*run["lag"], None]
-                ys += [*run["value"], None]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": _rgba(color, 0.4), "width": 1},
-                                     legendgroup=group, showlegend=False, hoverinfo="skip", name=f"{group} runs"))
+            runs = seeds[(seeds["group"] == group) & (seeds["value"] > 0)]
+            fig.add_trace(_run_lines(runs, "lag", "value", group, _rgba(color, 0.4)))
         if reference is not None:
             before = reference[reference["group"] == group]
             fig.add_trace(go.Scatter(x=before["lag"], y=before["mean"], mode="lines", legendgroup=group,
@@ -199,13 +199,18 @@ def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
     return fig
 
 
+# Inputs with more features than this are drawn as a heatmap rather than one line each.
+MAX_INPUT_LINES = 4
+
+
 def gates_figure(tidy: pd.DataFrame, inputs: pd.DataFrame, quantities: list[str], title: str) -> go.Figure:
     """The input sequence on top, then one units x time heatmap per quantity (gates, candidate, c, h), all on
     the same time axis (LSTMVis / Karpathy style).
 
     Args:
         tidy: one layer of `rnnlib.probes.tidy_traces`: quantity, t, unit, value.
-        inputs: the sequence as `Task.to_table` gives it: a row per step, a column per feature.
+        inputs: the sequence as `Task.to_table` gives it: a row per step, a column per feature (lines for up to
+            `MAX_INPUT_LINES` features, a grey heatmap beyond).
     """
     from plotly.subplots import make_subplots
 
@@ -213,9 +218,14 @@ def gates_figure(tidy: pd.DataFrame, inputs: pd.DataFrame, quantities: list[str]
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.025,
                         row_heights=[0.6] + [1.0] * len(quantities),
                         subplot_titles=["input", *[q.replace("_", " ") for q in quantities]])
-    for index, column in enumerate(inputs.columns):
-        fig.add_trace(go.Scatter(x=inputs.index, y=inputs[column], mode="lines", name=f"input: {column}",
-                                 line={"color": PALETTE[index % len(PALETTE)], "width": 1.5}), row=1, col=1)
+    if len(inputs.columns) <= MAX_INPUT_LINES:
+        for index, column in enumerate(inputs.columns):
+            fig.add_trace(go.Scatter(x=inputs.index, y=inputs[column], mode="lines", name=f"input: {column}",
+                                     line={"color": PALETTE[index % len(PALETTE)], "width": 1.5}), row=1, col=1)
+    else:  # many features (e.g. a row of pixels per step): one more heatmap, features x time
+        fig.add_trace(go.Heatmap(x=inputs.index, y=list(inputs.columns), z=inputs.to_numpy().T, name="input",
+                                 colorscale="Greys", showscale=False,
+                                 hovertemplate="t=%{x}, %{y}: %{z:.3f}<extra>input</extra>"), row=1, col=1)
     for row, quantity in enumerate(quantities, start=2):
         table = tidy[tidy["quantity"] == quantity].pivot(index="unit", columns="t", values="value")
         gate = quantity.endswith("_gate")

@@ -293,3 +293,12 @@ def test_a_diverged_run_reads_diverged_not_never():
 def test_unset_params_group_as_none():
     runs = make_runs().assign(**{"params.training.clipnorm": ["", "1.0"] * 6})
     assert set(compare.group_labels(runs, ["training.clipnorm"])) == {"none", "1.0"}
+
+
+def test_gates_figure_draws_few_inputs_as_lines_and_many_as_a_heatmap():
+    tidy = pd.DataFrame({"quantity": "h", "t": np.repeat(np.arange(3), 2), "unit": np.tile([0, 1], 3),
+                         "value": np.linspace(-1, 1, 6)})
+    few = plots.gates_figure(tidy, pd.DataFrame({"value": [0.1, 0.2, 0.3], "mask": [0, 1, 0]}), ["h"], "t")
+    assert [t.type for t in few.data] == ["scatter", "scatter", "heatmap"]
+    many = plots.gates_figure(tidy, pd.DataFrame(np.eye(3, 8), columns=[f"c{i}" for i in range(8)]), ["h"], "t")
+    assert [t.type for t in many.data] == ["heatmap", "heatmap"] and np.asarray(many.data[0].z).shape == (8, 3)

@@ -186,3 +186,15 @@ def test_a_diverged_network_is_probed_as_nan_without_stopping_training():
     assert np.isnan(probe.jacobian_norms(x)[0, :-1]).all()
     _, norms = probe.loss_gradients(x, y)
     assert norms["loss_hidden"].shape == (1, 8)
+
+
+def test_a_classification_task_trains_one_epoch_and_is_probed():
+    config = cfg.validate({"task": {"name": "digits", "read": "pixels"}, "model": {"cell_type": "gru", "units": 8},
+                           "training": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 8,
+                                        "num_validation_sequences": 16, "truncation": 16}})
+    result = training.train(config)
+    (logs,) = result.history
+    assert 0.0 <= logs["val_accuracy"] <= 1.0 and np.isfinite(logs["val_loss"])
+    flow = result.gradient_flow
+    assert flow.norms["loss_hidden"].shape == (2, 1, 64)
+    assert np.all(flow.norms["loss_hidden"][:, :, :48] == 0) and np.all(flow.norms["loss_hidden"][:, :, 48:] > 0)

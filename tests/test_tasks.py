@@ -23,6 +23,8 @@ def test_unknown_task_lists_the_registered_ones():
         ("copy_memory", {"delay": 7}, (4, 27, 10), (4, 27, 1), np.int32),
         ("sine", {"window": 16}, (4, 16, 1), (4, 16, 1), np.float32),
         ("sunspots", {"window": 12}, (4, 12, 1), (4, 12, 1), np.float32),
+        ("digits", {"read": "rows"}, (4, 8, 8), (4, 1), np.int32),
+        ("digits", {"read": "pixels", "permuted": True}, (4, 64, 1), (4, 1), np.int32),
     ],
 )
 def test_batches_have_the_documented_shapes(name, params, x_shape, y_shape, y_dtype):
@@ -146,3 +148,39 @@ def test_adding_memory_signal_is_the_running_sum_of_marked_values():
     signal = task.memory_signal(x)
     np.testing.assert_allclose(signal[:, -1], y[:, 0], rtol=1e-6)
     assert np.all(np.diff(signal, axis=1) >= 0) and len(np.unique(signal[0])) == 3  # 0, first value, the sum
+
+
+def test_digits_are_sklearns_images_read_by_row_or_pixel_with_one_fixed_permutation():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rows, pixels, permuted = (build("digits", read=r, permuted=p) for r, p in
+                              (("rows", False), ("pixels", False), ("pixels", True)))
+    x_rows, y = rows.validation_data(8)
+    x_pixels, _ = pixels.validation_data(8)
+    x_permuted, _ = permuted.validation_data(8)
+    index = next(i for i in range(len(digits.target)) if np.array_equal(digits.images[i] / 16.0, x_rows[0]))
+    assert digits.target[index] == y[0, 0]
+    np.testing.assert_array_equal(x_pixels[:, :, 0], x_rows.reshape(8, 64))  # row-major pixel order
+    assert not np.array_equal(x_permuted, x_pixels)
+    np.testing.assert_array_equal(np.sort(x_permuted[:, :, 0], axis=1), np.sort(x_pixels[:, :, 0], axis=1))
+    again, _ = build("digits", read="pixels", permuted=True).validation_data(8)
+    np.testing.assert_array_equal(again, x_permuted)  # the same permutation for every run
+
+
+def test_digits_train_and_validation_digits_do_not_overlap_and_baseline_is_the_prior_entropy():
+    task = build("digits")
+    train, validation = task._split
+    assert not set(train) & set(validation) and len(train) + len(validation) == 1797
+    assert len(validation) == 359  # 20%
+    assert task.baseline == pytest.approx(math.log(10), abs=0.02)
+    y_pred = np.full((4, 10), 0.1)
+    assert task.metric_value(np.array([[1], [2], [3], [4]]), np.eye(10)[[1, 2, 0, 0]]) == 0.5
+    assert task.loss_value(np.array([[1], [2], [3], [4]]), y_pred) == pytest.approx(math.log(10))
+
+
+def test_answers_read_as_values_or_classes():
+    assert build("adding").format_answer(np.array([0.81234])) == "0.812"
+    digits = build("digits")
+    assert digits.format_answer(np.eye(10)[7] * 0.9 + 0.01) == "7 (p = 0.91)"
+    assert digits.format_target(np.array([7])) == "7"

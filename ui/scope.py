@@ -77,6 +77,18 @@ def _as_option(value, options):
     return None
 
 
+def experiment_names(uri: str, empty_message: str) -> list[str]:
+    """The store's experiments; with none, the page says `empty_message`, links to Train and stops."""
+    from ui import data
+
+    names = data.experiments(uri)["name"].tolist()
+    if not names:
+        st.info(empty_message, icon=":material/science:")
+        st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
+        st.stop()
+    return names
+
+
 def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that trained a model (not the sweep parents), newest first."""
     return runs[runs["kind"] != "sweep"].sort_values("start_time", ascending=False)

@@ -1,5 +1,7 @@
 """The Train page's two forms. Both return plain data for `rnnlib.config` to validate, or None until submitted."""
 
+import typing
+
 import streamlit as st
 import yaml
 
@@ -13,7 +15,7 @@ def _parse_list(text: str) -> list:
 
 
 def _task_param_inputs(task_name: str) -> dict:
-    """One input per numeric parameter of the task, with its default and bounds."""
+    """One input per parameter of the task (numbers, switches, choices), with its default and bounds."""
     params = {}
     fields = {k: f for k, f in tasks.get(task_name).params_type.model_fields.items() if k != "name"}
     columns = st.columns(max(len(fields), 1))
@@ -26,6 +28,12 @@ def _task_param_inputs(task_name: str) -> dict:
         elif field.annotation is float:
             params[name] = column.number_input(name, value=float(field.default), min_value=low, format="%g",
                                                key=f"train_{task_name}_{name}")
+        elif field.annotation is bool:
+            params[name] = column.checkbox(name, value=field.default, key=f"train_{task_name}_{name}")
+        elif typing.get_origin(field.annotation) is typing.Literal:
+            options = list(typing.get_args(field.annotation))
+            params[name] = column.selectbox(name, options, index=options.index(field.default),
+                                            key=f"train_{task_name}_{name}")
     return params
 
 

@@ -1,6 +1,7 @@
 """Registry of sequence tasks: `TASKS[name]` is a `Task` class; `get(name)` and `build(params)` look them up."""
 
 from rnnlib.tasks.base import IO_FORMS, Task, TaskParams
+from rnnlib.tasks.classification import DigitsTask
 from rnnlib.tasks.series import SineTask, SunspotsTask
 from rnnlib.tasks.synthetic import AddingTask, CopyMemoryTask
 
@@ -9,6 +10,7 @@ TASKS: dict[str, type[Task]] = {
     "copy_memory": CopyMemoryTask,
     "sine": SineTask,
     "sunspots": SunspotsTask,
+    "digits": DigitsTask,
 }
 
 

@@ -108,6 +108,18 @@ class Task(abc.ABC):
             raise ValueError("Every step needs a number in every column: fill or delete the empty rows.")
         return values.to_numpy(np.float32)
 
+    def format_answer(self, prediction: np.ndarray) -> str:
+        """One final prediction `[num_outputs]` as a user reads it: the value, or the class and its probability."""
+        if self.loss == "sparse_categorical_crossentropy":
+            best = int(np.argmax(prediction))
+            return f"{best} (p = {float(prediction[best]):.2f})"
+        return f"{float(prediction[0]):.3f}"
+
+    def format_target(self, target: np.ndarray) -> str:
+        """One final target `[1]` as a user reads it."""
+        value = float(np.asarray(target).reshape(-1)[0])
+        return str(int(value)) if self.loss == "sparse_categorical_crossentropy" else f"{value:.3f}"
+
     def memory_signal(self, x: np.ndarray) -> np.ndarray | None:
         """What a solution has to hold in its state after each step, `[batch, T]`, or None when no single
         quantity says it. Units that track it are the network's memory (see the Gates page)."""

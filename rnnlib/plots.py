@@ -218,7 +218,14 @@ def gates_figure(tidy: pd.DataFrame, inputs: pd.DataFrame, quantities: list[str]
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.025,
                         row_heights=[0.6] + [1.0] * len(quantities),
                         subplot_titles=["input", *[q.replace("_", " ") for q in quantities]])
-    if len(inputs.columns) <= MAX_INPUT_LINES:
+    numeric = all(pd.api.types.is_numeric_dtype(inputs[column]) for column in inputs.columns)
+    if not numeric:  # symbols (e.g. characters): written out along the time axis
+        column = inputs.columns[0]
+        text = inputs[column].astype(str).str.replace("\n", "⏎").str.replace(" ", "␣")
+        fig.add_trace(go.Scatter(x=inputs.index, y=np.zeros(len(inputs)), mode="text", text=text,
+                                 name=f"input: {column}", textfont={"size": 13}), row=1, col=1)
+        fig.update_yaxes(visible=False, row=1, col=1)
+    elif len(inputs.columns) <= MAX_INPUT_LINES:
         for index, column in enumerate(inputs.columns):
             fig.add_trace(go.Scatter(x=inputs.index, y=inputs[column], mode="lines", name=f"input: {column}",
                                      line={"color": PALETTE[index % len(PALETTE)], "width": 1.5}), row=1, col=1)

@@ -302,3 +302,9 @@ def test_gates_figure_draws_few_inputs_as_lines_and_many_as_a_heatmap():
     assert [t.type for t in few.data] == ["scatter", "scatter", "heatmap"]
     many = plots.gates_figure(tidy, pd.DataFrame(np.eye(3, 8), columns=[f"c{i}" for i in range(8)]), ["h"], "t")
     assert [t.type for t in many.data] == ["heatmap", "heatmap"] and np.asarray(many.data[0].z).shape == (8, 3)
+
+
+def test_gates_figure_writes_symbol_inputs_out_as_text():
+    tidy = pd.DataFrame({"quantity": "h", "t": [0, 1, 2], "unit": 0, "value": [0.1, 0.2, 0.3]})
+    fig = plots.gates_figure(tidy, pd.DataFrame({"character": ["a", " ", "\n"]}), ["h"], "t")
+    assert fig.data[0].mode == "text" and list(fig.data[0].text) == ["a", "␣", "⏎"]

@@ -5,6 +5,7 @@ import pytest
 
 from rnnlib import config as cfg
 from rnnlib import tasks
+from rnnlib.tasks.text import corpus
 
 
 def build(name, **params):
@@ -25,6 +26,7 @@ def test_unknown_task_lists_the_registered_ones():
         ("sunspots", {"window": 12}, (4, 12, 1), (4, 12, 1), np.float32),
         ("digits", {"read": "rows"}, (4, 8, 8), (4, 1), np.int32),
         ("digits", {"read": "pixels", "permuted": True}, (4, 64, 1), (4, 1), np.int32),
+        ("text", {"length": 30}, (4, 30, len(corpus()[1])), (4, 30, 1), np.int32),
     ],
 )
 def test_batches_have_the_documented_shapes(name, params, x_shape, y_shape, y_dtype):
@@ -184,3 +186,35 @@ def test_answers_read_as_values_or_classes():
     digits = build("digits")
     assert digits.format_answer(np.eye(10)[7] * 0.9 + 0.01) == "7 (p = 0.91)"
     assert digits.format_target(np.array([7])) == "7"
+
+
+def test_text_targets_are_the_next_characters_of_pythons_help_text():
+    from pydoc_data import topics
+
+    task = build("text", length=40)
+    ids, alphabet = corpus()
+    assert len(ids) > 400_000 and " " in alphabet and "\n" in alphabet
+    x, y = task.sample_batch(np.random.default_rng(1), 2)
+    inputs = "".join(alphabet[i] for i in np.argmax(np.asarray(x)[0], axis=-1))
+    targets = "".join(alphabet[i] for i in y[0, :, 0])
+    assert inputs[1:] == targets[:-1]
+    assert any(inputs + targets[-1] in text for text in topics.topics.values())
+    x_val, _ = task.validation_data(4)
+    first = "".join(alphabet[i] for i in np.argmax(np.asarray(x_val)[0], axis=-1))
+    assert "".join(alphabet[i] for i in ids[task.num_train_chars : task.num_train_chars + 40]) == first
+
+
+def test_text_baseline_is_the_unigram_entropy_in_nats_and_metric_is_in_bits():
+    task = build("text")
+    assert 4.0 < task.baseline / math.log(2) < 5.5  # English characters: ~4.1-4.7 bits under a unigram model
+    y = np.zeros((1, 3, 1), np.int32)
+    uniform = np.full((1, 3, task.num_outputs), 1.0 / task.num_outputs)
+    assert task.metric_value(y, uniform) == pytest.approx(math.log2(task.num_outputs))
+
+
+def test_typed_text_with_characters_outside_the_alphabet_is_refused():
+    import pandas as pd
+
+    task = build("text", length=3)
+    with pytest.raises(ValueError, match="exactly one character"):
+        task.from_table(pd.DataFrame({"character": ["a", "ab", "☃"]}))

@@ -4,6 +4,7 @@ from rnnlib.tasks.base import IO_FORMS, Task, TaskParams
 from rnnlib.tasks.classification import DigitsTask
 from rnnlib.tasks.series import SineTask, SunspotsTask
 from rnnlib.tasks.synthetic import AddingTask, CopyMemoryTask
+from rnnlib.tasks.text import TextTask
 
 TASKS: dict[str, type[Task]] = {
     "adding": AddingTask,
@@ -11,6 +12,7 @@ TASKS: dict[str, type[Task]] = {
     "sine": SineTask,
     "sunspots": SunspotsTask,
     "digits": DigitsTask,
+    "text": TextTask,
 }
 
 

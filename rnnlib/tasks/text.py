@@ -1,0 +1,108 @@
+"""Character-level language modelling: at every step predict the next character (seq2seq, aligned).
+
+The corpus is the English text that ships inside Python itself, `pydoc_data.topics` (the help() topics of the
+language reference, about 465,000 characters): nothing is downloaded, and every Python has it. The first
+`1 - validation_fraction` of the text trains, the rest validates (a split by position, never shuffled).
+"""
+
+import functools
+import math
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pydantic
+
+from rnnlib.tasks.base import OneHotSequences, Task, TaskParams, sparse_categorical_crossentropy
+
+
+class TextParams(TaskParams):
+    """Next-character prediction on Python's bundled help text.
+
+    Attributes:
+        length: characters per training sequence (the model sees this much context at most).
+        validation_fraction: the last share of the text, held out.
+    """
+
+    name: Literal["text"] = "text"
+    length: int = pydantic.Field(100, ge=2, le=10_000)
+    validation_fraction: float = pydantic.Field(0.1, gt=0.01, lt=0.5)
+
+    @property
+    def sequence_length(self) -> int:
+        return self.length
+
+
+@functools.cache
+def corpus() -> tuple[np.ndarray, str]:
+    """The text as character ids `<int32>[num_chars]` and its alphabet (sorted characters, id = position)."""
+    from pydoc_data import topics
+
+    text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+    alphabet = "".join(sorted(set(text)))
+    lookup = {char: index for index, char in enumerate(alphabet)}
+    return np.fromiter((lookup[char] for char in text), np.int32, count=len(text)), alphabet
+
+
+class TextTask(Task):
+    """Inputs: one-hot characters `[T, alphabet]` (lazily, see `OneHotSequences`); targets: the next character
+    at every step. Metric: bits per character. Baseline: the unigram model (each character's training
+    frequency, add-one smoothed), scored on the validation text; a model has learned something about sequence
+    only below it."""
+
+    params_type = TextParams
+    target_form = "per_step"
+    io_form = "seq2seq"
+    loss = "sparse_categorical_crossentropy"
+    metric = "bits_per_char"
+    baseline_name = "unigram character frequencies"
+
+    @property
+    def alphabet(self) -> str:
+        return corpus()[1]
+
+    @property
+    def num_features(self) -> int:
+        return len(self.alphabet)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.alphabet)
+
+    @functools.cached_property
+    def num_train_chars(self) -> int:
+        return int(len(corpus()[0]) * (1.0 - self.params.validation_fraction))
+
+    def _windows(self, starts: np.ndarray) -> tuple[OneHotSequences, np.ndarray]:
+        ids = corpus()[0][starts[:, None] + np.arange(self.sequence_length + 1)[None, :]]
+        return OneHotSequences(ids[:, :-1], self.num_features), ids[:, 1:, None]
+
+    def sample_batch(self, rng, batch_size):
+        return self._windows(rng.integers(0, self.num_train_chars - self.sequence_length - 1, size=batch_size))
+
+    def validation_data(self, num_sequences):
+        last = len(corpus()[0]) - self.sequence_length - 1
+        return self._windows(np.linspace(self.num_train_chars, last, num_sequences).round().astype(np.int64))
+
+    @functools.cached_property
+    def baseline(self) -> float:
+        ids = corpus()[0]
+        counts = np.bincount(ids[: self.num_train_chars], minlength=self.num_features) + 1.0
+        _, targets = self.validation_data(256)
+        return float(-np.mean(np.log(counts / counts.sum())[targets]))
+
+    def metric_per_step(self, y_true, y_pred):
+        """Cross-entropy in bits: the average number of bits an ideal coder using the model would spend."""
+        return sparse_categorical_crossentropy(y_true, y_pred) / math.log(2)
+
+    def to_table(self, x):
+        """A `character` column (spaces and newlines shown as such) instead of one one-hot column per character."""
+        return pd.DataFrame({"character": [self.alphabet[i] for i in np.argmax(np.asarray(x), axis=-1)]})
+
+    def from_table(self, table):
+        characters = table.get("character", pd.Series(dtype=object)).fillna("").astype(str)
+        unknown = sorted({c for c in characters if len(c) != 1 or c not in self.alphabet})
+        if characters.empty or unknown:
+            raise ValueError(f"Every step needs exactly one character of the corpus' alphabet; not usable: "
+                             f"{', '.join(repr(c) for c in unknown[:10]) or 'an empty table'}.")
+        return np.eye(self.num_features, dtype=np.float32)[[self.alphabet.index(c) for c in characters]]

@@ -4,10 +4,12 @@ import base64
 import json
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import streamlit as st
+import yaml
 from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
@@ -267,3 +269,17 @@ def test_gates_page_shows_lstm_gate_saturation_for_an_lstm_run(fixture_store, mo
     saturation = figure(at, 2)
     assert {t["name"] for t in saturation["data"]} == {"closed (< 0.1)", "open (> 0.9)"}
     assert any("forget gate" in str(x) for x in saturation["data"][0]["x"])
+
+
+def test_train_form_offers_switches_and_choices_of_a_task_and_launches_them(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    at.selectbox(key="train_task").set_value("digits").run()
+    at.selectbox(key="train_digits_read").set_value("pixels")
+    at.checkbox(key="train_digits_permuted").check()
+    at.text_input(key="train_builder_seeds").set_value("0")
+    at.button[0].click()
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    (job,) = jobs.list_jobs()
+    task = yaml.safe_load(Path(job.config_path).read_text())["task"]
+    assert task == {"name": "digits", "read": "pixels", "permuted": True, "validation_fraction": 0.2}

@@ -73,17 +73,9 @@ else:
     ranking, default_units = None, probes.most_active_units(batch_traces[layer], memory_state)
 
 st.subheader("Units over time")
-if task.params.name == "adding":
-    st.info(
-        "**What to look for (adding problem).** The answer is the sum of the two values whose mask is 1, so a "
-        f"network that solves it must hold the first marked value until the end and then add the second. Look "
-        f"for units whose {memory_state} steps at the first marked step, stays flat through the unmarked ones "
-        "and steps again at the second: they latch the marked values. The table ranks the units by how closely "
-        f"their {memory_state} follows the running sum of marked values over {NUM_STATISTICS_SEQUENCES} "
-        "sequences. In a trained LSTM the input gate opens (bright) at the marked steps and the forget gate stays "
-        "near 1 in between; in a GRU the update gate stays near 1 (keep the state) except at the marked steps. "
-        "An untrained or failed tanh RNN shows no such unit: its state is overwritten at every step.",
-        icon=":material/lightbulb:")
+guidance = task.inspection_guidance(memory_state, NUM_STATISTICS_SEQUENCES)
+if guidance:
+    st.info(guidance, icon=":material/lightbulb:")
 left, right = st.columns([3, 1])
 with left:
     units = link.choices("Units", "units", list(range(run_config.model.units)), default=default_units,

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import signal, stats
 
+from rnnlib.probes import vanishing_lag
+
 STATISTICS = ("best", "last", "at_step")
 DEFAULT_GROUP_BY = ("model.cell_type", "training.truncation")
 
@@ -272,8 +274,6 @@ def vanishing_table(curves: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFra
     """Per run, the lag where the norm first falls below `threshold` times its value at the last step, at the
     first probe (initialisation) and the last (after training): `run_name`, `group`, `at_init`, `trained`
     (inf: it never does within the sequence; NaN: the network had diverged, its norms are not finite)."""
-    from rnnlib.probes import vanishing_lag
-
     rows = []
     for _, run in curves.groupby("run_id", sort=False):
         first, last = run["probe"].min(), run["probe"].max()

@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative, unlabel_rgb
 
-from rnnlib.compare import group_sort_key, natural_key
+from rnnlib.compare import FLOAT32_FLOOR, group_sort_key, natural_key
 
 PALETTE = qualitative.D3 + qualitative.Set2
 BASELINE_STYLE = {"color": "#555555", "dash": "dash", "width": 1.5}
@@ -179,7 +179,7 @@ def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
     probe is drawn as a line, so TBPTT(k) shows as an empty band left of T - k. Norms that underflowed float32
     show at its floor (1e-45).
     """
-    reached = run.assign(value=run["value"].clip(lower=np.finfo(np.float32).smallest_subnormal)
+    reached = run.assign(value=run["value"].clip(lower=FLOAT32_FLOOR)
                          .where(run["t"] >= run["window_start"]))  # underflow: the floor; truncated: blank
     table = reached.pivot_table(index="epoch", columns="t", values="value", aggfunc="first", dropna=False)
     table = table.sort_index().reindex(columns=sorted(run["t"].unique()))

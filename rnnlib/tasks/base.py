@@ -125,6 +125,15 @@ class Task(abc.ABC):
         quantity says it. Units that track it are the network's memory (see the Gates page)."""
         return None
 
+    def inspection_guidance(self, state: str, num_sequences: int) -> str | None:
+        """What to look for on the Gates page in a network trained on this task (Markdown), or None.
+
+        Args:
+            state: the state that holds memory, `c` (LSTM) or `h`; the page ranks units by how closely it follows
+                `memory_signal` over `num_sequences` sequences.
+        """
+        return None
+
     def loss_per_step(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         """The training loss of each sequence and step, `[batch, steps]` (`[batch, 1]` for final targets)."""
         return LOSSES[self.loss](y_true, y_pred)

@@ -76,6 +76,18 @@ class AddingTask(Task):
         x = np.asarray(x)
         return np.cumsum(x[..., 0] * x[..., 1], axis=-1)
 
+    def inspection_guidance(self, state, num_sequences):
+        return (
+            "**What to look for (adding problem).** The answer is the sum of the two values whose mask is 1, so a "
+            "network that solves it must hold the first marked value until the end and then add the second. Look "
+            f"for units whose {state} steps at the first marked step, stays flat through the unmarked ones and "
+            "steps again at the second: they latch the marked values. The table ranks the units by how closely "
+            f"their {state} follows the running sum of marked values over {num_sequences} sequences. In a "
+            "trained LSTM the input gate opens (bright) at the marked steps and the forget gate stays near 1 in "
+            "between; in a GRU the update gate stays near 1 (keep the state) except at the marked steps. An "
+            "untrained or failed tanh RNN shows no such unit: its state is overwritten at every step."
+        )
+
 
 class CopyMemoryParams(TaskParams):
     """The copy memory task (Arjovsky et al. 2016).

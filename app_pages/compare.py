@@ -28,20 +28,18 @@ if not metrics:
     st.stop()
 params = compare.param_names(runs)
 group_by = controls.group_by_picker(params)
-baseline = compare.baseline(runs)
 
 st.subheader("Learning curves")
 settings = controls.curve_settings(metrics)
 summary_metrics = compare.summary_metrics(metrics, settings.metric)
 histories = data.histories(uri, tuple(runs["run_id"]), tuple(summary_metrics))
 curve = compare.curves(histories, runs, settings.metric, group_by, settings.smoothing)
+baselines = compare.baselines(runs, settings.metric)
 st.plotly_chart(
     plots.curves_figure(
         curve, compare.confidence_band(curve), settings.metric,
-        baseline=baseline if compare.is_loss(settings.metric) else None, log_y=settings.log_y,
-        show_runs=settings.show_runs,
+        baselines=baselines, log_y=settings.log_y, show_runs=settings.show_runs,
         raw_band=compare.confidence_band(curve, "value") if settings.smoothing > 0 else None,
-        baseline_name=compare.baseline_name(runs),
     ),
     width="stretch", key="compare_curves",
 )
@@ -60,8 +58,7 @@ x_param, line_param = controls.hyperparameter_pickers(params, compare.varying_pa
 st.plotly_chart(
     plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, x_param, line_param),
                                  f"{settings.metric} ({statistic})", x_param, line_param,
-                                 baseline=baseline if compare.is_loss(settings.metric) else None,
-                                 log_y=settings.log_y),
+                                 baselines=baselines, log_y=settings.log_y),
     width="stretch", key="compare_vs_param",
 )
 

@@ -89,8 +89,8 @@ if norm_curves.empty:
     st.info("These runs logged no gradient norms yet.")
 else:
     st.plotly_chart(plots.curves_figure(
-        norm_curves, compare.confidence_band(norm_curves), "grad_norm_max", baseline=clip, log_y=True,
-        show_runs=show_runs, baseline_name="clipnorm",
+        norm_curves, compare.confidence_band(norm_curves), "grad_norm_max",
+        baselines=None if clip is None else {"clipnorm": clip}, log_y=True, show_runs=show_runs,
     ), width="stretch", key="gradients_norms")
     st.caption("The largest global gradient norm of each epoch, measured before clipping. Spikes of orders of "
                "magnitude are exploding gradients; with `clipnorm` every update is rescaled to at most the "

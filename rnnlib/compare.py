@@ -4,6 +4,7 @@ Inputs are the frames of `rnnlib.tracking`: `runs` (one row per run, `params.*` 
 (long: `run_id`, `key`, `step`, `value`).
 """
 
+import json
 import re
 
 import numpy as np
@@ -52,6 +53,26 @@ def baseline_name(runs: pd.DataFrame) -> str:
     column = "tags.rnnlib.baseline_name"
     names = runs[column].dropna().unique() if column in runs else []
     return f"baseline: {names[0]}" if len(names) == 1 else "baseline"
+
+
+def baselines(runs: pd.DataFrame, metric: str) -> dict[str, float]:
+    """The trivial predictors' scores to draw on a chart of `metric`: `{label: value}`.
+
+    The loss baseline for `train_loss` / `val_loss`; for a validation metric `val_<m>`, the task's metric
+    baselines (`Task.metric_baselines`, e.g. persistence and seasonal naive MAE), when the runs logged them.
+    """
+    if is_loss(metric):
+        value = baseline(runs)
+        return {} if value is None else {baseline_name(runs): value}
+    column = "tags.rnnlib.metric_baselines"
+    if column not in runs or not metric.startswith("val_"):
+        return {}
+    found: dict[str, list[float]] = {}
+    for text in runs[column].dropna().unique():
+        for name, scores in json.loads(text).items():
+            if metric.removeprefix("val_") in scores:
+                found.setdefault(name, []).append(scores[metric.removeprefix("val_")])
+    return {name: float(np.mean(values)) for name, values in found.items()}
 
 
 def filter_runs(runs: pd.DataFrame, filters: dict[str, list[str]]) -> pd.DataFrame:

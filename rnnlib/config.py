@@ -35,6 +35,7 @@ from rnnlib import tasks
 from rnnlib.errors import ConfigError
 
 CELL_TYPES = ("rnn", "lstm", "gru")
+AR_MODELS = ("ar", "ar_mlp")  # autoregressive baselines: no state, a fixed look-back of `ar_order` steps
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 TRUNCATION_MODES = ("full", "tbptt", "randomized")
 MAX_GRID_POINTS = 10_000
@@ -51,13 +52,23 @@ class ModelConfig(_Frozen):
     `dropout` is applied between stacked layers (never on the recurrent connection, which would rule out
     cuDNN). `recurrent_gain` scales the orthogonal initial recurrent weights (Keras' default, gain 1): above 1
     a tanh RNN starts with a spectral radius above 1, the setting where gradients explode (Pascanu et al. 2013).
+
+    `cell_type` may also name an AR(τ) baseline (d2l.ai "Sequence models"), which predicts from the last
+    τ = `ar_order` inputs only and keeps no state: `ar`, linear in them, or `ar_mlp`, a multilayer perceptron
+    with `num_layers` hidden layers of `units` ReLU units. Comparing them with the recurrent cells on one series
+    asks whether a latent state beats a fixed look-back.
     """
 
-    cell_type: Literal["rnn", "lstm", "gru"] = "lstm"
+    cell_type: Literal["rnn", "lstm", "gru", "ar", "ar_mlp"] = "lstm"
     units: int = pydantic.Field(64, ge=1, le=4096)
     num_layers: int = pydantic.Field(1, ge=1, le=16)
     dropout: float = pydantic.Field(0.0, ge=0.0, lt=1.0)
     recurrent_gain: float = pydantic.Field(1.0, gt=0.0, le=10.0)
+    ar_order: int = pydantic.Field(8, ge=1, le=10_000)
+
+    @property
+    def is_autoregressive(self) -> bool:
+        return self.cell_type in AR_MODELS
 
 
 class Truncation(_Frozen):
@@ -194,6 +205,22 @@ class ExperimentConfig(_Frozen):
                     f"training.truncation {key}={value:g} is longer than the task's sequence ({length} steps); "
                     f"use at most {length}, or `full`"
                 )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _autoregressive_fits(self):
+        if not self.model.is_autoregressive:
+            return self
+        name = f"model.cell_type {self.model.cell_type}"
+        if self.training.truncation.mode != "full":
+            raise ValueError(f"{name} is an AR(τ) model: it keeps no state, so there is nothing to truncate; use "
+                             "training.truncation: full (its look-back is model.ar_order)")
+        if self.model.ar_order > self.task.sequence_length:
+            raise ValueError(f"model.ar_order ({self.model.ar_order}) is longer than the task's sequence "
+                             f"({self.task.sequence_length} steps); use at most {self.task.sequence_length}")
+        if tasks.get(self.task.name).target_form != "per_step":
+            raise ValueError(f"{name} predicts at every step; task {self.task.name} answers once per sequence, "
+                             "so train a recurrent cell (rnn, lstm, gru) on it")
         return self
 
     def to_dict(self) -> dict:

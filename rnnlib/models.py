@@ -27,6 +27,45 @@ def get_cell(cell_type: str) -> type[keras.layers.RNN]:
 
 
 def build_model(model_config, task: Task, batch_size: int | None = None, stateful: bool = False) -> keras.Model:
+    """The network a config's `model` asks for: recurrent (`build_recurrent_model`) or an AR(τ) baseline
+    (`build_autoregressive_model`, which ignores `stateful`: it has no state)."""
+    if model_config.is_autoregressive:
+        return build_autoregressive_model(model_config, task, batch_size)
+    return build_recurrent_model(model_config, task, batch_size, stateful)
+
+
+def build_autoregressive_model(model_config, task: Task, batch_size: int | None = None) -> keras.Model:
+    """AR(τ): at every step t, a prediction from inputs t - τ + 1 ... t only (τ = `ar_order`).
+
+    A causal 1-D convolution with kernel size τ is exactly that window, slid along the sequence: `ar` is the
+    convolution alone (linear AR with a bias; kernel `[τ, features, outputs]`, row τ - 1 weighting x_t), `ar_mlp`
+    a convolution into `units` ReLU units, `num_layers - 1` further dense ReLU layers, and a dense head. The
+    first τ - 1 steps see zero padding and are left out of the loss (`warmup_steps`).
+    """
+    inputs = keras.Input(batch_shape=(batch_size, None, task.num_features), name="sequence")
+    activation = "softmax" if task.loss == "sparse_categorical_crossentropy" else None
+    order = model_config.ar_order
+    if model_config.cell_type == "ar":
+        outputs = keras.layers.Conv1D(task.num_outputs, order, padding="causal", activation=activation,
+                                      name="head")(inputs)
+        return keras.Model(inputs, outputs, name=f"ar_{order}")
+    hidden = keras.layers.Conv1D(model_config.units, order, padding="causal", activation="relu", name="ar_0")(inputs)
+    for index in range(1, model_config.num_layers):
+        if model_config.dropout:
+            hidden = keras.layers.Dropout(model_config.dropout, name=f"dropout_{index - 1}")(hidden)
+        hidden = keras.layers.Dense(model_config.units, activation="relu", name=f"ar_{index}")(hidden)
+    outputs = keras.layers.Dense(task.num_outputs, activation=activation, name="head")(hidden)
+    return keras.Model(inputs, outputs, name=f"ar_mlp_{order}_x{model_config.num_layers}")
+
+
+def warmup_steps(model_config) -> int:
+    """Leading steps of a sequence where the model sees less history than it was built for: an AR(τ) model's
+    first τ - 1 steps (zero-padded); none for a recurrent network, whose state starts empty by design."""
+    return model_config.ar_order - 1 if model_config.is_autoregressive else 0
+
+
+def build_recurrent_model(model_config, task: Task, batch_size: int | None = None,
+                          stateful: bool = False) -> keras.Model:
     """A stack of `num_layers` recurrent layers and a dense head.
 
     Args:

@@ -44,9 +44,8 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool 
     return fig
 
 
-def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline: float | None = None,
-                  log_y: bool = False, show_runs: bool = False, raw_band: pd.DataFrame | None = None,
-                  baseline_name: str = "baseline") -> go.Figure:
+def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baselines: dict[str, float] | None = None,
+                  log_y: bool = False, show_runs: bool = False, raw_band: pd.DataFrame | None = None) -> go.Figure:
     """Learning curves: per group the mean (smoothed) with its confidence band over seeds.
 
     Args:
@@ -54,7 +53,7 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
         band: `rnnlib.compare.confidence_band` of the smoothed values.
         raw_band: the same of the raw values; drawn as a faint shadow when smoothing is on.
         show_runs: draw every run's smoothed curve, thin, under the means.
-        baseline: the task's trivial-predictor loss, a dashed line.
+        baselines: dashed reference lines by label (`rnnlib.compare.baselines`: the trivial predictors).
     """
     fig = go.Figure()
     colors = group_colors(band["group"])
@@ -80,14 +79,20 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
         runs_in_group = int(rows["n"].max())
         fig.add_trace(go.Scatter(x=rows["step"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
                                  legendgroup=group, name=f"{group} (n={runs_in_group})"))
-    if baseline is not None and np.isfinite(baseline):
-        fig.add_hline(y=baseline, line=BASELINE_STYLE, annotation_text=f"{baseline_name} = {baseline:.4g}",
-                      annotation_position="top right")
+    _baseline_lines(fig, baselines)
     return _layout(fig, f"{metric}: mean over seeds with 95% confidence band", "epoch", metric, log_y)
 
 
+def _baseline_lines(fig: go.Figure, baselines: dict[str, float] | None) -> None:
+    """Dashed horizontal lines, labelled `name = value`, alternating sides so two close lines stay readable."""
+    for index, (name, value) in enumerate((baselines or {}).items()):
+        if np.isfinite(value):
+            fig.add_hline(y=value, line=BASELINE_STYLE, annotation_text=f"{name} = {value:.4g}",
+                          annotation_position="top right" if index % 2 == 0 else "bottom right")
+
+
 def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_param: str | None,
-                           baseline: float | None = None, log_y: bool = False) -> go.Figure:
+                           baselines: dict[str, float] | None = None, log_y: bool = False) -> go.Figure:
     """A per-run statistic against a hyperparameter (`rnnlib.compare.metric_vs_param`): one line per value
     of `line_param`, error bars = 95% confidence interval over seeds."""
     fig = go.Figure()
@@ -102,9 +107,7 @@ def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_
         ))
     order = table.sort_values("x_order")["x"].drop_duplicates().tolist()
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
-    if baseline is not None and np.isfinite(baseline):
-        fig.add_hline(y=baseline, line=BASELINE_STYLE, annotation_text=f"baseline = {baseline:.4g}",
-                      annotation_position="top right")
+    _baseline_lines(fig, baselines)
     return _layout(fig, f"{metric} vs {x_param}", x_param, metric, log_y)
 
 

@@ -8,12 +8,16 @@ Run schema (what the dashboard and outside tools may rely on):
 - params: the flattened config with dotted keys (`rnnlib.config.flatten_params`): `task.name`, `task.length`,
   `model.cell_type`, `model.units`, `training.truncation` (full, 20, 10/20, rand20),
   `training.truncation.mode/k1/k2/mean`, `training.clipnorm`, `seed`, ...
-- metrics, with step = epoch (1-based): `epoch`, `train_loss`, `val_loss`, `val_<task metric>`, `grad_norm` (mean
+- metrics, with step = epoch (1-based): `epoch`, `train_loss`, `val_loss`, `val_<m>` for each of the task's
+  metrics (`Task.metrics`: `val_mae` and `val_rmse` for forecasts), `grad_norm` (mean
   pre-clip global norm over the epoch's updates), `grad_norm_max`, `sequences_per_second`, `epoch_seconds`,
   `updates`; at step 0: `baseline` (the task's trivial-predictor loss); at the end: `best_val_loss`.
 - tags: `rnnlib.backend`, `rnnlib.device`, `mlflow.source.git.commit`, `rnnlib.task`, `rnnlib.metric`,
-  `rnnlib.baseline_name`, `rnnlib.num_parameters`, `rnnlib.grid_point` (JSON), `rnnlib.error` on failure.
-- artifacts: `config.yaml` (the resolved single-run config), `model/model.keras`, `model/weights.npz`, and
+  `rnnlib.baseline_name`, `rnnlib.metric_baselines` (JSON `{predictor: {metric: value}}`, e.g. persistence and
+  seasonal-naive MAE), `rnnlib.num_parameters`, `rnnlib.grid_point` (JSON), `rnnlib.error` on failure.
+- artifacts: `config.yaml` (the resolved single-run config), `model/model.keras`, `model/weights.npz`,
+  `model/predictions.npz` (the task's `prediction_arrays`: validation predictions next to the truth, forecasts
+  and k-step rollouts), `data/<file>` (a user's CSV the run trained on, so it can be reproduced), and
   `gradient_flow.npz` (`rnnlib.probes.GradientFlow`: per probe, layer and timestep the norms of ∂L_T/∂h_t,
   ∂L_T/∂c_t and ∂h_T/∂h_t; rewritten at every epoch end while training, absent when `probe_every` is 0).
 
@@ -43,6 +47,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 GRADIENT_FLOW_ARTIFACT = "gradient_flow.npz"
+PREDICTIONS_ARTIFACT = "predictions.npz"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -152,10 +157,13 @@ class RunLogger(Callback):
             "rnnlib.task": self.config.task.name,
             "rnnlib.metric": info["metric"],
             "rnnlib.baseline_name": info["baseline_name"],
+            "rnnlib.metric_baselines": json.dumps(info.get("metric_baselines", {})),
             "rnnlib.num_parameters": info["num_parameters"],
             "rnnlib.grid_point": json.dumps(self.grid_point, default=str),
         }
         self.store.log_config(self.run_id, self.config, tags)
+        for path in info.get("data_files", ()):
+            self.store.client.log_artifact(self.run_id, str(path), artifact_path="data")
         self.store.log_metrics(self.run_id, {"baseline": info["baseline"]}, step=0)
 
     def on_epoch_end(self, epoch, logs):
@@ -351,6 +359,20 @@ def load_gradient_flow(uri: str | None, run_id: str):
     with tempfile.TemporaryDirectory() as directory:
         return GradientFlow.from_bytes(Path(client.download_artifacts(run_id, GRADIENT_FLOW_ARTIFACT,
                                                                       directory)).read_bytes())
+
+
+def load_predictions(uri: str | None, run_id: str) -> dict | None:
+    """A run's `model/predictions.npz` as {name: numpy array}, or None when the run has none (still training,
+    failed, or logged before predictions were kept)."""
+    import numpy as np
+
+    client = MlflowClient(resolve_tracking_uri(uri))
+    if not any(a.path == f"model/{PREDICTIONS_ARTIFACT}" for a in client.list_artifacts(run_id, "model")):
+        return None
+    with tempfile.TemporaryDirectory() as directory:
+        local = client.download_artifacts(run_id, f"model/{PREDICTIONS_ARTIFACT}", directory)
+        with np.load(local, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
 
 
 def load_artifact_text(uri: str | None, run_id: str, path: str) -> str:

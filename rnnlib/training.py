@@ -49,16 +49,33 @@ class TrainResult:
     gradient_flow: "probes.GradientFlow | None" = None  # noqa: F821
 
     def save(self, directory: str | Path) -> list[Path]:
-        """Write `model.keras` (batch-size-free, stateless) and `weights.npz` (plain arrays) into `directory`."""
+        """Write `model.keras` (batch-size-free, stateless), `weights.npz` (plain arrays) and `predictions.npz`
+        (the task's `prediction_arrays`, what the Predictions page shows) into `directory`."""
         from rnnlib import models
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         portable = models.portable_copy(self.model, self.config.model, self.task)
-        model_path, weights_path = directory / "model.keras", directory / "weights.npz"
-        portable.save(model_path)
-        np.savez_compressed(weights_path, **models.export_weights(portable))
-        return [model_path, weights_path]
+        paths = [directory / "model.keras", directory / "weights.npz", directory / PREDICTIONS_FILE]
+        portable.save(paths[0])
+        np.savez_compressed(paths[1], **models.export_weights(portable))
+        np.savez_compressed(paths[2], **self.task.prediction_arrays(_batched_predict(portable)))
+        return paths
+
+
+PREDICTIONS_FILE = "predictions.npz"
+PREDICT_BATCH = 256
+
+
+def _batched_predict(model):
+    """`model` as a numpy function, run `PREDICT_BATCH` sequences at a time."""
+
+    def predict(x):
+        x = np.asarray(x, np.float32)
+        return np.concatenate([np.asarray(model.predict_on_batch(x[i : i + PREDICT_BATCH]))
+                               for i in range(0, len(x), PREDICT_BATCH)])
+
+    return predict
 
 
 def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
@@ -81,7 +98,8 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     num_validation = math.ceil(config.training.num_validation_sequences / batch_size) * batch_size
     x_val, y_val = task.validation_data(num_validation)
     rng = np.random.default_rng(config.seed)
-    stepper = _WindowStepper(model, task)
+    warmup = models.warmup_steps(config.model)
+    stepper = _WindowStepper(model, task, warmup)
 
     info = {
         "backend": keras.backend.backend(),
@@ -89,6 +107,8 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
         "num_parameters": int(model.count_params()),
         "baseline": task.baseline,
         "baseline_name": task.baseline_name,
+        "metric_baselines": task.metric_baselines,
+        "data_files": task.data_files,
         "metric": task.metric,
     }
     for callback in callbacks:
@@ -98,8 +118,8 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     history = []
     for epoch in range(1, config.training.epochs + 1):
         logs = _train_epoch(config, task, stepper, rng, callbacks, epoch, probe)
-        val_loss, val_metric = evaluate(model, task, x_val, y_val, batch_size)
-        logs.update({"epoch": float(epoch), "val_loss": val_loss, f"val_{task.metric}": val_metric})
+        val_loss, val_metrics = evaluate(model, task, x_val, y_val, batch_size, warmup)
+        logs.update({"epoch": float(epoch), "val_loss": val_loss, **{f"val_{k}": v for k, v in val_metrics.items()}})
         history.append(logs)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
@@ -118,7 +138,7 @@ class _Prober:
         self.callbacks = callbacks
         self.recorder = None
         self.seconds = 0.0  # spent probing, kept out of the training throughput
-        if self.every != 0:
+        if self.every != 0 and not config.model.is_autoregressive:  # an AR(τ) model has no state to probe
             from rnnlib import gradients
 
             self.recorder = gradients.FlowRecorder(model, task, config)
@@ -168,11 +188,12 @@ def _train_epoch(config, task, stepper, rng, callbacks, epoch, probe) -> dict[st
 class _WindowStepper:
     """Runs one batch of sequences through a truncation schedule on a stateful model."""
 
-    def __init__(self, model, task):
+    def __init__(self, model, task, warmup: int = 0):
         from rnnlib import models
 
         self.model = model
         self.task = task
+        self.warmup = warmup  # leading steps never scored (`models.warmup_steps`)
         self.layers = models.recurrent_layers(model)
 
     def train_on_sequences(self, x, y, windows):
@@ -199,20 +220,21 @@ class _WindowStepper:
             if overlaps:  # k2 > k1: the next window starts before this one ended; rewind to its start
                 self._write_states(saved)
                 position = window.start
-            num_scored = 1 if final else window.stop - window.loss_start
+            num_scored = 1 if final else window.stop - max(window.loss_start, self.warmup)
             yield float(logs["loss"]), num_scored, float(self.model.optimizer.gradient_norm.numpy())
 
     def _targets(self, y, window, final):
         if final:
             return y, None
         target = y[:, window.start : window.stop]
-        if window.loss_start == window.start:
+        loss_start = max(window.loss_start, self.warmup)
+        if loss_start == window.start:
             return target, None
         # Keras averages weighted losses over all steps of the window: scale so the loss is the mean over the
         # scored steps only.
-        span, scored = window.stop - window.start, window.stop - window.loss_start
+        span, scored = window.stop - window.start, window.stop - loss_start
         weight = np.zeros(target.shape[:2], np.float32)
-        weight[:, window.loss_start - window.start :] = span / scored
+        weight[:, loss_start - window.start :] = span / scored
         return target, weight
 
     def _advance(self, x, position, to):
@@ -237,30 +259,40 @@ class _WindowStepper:
                 variable.assign(value)
 
 
-def evaluate(model, task, x, y, batch_size) -> tuple[float, float]:
-    """Loss and metric over full sequences (no truncation), state reset for every batch.
+def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dict[str, float]]:
+    """Loss and every task metric (`task.metrics`) over full sequences (no truncation), state reset for every
+    batch.
 
     Sequences run through the stateful model in chunks of `FORWARD_CHUNK` steps and the scores are summed chunk
     by chunk, so neither the backend nor numpy ever holds the outputs of a whole long sequence.
+
+    Args:
+        warmup: leading steps left out of the loss, where the model cannot see enough history yet (an AR(τ)
+            model's first τ - 1 steps; `models.warmup_steps`).
     """
     from rnnlib import models
 
     layers = models.recurrent_layers(model)
     length = x.shape[1]
+    chunk = FORWARD_CHUNK if layers else length  # a stateless (AR) model needs whole sequences in one call
     final = task.target_form == "final"
     weights = task.metric_weights(1 if final else length)
-    loss_sum = loss_count = metric_sum = metric_count = 0.0
+    metrics = task.metrics
+    loss_sum = loss_count = metric_count = 0.0
+    metric_sums = dict.fromkeys(metrics, 0.0)
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
         models.reset_states(layers)
-        for t in range(0, length, FORWARD_CHUNK):
-            steps = slice(t, min(length, t + FORWARD_CHUNK))
+        for t in range(0, length, chunk):
+            steps = slice(t, min(length, t + chunk))
             y_pred = np.asarray(model.predict_on_batch(x[rows, steps]))
             if final and steps.stop < length:
                 continue
             y_true, step_weights = (y[rows], weights) if final else (y[rows, steps], weights[steps])
-            losses = task.loss_per_step(y_true, y_pred)
+            losses = task.loss_per_step(y_true, y_pred)[:, 0 if final else max(0, warmup - t):]
             loss_sum, loss_count = loss_sum + losses.sum(), loss_count + losses.size
-            metric_sum += float(np.sum(task.metric_per_step(y_true, y_pred) * step_weights))
-            metric_count += float(np.sum(step_weights)) * losses.shape[0]
-    return loss_sum / loss_count, metric_sum / metric_count
+            for name, metric in metrics.items():
+                metric_sums[name] += float(np.sum(metric.per_step(y_true, y_pred) * step_weights))
+            metric_count += float(np.sum(step_weights)) * len(y_true)
+    return loss_sum / loss_count, {name: metric.value(metric_sums[name] / metric_count)
+                                   for name, metric in metrics.items()}

@@ -95,7 +95,8 @@ def test_metric_vs_param_orders_numbers_then_words_and_draws_one_line_per_cell()
     per_run = compare.summarize(make_histories(runs), runs, "val_loss", "best")
     table = compare.metric_vs_param(per_run, runs, "training.truncation", "model.cell_type")
     assert table[table["line"] == "lstm"]["x"].tolist() == ["5", "full"]
-    fig = plots.metric_vs_param_figure(table, "val_loss", "training.truncation", "model.cell_type", baseline=1 / 6)
+    fig = plots.metric_vs_param_figure(table, "val_loss", "training.truncation", "model.cell_type",
+                                       baselines={"baseline": 1 / 6})
     assert {trace.name for trace in fig.data} == {"model.cell_type=lstm", "model.cell_type=rnn"}
     assert list(fig.layout.xaxis.categoryarray) == ["5", "full"]
     assert fig.layout.shapes[0].y0 == pytest.approx(1 / 6)  # the baseline line
@@ -120,7 +121,7 @@ def test_curves_figure_has_a_band_mean_and_optional_seeds_per_group():
     runs = make_runs()
     curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type"], smoothing=0.5)
     band = compare.confidence_band(curve)
-    plain = plots.curves_figure(curve, band, "val_loss", baseline=1 / 6)
+    plain = plots.curves_figure(curve, band, "val_loss", baselines={"baseline": 1 / 6})
     names = [trace.name for trace in plain.data]
     assert "lstm (n=6)" in names and "rnn (n=6)" in names and "lstm 95% CI" in names
     detailed = plots.curves_figure(curve, band, "val_loss", show_runs=True, log_y=True,

@@ -2,6 +2,7 @@
 
 from rnnlib.tasks.base import IO_FORMS, Task, TaskParams
 from rnnlib.tasks.classification import DigitsTask
+from rnnlib.tasks.forecast import ForecastTask
 from rnnlib.tasks.series import SineTask, SunspotsTask
 from rnnlib.tasks.synthetic import AddingTask, CopyMemoryTask
 from rnnlib.tasks.text import TextTask
@@ -11,6 +12,7 @@ TASKS: dict[str, type[Task]] = {
     "copy_memory": CopyMemoryTask,
     "sine": SineTask,
     "sunspots": SunspotsTask,
+    "forecast": ForecastTask,
     "digits": DigitsTask,
     "text": TextTask,
 }

@@ -5,6 +5,8 @@ baselines without importing keras.
 """
 
 import abc
+import dataclasses
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -16,8 +18,23 @@ import pydantic
 VALIDATION_SEED = 12345
 
 
+# Validation sequences kept with a run for the Predictions page (`Task.prediction_arrays`).
+NUM_SHOWN_SEQUENCES = 16
+
 # The four sequence input/output forms (Karpathy 2015; d2l.ai chapter 9-10).
 IO_FORMS = ("seq2seq", "seq2vec", "vec2seq", "encoder_decoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A validation metric: the weighted mean of `per_step` values (`[batch, steps]`, weighted by the task's
+    `metric_weights`), then `finish` (e.g. a square root for an RMSE)."""
+
+    per_step: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    finish: Callable[[float], float] | None = None
+
+    def value(self, mean: float) -> float:
+        return float(self.finish(mean)) if self.finish else float(mean)
 
 
 class TaskParams(pydantic.BaseModel):
@@ -43,6 +60,8 @@ class Task(abc.ABC):
         loss: the Keras loss identifier used for training.
         metric: name of the task metric, logged as `val_<metric>`.
         baseline_name: what the baseline is (shown next to it).
+        prediction_view: how the Predictions page shows this task's outputs (a key of `rnnlib.views`'s
+            prediction registry): `sequence`, `classes`, `forecast`, `text`.
     """
 
     params_type: ClassVar[type[TaskParams]]
@@ -52,6 +71,7 @@ class Task(abc.ABC):
     metric: ClassVar[str]
     baseline_name: ClassVar[str]
     feature_names: ClassVar[tuple[str, ...]] = ("x",)
+    prediction_view: ClassVar[str] = "sequence"
 
     def __init__(self, params: TaskParams):
         self.params = params
@@ -149,6 +169,32 @@ class Task(abc.ABC):
     def loss_value(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
         """Mean loss over sequences and steps."""
         return float(np.mean(self.loss_per_step(y_true, y_pred)))
+
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        """Every validation metric by name, the task's `metric` first; each is logged as `val_<name>`."""
+        return {self.metric: Metric(self.metric_per_step)}
+
+    @property
+    def metric_baselines(self) -> dict[str, dict[str, float]]:
+        """Trivial predictors scored with the task's metrics on the validation set: `{name: {metric: value}}`."""
+        return {}
+
+    @property
+    def data_files(self) -> list:
+        """Files outside the installed packages that the task reads (a user's CSV): logged with every run."""
+        return []
+
+    def prediction_arrays(self, predict) -> dict[str, np.ndarray]:
+        """What the Predictions page shows of a trained model, computed once in the worker and logged with the
+        run: here the first `NUM_SHOWN_SEQUENCES` validation sequences, their targets and the predictions.
+
+        Args:
+            predict: the trained model, `[batch, time, features]` -> its outputs (numpy in, numpy out).
+        """
+        x, y = self.validation_data(NUM_SHOWN_SEQUENCES)
+        x = np.asarray(x, np.float32)
+        return {"x": x, "y_true": np.asarray(y), "y_pred": np.asarray(predict(x))}
 
     def metric_value(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
         """The metric over whole sequences (or final targets)."""

@@ -58,6 +58,7 @@ class DigitsTask(Task):
     loss = "sparse_categorical_crossentropy"
     metric = "accuracy"
     baseline_name = "class frequencies (≈ ln 10)"
+    prediction_view = "classes"
     num_classes = 10
 
     @property
@@ -101,6 +102,12 @@ class DigitsTask(Task):
         the same average)."""
         validation = self._split[1]
         return self._sequences(np.resize(validation, num_sequences))
+
+    def prediction_arrays(self, predict):
+        """Every validation digit's label and class probabilities (for the confusion matrix), and the first 16
+        digits' pixels."""
+        x, y = self._sequences(self._split[1])
+        return {"x": x[:16], "y_true": y[:, 0], "y_pred": np.asarray(predict(x))}
 
     def metric_per_step(self, y_true, y_pred):
         """1 when the most likely class is the digit, so the metric is the accuracy (chance: 10%)."""

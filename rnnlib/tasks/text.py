@@ -56,6 +56,7 @@ class TextTask(Task):
     loss = "sparse_categorical_crossentropy"
     metric = "bits_per_char"
     baseline_name = "unigram character frequencies"
+    prediction_view = "text"
 
     @property
     def alphabet(self) -> str:

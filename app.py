@@ -13,6 +13,7 @@ page = st.navigation({
         st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("app_pages/compare.py", title="Compare", icon=":material/monitoring:"),
+        st.Page("app_pages/predictions.py", title="Predictions", icon=":material/query_stats:"),
     ],
     "Inside the network": [
         st.Page("app_pages/gradients.py", title="Gradient flow", icon=":material/trending_down:"),

@@ -18,10 +18,11 @@ link = scope.Permalink("gates_", ("experiment", "run", "source", "seed", "layer"
 names = scope.experiment_names(uri, "No runs yet. Train something first.")
 left, right = st.columns([1, 2])
 experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
-runs = scope.training_runs(data.runs(uri, experiment))
+runs = scope.recurrent_runs(scope.training_runs(data.runs(uri, experiment)))
 runs = runs[runs["status"] == "FINISHED"]
 if runs.empty:
-    st.info("No finished run in this experiment: a run logs its weights when it ends.", icon=":material/info:")
+    st.info("No finished run of a recurrent cell in this experiment: a run logs its weights when it ends (AR(τ) "
+            "baselines have no gates or state to show).", icon=":material/info:")
     link.save()
     st.stop()
 run_id = link.choice("Run", "run", runs["run_id"].tolist(), widget=right.selectbox, format_func=scope.run_label(runs))

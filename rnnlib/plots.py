@@ -286,3 +286,106 @@ def saturation_figure(saturation: pd.DataFrame) -> go.Figure:
                       legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"})
     fig.update_xaxes(tickangle=-45, showticklabels=len(labels) <= 96)
     return fig
+
+
+# ---- Predictions
+
+TRUTH_STYLE = {"color": "#222222", "width": 2}
+TRIVIAL_DASHES = ("dot", "dashdot", "longdash")
+
+
+def forecast_figure(history: pd.DataFrame, paths: pd.DataFrame, title: str, y_title: str) -> go.Figure:
+    """Forecasts from one origin against what happened.
+
+    Args:
+        history: the truth around the origin, columns time, value (the window read, then the horizon).
+        paths: the forecasts, columns predictor, time, value; predictors named like a trivial forecast
+            (persistence, seasonal naive ...) are drawn grey and dotted, the others (runs) in color.
+    """
+    fig = go.Figure(go.Scatter(x=history["time"], y=history["value"], mode="lines+markers", name="truth",
+                               line=TRUTH_STYLE, marker={"size": 4}))
+    trivial = [p for p in paths["predictor"].unique() if _is_trivial(p)]
+    models = [p for p in paths["predictor"].unique() if not _is_trivial(p)]
+    colors = group_colors(models)
+    for predictor in models:
+        rows = paths[paths["predictor"] == predictor]
+        fig.add_trace(go.Scatter(x=rows["time"], y=rows["value"], mode="lines+markers", name=predictor,
+                                 line={"color": colors[predictor], "width": 2}, marker={"size": 6}))
+    for index, predictor in enumerate(trivial):
+        rows = paths[paths["predictor"] == predictor]
+        fig.add_trace(go.Scatter(x=rows["time"], y=rows["value"], mode="lines+markers", name=predictor,
+                                 marker={"size": 6, "symbol": "x"},
+                                 line={"color": "#777777", "dash": TRIVIAL_DASHES[index % 3], "width": 1.5}))
+    return _layout(fig, title, "time", y_title)
+
+
+def _is_trivial(predictor: str) -> bool:
+    return predictor.startswith(("persistence", "seasonal naive"))
+
+
+def horizon_error_figure(errors: pd.DataFrame, y_title: str) -> go.Figure:
+    """MAE by horizon step k: one line per predictor (`rnnlib.predictions.horizon_errors`, runs labelled)."""
+    fig = go.Figure()
+    models = [p for p in errors["predictor"].unique() if not _is_trivial(p)]
+    colors = group_colors(models)
+    for index, (predictor, rows) in enumerate(errors.groupby("predictor", sort=False)):
+        trivial = _is_trivial(predictor)
+        line = ({"color": "#777777", "dash": TRIVIAL_DASHES[index % 3], "width": 1.5} if trivial
+                else {"color": colors[predictor], "width": 2.5})
+        fig.add_trace(go.Scatter(x=rows["k"], y=rows["mae"], mode="lines+markers", name=predictor, line=line))
+    fig.update_xaxes(dtick=1 if errors["k"].max() <= 12 else None)
+    return _layout(fig, "Error of the direct forecast by horizon step", "steps ahead (k)", y_title)
+
+
+def rollout_error_figure(errors: pd.DataFrame, y_title: str, trivial: pd.DataFrame | None = None) -> go.Figure:
+    """MAE of k-step-ahead predictions (the model fed its own forecasts) against k: the mean per group, every
+    run thin underneath (`rnnlib.predictions.rollout_errors`), the trivial forecasts grey and dashed
+    (`rnnlib.predictions.trivial_rollout_errors`)."""
+    fig = go.Figure()
+    colors = group_colors(errors["group"])
+    for group in colors:
+        rows = errors[errors["group"] == group]
+        mean = rows.groupby("k", as_index=False)["mae"].mean()
+        if rows["run_id"].nunique() > 1:
+            fig.add_trace(_run_lines(rows, "k", "mae", group, _rgba(colors[group], 0.4)))
+        fig.add_trace(go.Scatter(x=mean["k"], y=mean["mae"], mode="lines", legendgroup=group,
+                                 name=f"{group} (n={rows['run_id'].nunique()})",
+                                 line={"color": colors[group], "width": 2.5}))
+    for index, (predictor, rows) in enumerate(() if trivial is None else trivial.groupby("predictor", sort=False)):
+        fig.add_trace(go.Scatter(x=rows["k"], y=rows["mae"], mode="lines", name=predictor,
+                                 line={"color": "#777777", "dash": TRIVIAL_DASHES[index % 3], "width": 1.5}))
+    ticks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= errors["k"].max()]
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[str(k) for k in ticks])
+    return _layout(fig, "k-step-ahead error: each model fed its own predictions", "steps ahead (k, log scale)",
+                   y_title)
+
+
+def kstep_figure(truth: pd.DataFrame, predictions: pd.DataFrame, title: str, y_title: str) -> go.Figure:
+    """d2l's figure: the truth, and for each k the predictions of every step made k steps before it."""
+    fig = go.Figure(go.Scatter(x=truth["time"], y=truth["value"], mode="lines", name="truth", line=TRUTH_STYLE))
+    colors = group_colors(predictions["k"].astype(str))
+    for k, rows in predictions.groupby("k"):
+        fig.add_trace(go.Scatter(x=rows["time"], y=rows["value"], mode="lines", name=f"{k}-step",
+                                 line={"color": colors[str(k)], "width": 1.5}))
+    return _layout(fig, title, "time", y_title)
+
+
+def confusion_figure(matrix: np.ndarray, labels: list[str], title: str) -> go.Figure:
+    """Counts of true (rows) vs predicted (columns) classes; the diagonal is right."""
+    fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}",
+                               hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>", showscale=False))
+    fig.update_yaxes(autorange="reversed", type="category", title="true class")
+    fig.update_xaxes(type="category", title="predicted class", side="top")
+    fig.update_layout(title=title, height=420, margin={"l": 60, "r": 20, "t": 90, "b": 30})
+    return fig
+
+
+def sequence_prediction_figure(frame: pd.DataFrame, title: str) -> go.Figure:
+    """One validation sequence: columns step, series (target, and one per run), value."""
+    fig = go.Figure()
+    runs = [s for s in frame["series"].unique() if s != "target"]
+    colors = group_colors(runs)
+    for series, rows in frame.groupby("series", sort=False):
+        line = TRUTH_STYLE if series == "target" else {"color": colors[series], "width": 1.5}
+        fig.add_trace(go.Scatter(x=rows["step"], y=rows["value"], mode="lines", name=series, line=line))
+    return _layout(fig, title, "step", "value")

@@ -66,6 +66,11 @@ def _weights(uri: str, run_id: str) -> dict:
     return tracking.load_weights(uri, run_id)
 
 
+@st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the runs' predictions…")
+def _predictions(uri: str, run_ids: tuple[str, ...]) -> dict:
+    return {run_id: tracking.load_predictions(uri, run_id) for run_id in run_ids}
+
+
 @st.cache_data(ttl=300, max_entries=64, show_spinner=False)
 def _run_config(uri: str, run_id: str):
     from rnnlib import config
@@ -78,6 +83,7 @@ runs = _stop_on_store_error(_runs)
 histories = _stop_on_store_error(_histories)
 gradient_flows = _stop_on_store_error(_gradient_flows)
 weights = _stop_on_store_error(_weights)
+predictions = _stop_on_store_error(_predictions)
 run_config = _stop_on_store_error(_run_config)
 
 

@@ -50,13 +50,13 @@ class Permalink:
         st.session_state[key] = min(max(value, low), high)
         return int((widget or st.number_input)(label, low, high, step=1, key=key, **kwargs))
 
-    def choices(self, label: str, field: str, options: list, default: list, **kwargs) -> list:
-        """A multiselect kept to valid options."""
+    def choices(self, label: str, field: str, options: list, default: list, widget=None, **kwargs) -> list:
+        """A multiselect (or `widget`, e.g. a column's multiselect) kept to valid options."""
         key = self.key(field)
         options = list(options)
         current = st.session_state.get(key, [d for d in default if d in options])
         st.session_state[key] = [v for v in current if v in options]
-        return st.multiselect(label, options, key=key, **kwargs)
+        return (widget or st.multiselect)(label, options, key=key, **kwargs)
 
     def save(self) -> None:
         """Write the page's settings to the URL (only when they changed, so the browser history stays short)."""
@@ -92,6 +92,15 @@ def experiment_names(uri: str, empty_message: str) -> list[str]:
 def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that trained a model (not the sweep parents), newest first."""
     return runs[runs["kind"] != "sweep"].sort_values("start_time", ascending=False)
+
+
+def recurrent_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of recurrent cells (rnn, lstm, gru), leaving out AR(τ) baselines, which have no state to show."""
+    from rnnlib.config import CELL_TYPES
+
+    if "params.model.cell_type" not in runs:
+        return runs
+    return runs[runs["params.model.cell_type"].isin(CELL_TYPES)]
 
 
 def run_label(runs: pd.DataFrame):

@@ -304,7 +304,7 @@ class ForecastTask(Task):
         x, _ = self.validation_data(len(self.validation_starts))
         baselines = self.baseline_forecasts()
         arrays = {
-            "times": np.asarray([str(t) for t in self.times]),
+            "times": time_labels(self.times),
             "series": self.data.frame.to_numpy(np.float64)[:, : len(self.targets)],
             "targets": np.asarray(self.targets),
             "origins": self.validation_origins,
@@ -320,3 +320,11 @@ class ForecastTask(Task):
             arrays["rollout_origins"] = origins
             arrays["rollout"] = scaled * self.data.std[:n] + self.data.mean[:n]
         return arrays
+
+
+def time_labels(index: pd.Index) -> np.ndarray:
+    """Timestamps as text for charts: dates without a midnight time, numbers as they are."""
+    if isinstance(index, pd.DatetimeIndex):
+        text = index.strftime("%Y-%m-%d" if (index == index.normalize()).all() else "%Y-%m-%d %H:%M:%S")
+        return np.asarray(text, dtype=str)
+    return np.asarray([str(t) for t in index], dtype=str)

@@ -1,0 +1,52 @@
+import streamlit as st
+
+from rnnlib import compare, tasks
+from ui import data, prediction_views, scope
+
+st.title("Predictions")
+st.caption("What trained models answer on held-out data, next to the truth: forecasts and k-step rollouts, "
+           "confusion matrices, sequences, sampled text. One run, or several side by side.")
+uri = data.tracking_uri()
+link = scope.Permalink("predictions_", ("experiment", "target", "origin", "kstep_run", "sequence", "sample_seed"),
+                       ("runs",))
+
+names = scope.experiment_names(uri, "No runs yet. Train something first: every run logs its predictions.")
+left, right = st.columns([1, 2])
+experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
+runs = scope.training_runs(data.runs(uri, experiment))
+runs = runs[runs["status"] == "FINISHED"]
+if runs.empty:
+    st.info("No finished run in this experiment: a run logs its predictions when it ends.", icon=":material/info:")
+    link.save()
+    st.stop()
+labels = scope.run_label(runs)
+run_ids = link.choices("Runs", "runs", runs["run_id"].tolist(), default=runs["run_id"].tolist()[:1],
+                       widget=right.multiselect, format_func=labels, placeholder="pick one or more runs")
+if not run_ids:
+    st.info("Pick one or more runs.")
+    link.save()
+    st.stop()
+chosen = runs[runs["run_id"].isin(run_ids)]
+configs = {run_id: data.run_config(uri, run_id) for run_id in run_ids}
+first = configs[run_ids[0]].task
+mismatched = [labels(r) for r in run_ids if configs[r].task != first]
+if mismatched:
+    st.warning(f"{', '.join(mismatched)} trained on a different task setting than the first run; showing the runs "
+               "that match it.", icon=":material/rule:")
+    run_ids = [r for r in run_ids if configs[r].task == first]
+task = tasks.build(first)
+arrays = data.predictions(uri, tuple(run_ids))
+view = prediction_views.VIEWS[task.prediction_view]
+if view is not prediction_views.text_view and all(arrays[r] is None for r in run_ids):
+    st.info("These runs logged no predictions (they ended before predictions were kept with runs): train them "
+            "again to see them here.", icon=":material/info:")
+    link.save()
+    st.stop()
+varying = [p for p in compare.varying_params(chosen) if p != "seed"]
+view(prediction_views.Selection(
+    uri=uri, task=task, run_ids=run_ids, arrays=arrays,
+    labels={r: labels(r) for r in run_ids},
+    groups=dict(zip(chosen["run_id"], compare.group_labels(chosen, varying or ["model.cell_type"]))),
+    link=link,
+))
+link.save()

@@ -1,0 +1,174 @@
+"""The Predictions page's views, one per kind of task output (`Task.prediction_view`): a registry, so the page
+has no task-specific branches. Each view draws from the arrays runs logged (`Task.prediction_arrays`) or, for
+text, samples from the logged weights; the figures and numbers come from `rnnlib.plots` / `rnnlib.predictions`.
+"""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from rnnlib import plots, predictions, rollouts
+from ui import data
+from ui.scope import Permalink
+
+MAX_SIDE_BY_SIDE = 3  # confusion matrices / text samples per row
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What a view gets: the task, the chosen runs' arrays (None for a run that logged none), a label per run,
+    the group of each run (runs that differ only by seed share one), and the page's permalink."""
+
+    uri: str
+    task: object
+    run_ids: list[str]
+    arrays: dict[str, dict | None]
+    labels: dict[str, str]
+    groups: dict[str, str]
+    link: Permalink
+
+
+def forecast_view(selection: Selection) -> None:
+    task, link = selection.task, selection.link
+    logged = {r: a for r, a in selection.arrays.items() if a is not None}
+    first = next(iter(logged.values()))
+    targets = [str(t) for t in first["targets"]]
+    target = targets.index(link.choice("Target", "target", targets)) if len(targets) > 1 else 0
+    units = targets[target]
+
+    st.subheader("Forecast from one origin")
+    origins = first["origins"]
+    times = first["times"]
+    position = link.choice("Forecast origin (last step read)", "origin", list(range(len(origins))),
+                           default=len(origins) // 2, widget=st.select_slider,
+                           format_func=lambda i: times[origins[i]])
+    origin = int(origins[position])
+    start, stop = max(0, origin - task.sequence_length + 1), origin + 1 + task.horizon
+    history = pd.DataFrame({"time": times[start:stop], "value": first["series"][start:stop, target]})
+    paths = pd.concat([predictions.forecast_paths(arrays, position, target).assign(
+        predictor=lambda f, run_id=run_id: np.where(f["predictor"] == "model", selection.labels[run_id],
+                                                   f["predictor"]))
+        for run_id, arrays in logged.items()], ignore_index=True).drop_duplicates(["predictor", "time"])
+    st.plotly_chart(plots.forecast_figure(history, paths, f"{units}: {task.horizon}-step forecast made at "
+                                          f"{times[origin]}", units), width="stretch", key="predictions_fan")
+    st.caption(f"The model read the {task.sequence_length} steps up to the origin and forecast the next "
+               f"{task.horizon} in one go (seq2seq: a forecast at every step, scored at the window's last). Grey: "
+               "the trivial forecasts every model must beat.")
+
+    errors = pd.concat([predictions.horizon_errors(arrays).assign(
+        predictor=lambda f, run_id=run_id: np.where(f["predictor"] == "model", selection.labels[run_id],
+                                                   f["predictor"]))
+        for run_id, arrays in logged.items()], ignore_index=True).drop_duplicates(["predictor", "k"])
+    if task.horizon > 1:
+        st.plotly_chart(plots.horizon_error_figure(errors, f"MAE ({', '.join(targets)})"), width="stretch",
+                        key="predictions_horizon")
+    st.dataframe(errors.groupby("predictor", sort=False)["mae"].mean().rename("MAE over all horizon steps")
+                 .reset_index(), hide_index=True)
+    _rollout_section(selection, logged, target, units)
+
+
+def _rollout_section(selection: Selection, logged: dict, target: int, units: str) -> None:
+    st.subheader("k steps ahead on its own predictions")
+    with_rollouts = {r: a for r, a in logged.items() if "rollout" in a}
+    if not with_rollouts:
+        st.info("These runs read input columns they do not forecast (`features`), so they cannot feed their own "
+                "predictions back: no k-step rollouts.", icon=":material/info:")
+        return
+    errors = predictions.rollout_errors(with_rollouts, selection.groups)
+    first = next(iter(with_rollouts.values()))
+    trivial = predictions.trivial_rollout_errors(first, selection.task.season)
+    st.plotly_chart(plots.rollout_error_figure(errors, f"MAE ({', '.join(str(t) for t in first['targets'])})",
+                                               trivial), width="stretch", key="predictions_rollout_error")
+    st.caption("From each origin a model predicts one step, appends its prediction to the inputs and predicts "
+               "again (d2l.ai 9.1). Errors compound, so the error grows with k for every model; how fast it grows "
+               "separates the ones that learned the dynamics from the ones that learned to echo the last value. "
+               "Grey: the trivial forecasts from the same origins, which need no rollout.")
+    run_id = selection.link.choice("Run for the k-step view", "kstep_run", list(with_rollouts),
+                                   format_func=selection.labels.get)
+    arrays = with_rollouts[run_id]
+    steps = rollouts.steps_shown(arrays["rollout"].shape[1])
+    first_time = int(arrays["rollout_origins"][0])
+    truth = pd.DataFrame({"time": arrays["times"][first_time:], "value": arrays["series"][first_time:, target]})
+    st.plotly_chart(plots.kstep_figure(truth, predictions.kstep_frame(arrays, steps, target),
+                                       f"{units}: {', '.join(map(str, steps))}-step-ahead predictions of "
+                                       f"{selection.labels[run_id]}", units),
+                    width="stretch", key="predictions_kstep")
+
+
+def classes_view(selection: Selection) -> None:
+    st.subheader("Confusion matrix (validation)")
+    logged = [(r, a) for r, a in selection.arrays.items() if a is not None]
+    for row in range(0, len(logged), MAX_SIDE_BY_SIDE):
+        for column, (run_id, arrays) in zip(st.columns(MAX_SIDE_BY_SIDE), logged[row : row + MAX_SIDE_BY_SIDE]):
+            matrix = predictions.confusion(arrays["y_true"], arrays["y_pred"])
+            accuracy = np.trace(matrix) / matrix.sum()
+            labels = [str(c) for c in range(matrix.shape[0])]
+            column.plotly_chart(plots.confusion_figure(matrix, labels, f"{selection.labels[run_id]}: "
+                                                       f"{accuracy:.1%} right"), width="stretch",
+                                key=f"predictions_confusion_{run_id}")
+    st.caption("Rows: the true class; columns: the class the model found most likely. Off-diagonal cells are the "
+               "confusions, e.g. which digits a pixel-by-pixel reader mixes up.")
+
+
+TEMPERATURES = (0.2, 0.5, 0.8, 1.0, 1.2, 1.5)
+
+
+def text_view(selection: Selection) -> None:
+    task, link = selection.task, selection.link
+    st.subheader("Sampled text")
+    left, middle, right = st.columns([2, 2, 1])
+    prompt = left.text_input("Prompt (the network reads it first)", value="The ", key="predictions_prompt")
+    temperatures = middle.multiselect("Temperatures", TEMPERATURES, default=[0.5, 1.0, 1.5],
+                                      key="predictions_temperatures")
+    length = right.number_input("Characters", 20, 1000, 300, step=20, key="predictions_length")
+    seed = link.number("Sampling seed", "sample_seed", 0, 0, 10**6)
+    runs = [r for r in selection.run_ids if r in selection.labels]
+    for row in range(0, len(runs), MAX_SIDE_BY_SIDE):
+        for column, run_id in zip(st.columns(MAX_SIDE_BY_SIDE), runs[row : row + MAX_SIDE_BY_SIDE]):
+            column.markdown(f"**{selection.labels[run_id]}**")
+            for temperature in temperatures:
+                try:
+                    text = _sample(selection.uri, run_id, task.alphabet, prompt, int(length), temperature, seed)
+                except ValueError as error:
+                    st.error(str(error), icon=":material/edit_off:")
+                    return
+                column.caption(f"temperature {temperature:g}")
+                column.code(prompt + text, language=None, wrap_lines=True)
+    st.caption("One character at a time from softmax(logits / temperature), each fed back as the next input, with "
+               "the run's logged weights. Low temperatures repeat the likeliest phrases; 1 is the model's own "
+               "distribution; higher ones drift into invented words.")
+
+
+@st.cache_data(max_entries=64, show_spinner="Sampling…")
+def _sample(uri: str, run_id: str, alphabet: str, prompt: str, length: int, temperature: float, seed: int) -> str:
+    run_config = data.run_config(uri, run_id)
+    return predictions.sample_text(data.weights(uri, run_id), run_config.model.cell_type,
+                                   run_config.model.num_layers, alphabet, prompt, length, temperature, seed)
+
+
+def sequence_view(selection: Selection) -> None:
+    task, link = selection.task, selection.link
+    logged = {r: a for r, a in selection.arrays.items() if a is not None}
+    first = next(iter(logged.values()))
+    st.subheader("Validation sequences")
+    if task.target_form == "final":
+        rows = [{"sequence": i, "target": task.format_target(first["y_true"][i]),
+                 **{selection.labels[r]: task.format_answer(a["y_pred"][i]) for r, a in logged.items()}}
+                for i in range(len(first["y_true"]))]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        return
+    index = link.number("Sequence", "sequence", 0, 0, len(first["y_true"]) - 1)
+    st.plotly_chart(plots.sequence_prediction_figure(
+        predictions.sequence_frame(first["y_true"][index], {selection.labels[r]: a["y_pred"][index]
+                                                            for r, a in logged.items()}),
+        f"Validation sequence {index}: target and predictions"), width="stretch", key="predictions_sequence")
+
+
+VIEWS = {
+    "forecast": forecast_view,
+    "classes": classes_view,
+    "text": text_view,
+    "sequence": sequence_view,
+}

@@ -48,3 +48,26 @@ def fixture_store(tmp_path_factory):
                       "--set", "model.units=4", "--set", "training.num_validation_sequences=16"], env)
     assert result.returncode == 0, result.stderr
     return uri
+
+
+@pytest.fixture(scope="session")
+def predictions_store(tmp_path_factory):
+    """A real store with tiny finished runs of three output kinds: a forecast (AR(3) and GRU on the bundled
+    stocks, horizon 2), a character model, and digit classifiers."""
+    folder = tmp_path_factory.mktemp("predictions-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(PROJECT_DIR)
+    experiments = {
+        "tiny_forecast": "task: {name: forecast, dataset: stocks, window: 12, horizon: 2}\n"
+                         "model: {units: 4, ar_order: 3}\ngrid: {model.cell_type: [ar, gru]}\n",
+        "tiny_text": "task: {name: text, length: 20}\nmodel: {cell_type: gru, units: 8}\n",
+        "tiny_digits": "task: {name: digits, read: rows}\nmodel: {units: 8}\ngrid: {model.cell_type: [rnn, gru]}\n",
+    }
+    for name, text in experiments.items():
+        path = folder / f"{name}.yaml"
+        path.write_text(text + "training: {epochs: 1, steps_per_epoch: 3, batch_size: 8, "
+                               "num_validation_sequences: 16, probe_every: 0}\n")
+        result = run_cli(["run", str(path), "--tracking-uri", uri, "--quiet"], env)
+        assert result.returncode == 0, result.stderr
+    return uri

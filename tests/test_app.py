@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from conftest import PROJECT_DIR
-from rnnlib import jobs
+from rnnlib import jobs, tracking
 
 pytestmark = pytest.mark.slow
 APP = str(PROJECT_DIR / "app.py")
@@ -283,3 +283,64 @@ def test_train_form_offers_switches_and_choices_of_a_task_and_launches_them(fixt
     (job,) = jobs.list_jobs()
     task = yaml.safe_load(Path(job.config_path).read_text())["task"]
     assert task == {"name": "digits", "read": "pixels", "permuted": True, "validation_fraction": 0.2}
+
+
+def predictions_page(store, monkeypatch, experiment, **query):
+    return open_page(store, monkeypatch, "app_pages/predictions.py", query={"experiment": experiment, **query})
+
+
+def test_predictions_page_shows_forecasts_horizon_errors_and_rollouts_of_ar_and_rnn_runs(predictions_store,
+                                                                                       monkeypatch):
+    runs = MlflowClient(predictions_store).search_runs(
+        [MlflowClient(predictions_store).get_experiment_by_name("tiny_forecast").experiment_id],
+        filter_string="tags.rnnlib.run_kind = 'trial'")
+    at = open_page(predictions_store, monkeypatch, "app_pages/predictions.py", query={"experiment": "tiny_forecast"})
+    at.multiselect(key="predictions_runs").set_value([r.info.run_id for r in runs]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    fan = figure(at, 0)
+    names = {trace["name"] for trace in fan["data"]}
+    assert {"truth", "persistence", "seasonal naive (m = 12)"} <= names
+    assert sum(name.startswith(("ar-", "gru-")) for name in names) == 2
+    model_trace = next(t for t in fan["data"] if t["name"].startswith("gru-"))
+    assert len(model_trace["x"]) == 3  # the origin, then horizon 2
+    assert at.selectbox(key="predictions_target").options == ["AAPL", "AMZN", "IBM", "MSFT"]
+    horizon = figure(at, 1)
+    assert [decoded(t["x"]) for t in horizon["data"]][0] == [1, 2]
+    rollout = figure(at, 2)
+    groups = {t["name"] for t in rollout["data"]}
+    assert {"ar (n=1)", "gru (n=1)", "persistence"} <= groups
+    assert "64" not in str(rollout["layout"]["xaxis"].get("ticktext"))  # stocks: half of 37 months, 18 steps
+    kstep = figure(at, 3)
+    assert [t["name"] for t in kstep["data"]] == ["truth", "1-step", "4-step", "16-step"]
+    table = at.dataframe[0].value
+    persistence = table[table["predictor"] == "persistence"]["MAE over all horizon steps"].iloc[0]
+    logged = json.loads(runs[0].data.tags["rnnlib.metric_baselines"])["persistence"]["mae"]
+    assert persistence == pytest.approx(logged)
+
+
+def test_predictions_page_moves_the_forecast_origin_and_keeps_it_in_the_link(predictions_store, monkeypatch):
+    at = predictions_page(predictions_store, monkeypatch, "tiny_forecast", origin="0", target="IBM")
+    first = figure(at, 0)
+    assert "IBM" in first["layout"]["title"]["text"]
+    assert query(at)["origin"] == "0" and query(at)["target"] == "IBM"
+    at.select_slider(key="predictions_origin").set_value(5).run()
+    assert figure(at, 0)["layout"]["title"]["text"] != first["layout"]["title"]["text"]
+    assert query(at)["origin"] == "5"
+
+
+def test_predictions_page_draws_a_confusion_matrix_per_classifier(predictions_store, monkeypatch):
+    runs = tracking.runs_frame(predictions_store, "tiny_digits")
+    at = predictions_page(predictions_store, monkeypatch, "tiny_digits")
+    at.multiselect(key="predictions_runs").set_value(runs[runs["kind"] == "trial"]["run_id"].tolist()).run()
+    assert len(at.get("plotly_chart")) == 2
+    matrix = figure(at, 0)["data"][0]["z"]
+    assert np.asarray(decoded(matrix) if isinstance(matrix, dict) else matrix).sum() == 359  # every held-out digit
+
+
+def test_predictions_page_samples_text_at_each_temperature_and_refuses_unknown_characters(predictions_store,
+                                                                                         monkeypatch):
+    at = predictions_page(predictions_store, monkeypatch, "tiny_text")
+    samples = [block.value for block in at.code]
+    assert len(samples) == 3 and all(s.startswith("The ") and len(s) == 304 for s in samples)
+    at.text_input(key="predictions_prompt").set_value("naïve ☃").run()
+    assert any("not in it:" in e.value and "☃" in e.value for e in at.error), [e.value for e in at.error]

@@ -117,3 +117,11 @@ def test_inside_the_network_and_lesson_pages_render_their_charts(browser, server
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))  # now with every chart drawn
     assert page.locator(".js-plotly-plot").count() == charts
     assert page.get_by_text(text).count() >= 1
+
+
+def test_predictions_page_renders_the_answers_of_a_run_next_to_the_targets(browser, server):
+    page = visit(browser, f"{server}/predictions?experiment=smoke", "predictions")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_text("Validation sequences").count() == 1
+    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=30_000)
+    assert page.locator('[data-testid="stDataFrame"]').count() == 1

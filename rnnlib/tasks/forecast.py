@@ -64,14 +64,26 @@ class ForecastParams(TaskParams):
         return self
 
 
-@functools.lru_cache(maxsize=32)
 def prepare(params: ForecastParams) -> "Prepared":
-    """Load, check and frame the series once per parameter set (a config validates and trains on the same)."""
+    """Load, check and frame the series once per parameter set and file version (a config validates and
+    trains on the same).
+
+    Raises:
+        ValueError: what is wrong with the data or the frame, and how to fix it.
+    """
     try:
-        series = load_series(params)
-        return Prepared(params, series)
+        version = None
+        if params.dataset == "csv":
+            stat = sources.resolve_csv_path(params.path).stat()
+            version = (stat.st_mtime_ns, stat.st_size)
+        return _prepare(params, version)
     except sources.SeriesError as error:
         raise ValueError(str(error)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _prepare(params: ForecastParams, version) -> "Prepared":
+    return Prepared(params, load_series(params))
 
 
 def load_series(params: ForecastParams) -> sources.Series:

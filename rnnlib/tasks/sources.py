@@ -179,7 +179,7 @@ def parse_csv(content: bytes, time_column: str | None, delimiter: str = ",") -> 
     if not text.strip():
         raise SeriesError("The file is empty; it needs a header row and one row per time step.")
     try:
-        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, engine="python")
+        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, index_col=False)
     except (pd.errors.ParserError, ValueError) as error:
         raise SeriesError(f"Cannot read the rows as {DELIMITERS.get(delimiter, repr(delimiter))}-separated "
                           f"values: {str(error).strip()}. Check the delimiter and that every row has as many "

@@ -14,11 +14,22 @@ def _parse_list(text: str) -> list:
     return [yaml.safe_load(item) for item in text.split(",") if item.strip()]
 
 
+PARAMS_PER_ROW = 6
+
+
+def _has_input(annotation) -> bool:
+    """Numbers, switches and choices get an input; other params (column lists, file paths) keep their default
+    here and are set in the YAML editor."""
+    return annotation in (int, float, bool) or typing.get_origin(annotation) is typing.Literal
+
+
 def _task_param_inputs(task_name: str) -> dict:
     """One input per parameter of the task (numbers, switches, choices), with its default and bounds."""
     params = {}
-    fields = {k: f for k, f in tasks.get(task_name).params_type.model_fields.items() if k != "name"}
-    columns = st.columns(max(len(fields), 1))
+    fields = {k: f for k, f in tasks.get(task_name).params_type.model_fields.items()
+              if k != "name" and _has_input(f.annotation)}
+    columns = [column for row in range(0, len(fields), PARAMS_PER_ROW)
+               for column in st.columns(PARAMS_PER_ROW)][: len(fields)]
     for column, (name, field) in zip(columns, fields.items()):
         bounds = {m.__class__.__name__: m for m in field.metadata}
         low = getattr(bounds.get("Ge"), "ge", None)

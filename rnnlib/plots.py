@@ -375,8 +375,8 @@ def confusion_figure(matrix: np.ndarray, labels: list[str], title: str) -> go.Fi
     fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}",
                                hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>", showscale=False))
     fig.update_yaxes(autorange="reversed", type="category", title="true class")
-    fig.update_xaxes(type="category", title="predicted class", side="top")
-    fig.update_layout(title=title, height=420, margin={"l": 60, "r": 20, "t": 90, "b": 30})
+    fig.update_xaxes(type="category", title="predicted class")
+    fig.update_layout(title=title, height=440, margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return fig
 
 

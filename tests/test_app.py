@@ -149,7 +149,7 @@ def test_train_page_yaml_errors_name_the_key(fixture_store, monkeypatch):
     area.set_value(area.value.replace("cell_type: lstm", "cell_type: elman"))
     next(b for b in at.button if b.proto.form_id == "train_yaml").click()
     at.run()
-    assert "model.cell_type: Input should be 'rnn', 'lstm' or 'gru' (got 'elman')" in at.error[0].value
+    assert "model.cell_type: Input should be 'rnn', 'lstm', 'gru', 'ar' or 'ar_mlp' (got 'elman')" in at.error[0].value
     assert jobs.list_jobs() == []
 
 

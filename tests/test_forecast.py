@@ -227,8 +227,8 @@ def test_a_rollout_of_the_true_dynamics_reproduces_the_series_and_errors_grow_fo
     times, values = rollouts.kstep_series(predicted, origins, 4)
     np.testing.assert_allclose(values[:, 0], series[times, 0], rtol=1e-4, atol=1e-6)
     wrong = rollouts.rollout(lambda x: true_model(x) * 1.05, series, origins, window=5, steps=16)
-    error = rollouts.error_by_step(wrong, truth)
-    assert error[0] > 0 and np.all(np.diff(error[:8]) > 0)
+    error = rollouts.error_by_step(wrong, truth)  # compounds, then oscillates with the series
+    assert 0 < error[0] < error[1] < error[2] < error[3] and error.max() > 4 * error[0]
     assert rollouts.steps_shown(20) == (1, 4, 16)
 
 

@@ -63,8 +63,8 @@ def test_cli_sweep_logs_finished_runs_with_the_documented_schema(sqlite_uri, cli
     assert json.loads(tags["rnnlib.grid_point"]) == {"model.cell_type": "gru", "training.truncation": 5, "seed": 1}
     artifacts = {a.path for a in client.list_artifacts(trial.info.run_id)}
     assert artifacts == {"config.yaml", "model", "gradient_flow.npz"}
-    assert {a.path for a in client.list_artifacts(trial.info.run_id, "model")} == {"model/model.keras",
-                                                                                   "model/weights.npz"}
+    assert {a.path for a in client.list_artifacts(trial.info.run_id, "model")} == {
+        "model/model.keras", "model/weights.npz", "model/predictions.npz"}
     resolved = mlflow.artifacts.load_text(f"{trial.info.artifact_uri}/config.yaml")
     assert cfg.parse_config(resolved).training.truncation.label == "5"
 
@@ -90,7 +90,7 @@ def test_invalid_config_exits_2_with_the_message_and_writes_nothing(sqlite_uri, 
     result = run_cli(["run", str(EXPERIMENTS_DIR / "smoke.yaml"), "--tracking-uri", sqlite_uri,
                       "--set", "model.cell_type=elman"], cli_env)
     assert result.returncode == 2
-    assert "model.cell_type: Input should be 'rnn', 'lstm' or 'gru' (got 'elman')" in result.stderr
+    assert "model.cell_type: Input should be 'rnn', 'lstm', 'gru', 'ar' or 'ar_mlp' (got 'elman')" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -199,8 +199,8 @@ def test_cli_logs_to_a_real_mlflow_server(mlflow_server, cli_env, tmp_path):
     client, runs = runs_of(mlflow_server, "smoke")
     trial = next(r for r in runs if r.data.tags["rnnlib.run_kind"] == "trial")
     assert trial.info.status == "FINISHED" and "val_loss" in trial.data.metrics
-    assert {a.path for a in client.list_artifacts(trial.info.run_id, "model")} == {"model/model.keras",
-                                                                                   "model/weights.npz"}
+    assert {a.path for a in client.list_artifacts(trial.info.run_id, "model")} == {
+        "model/model.keras", "model/weights.npz", "model/predictions.npz"}
     assert (tmp_path / "server-artifacts").is_dir()
     flow = tracking.load_gradient_flow(mlflow_server, trial.info.run_id)
     assert flow.cell_type == "lstm" and set(flow.norms) == {"loss_hidden", "loss_cell", "jacobian"}

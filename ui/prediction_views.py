@@ -106,7 +106,7 @@ def classes_view(selection: Selection) -> None:
             accuracy = np.trace(matrix) / matrix.sum()
             labels = [str(c) for c in range(matrix.shape[0])]
             column.plotly_chart(plots.confusion_figure(matrix, labels, f"{selection.labels[run_id]}: "
-                                                       f"{accuracy:.1%} right"), width="stretch",
+                                                       f"accuracy {accuracy:.1%}"), width="stretch",
                                 key=f"predictions_confusion_{run_id}")
     st.caption("Rows: the true class; columns: the class the model found most likely. Off-diagonal cells are the "
                "confusions, e.g. which digits a pixel-by-pixel reader mixes up.")

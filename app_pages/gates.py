@@ -18,13 +18,10 @@ link = scope.Permalink("gates_", ("experiment", "run", "source", "seed", "layer"
 names = scope.experiment_names(uri, "No runs yet. Train something first.")
 left, right = st.columns([1, 2])
 experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
-runs = scope.recurrent_runs(scope.training_runs(data.runs(uri, experiment)))
-runs = runs[runs["status"] == "FINISHED"]
+runs = scope.recurrent_runs(scope.finished_runs(data.runs(uri, experiment)))
 if runs.empty:
-    st.info("No finished run of a recurrent cell in this experiment: a run logs its weights when it ends (AR(τ) "
-            "baselines have no gates or state to show).", icon=":material/info:")
-    link.save()
-    st.stop()
+    link.stop("No finished run of a recurrent cell in this experiment: a run logs its weights when it ends (AR(τ) "
+              "baselines have no gates or state to show).", icon=":material/info:")
 run_id = link.choice("Run", "run", runs["run_id"].tolist(), widget=right.selectbox, format_func=scope.run_label(runs))
 run_config = data.run_config(uri, run_id)
 task = tasks.build(run_config.task)
@@ -44,9 +41,7 @@ if source == "edit":
     try:
         x = task.from_table(edited)[None]
     except ValueError as error:
-        st.error(f"{error}", icon=":material/edit_off:")
-        link.save()
-        st.stop()
+        link.stop(f"{error}", show=st.error, icon=":material/edit_off:")
 if x.shape[1] > MAX_STEPS_SHOWN:
     st.warning(f"The sequence has {x.shape[1]} steps; the first {MAX_STEPS_SHOWN} are shown.")
     x = x[:, :MAX_STEPS_SHOWN]

@@ -18,11 +18,9 @@ runs = scope.training_runs(data.runs(uri, experiment))
 flows = data.gradient_flows(uri, tuple(runs["run_id"]))
 runs = runs[runs["run_id"].map(lambda run_id: flows.get(run_id) is not None)]
 if runs.empty:
-    st.info("No run of this experiment has a gradient-flow record yet: runs log one at their first epoch "
-            "unless `training.probe_every` is 0. Pick another experiment or train this one again.",
-            icon=":material/info:")
-    link.save()
-    st.stop()
+    link.stop("No run of this experiment has a gradient-flow record yet: runs log one at their first epoch "
+              "unless `training.probe_every` is 0. Pick another experiment or train this one again.",
+              icon=":material/info:")
 with right:
     varying = compare.varying_params(runs)
     group_by = link.choices("Group by", "group_by", compare.param_names(runs),
@@ -41,9 +39,7 @@ layer = link.choice("Layer", "layer", list(range(num_layers)), widget=middle.sel
 label = probes.GRADIENT_QUANTITIES[quantity]
 curves = compare.flow_curves(flows, runs, group_by, quantity, layer)
 if curves.empty:
-    st.info(f"{label} is not recorded for these runs (∂L/∂c exists for LSTMs only).")
-    link.save()
-    st.stop()
+    link.stop(f"{label} is not recorded for these runs (∂L/∂c exists for LSTMs only).")
 epochs = sorted(curves["epoch"].unique())
 epoch = link.choice("Training epoch", "epoch", epochs, default=epochs[-1], widget=right.select_slider,
                     format_func=lambda e: "initialisation" if e == 0 else f"{e:g}")

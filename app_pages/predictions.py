@@ -13,19 +13,14 @@ link = scope.Permalink("predictions_", ("experiment", "target", "origin", "kstep
 names = scope.experiment_names(uri, "No runs yet. Train something first: every run logs its predictions.")
 left, right = st.columns([1, 2])
 experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
-runs = scope.training_runs(data.runs(uri, experiment))
-runs = runs[runs["status"] == "FINISHED"]
+runs = scope.finished_runs(data.runs(uri, experiment))
 if runs.empty:
-    st.info("No finished run in this experiment: a run logs its predictions when it ends.", icon=":material/info:")
-    link.save()
-    st.stop()
+    link.stop("No finished run in this experiment: a run logs its predictions when it ends.", icon=":material/info:")
 labels = scope.run_label(runs)
 run_ids = link.choices("Runs", "runs", runs["run_id"].tolist(), default=runs["run_id"].tolist()[:1],
                        widget=right.multiselect, format_func=labels, placeholder="pick one or more runs")
 if not run_ids:
-    st.info("Pick one or more runs.")
-    link.save()
-    st.stop()
+    link.stop("Pick one or more runs.")
 chosen = runs[runs["run_id"].isin(run_ids)]
 configs = {run_id: data.run_config(uri, run_id) for run_id in run_ids}
 first = configs[run_ids[0]].task
@@ -36,14 +31,8 @@ if mismatched:
     run_ids = [r for r in run_ids if configs[r].task == first]
 task = tasks.build(first)
 arrays = data.predictions(uri, tuple(run_ids))
-view = prediction_views.VIEWS[task.prediction_view]
-if view is not prediction_views.text_view and all(arrays[r] is None for r in run_ids):
-    st.info("These runs logged no predictions (they ended before predictions were kept with runs): train them "
-            "again to see them here.", icon=":material/info:")
-    link.save()
-    st.stop()
 varying = [p for p in compare.varying_params(chosen) if p != "seed"]
-view(prediction_views.Selection(
+prediction_views.VIEWS[task.prediction_view](prediction_views.Selection(
     uri=uri, task=task, run_ids=run_ids, arrays=arrays,
     labels={r: labels(r) for r in run_ids},
     groups=dict(zip(chosen["run_id"], compare.group_labels(chosen, varying or ["model.cell_type"]))),

@@ -10,14 +10,20 @@ from rnnlib import probes, rollouts
 # ---- Forecasts
 
 
+def _forecasts(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The direct forecasts at every validation origin, `[origins, horizon, targets]`: the model's ("model")
+    and the trivial ones by name."""
+    trivial = {str(name): forecast for name, forecast in zip(arrays["baseline_names"], arrays["baseline_forecasts"])}
+    return {"model": arrays["forecast"], **trivial}
+
+
 def horizon_errors(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     """MAE per horizon step of the model's direct forecasts and of the trivial forecasts, over every validation
     origin and target: columns predictor, k, mae."""
     truth = arrays["truth"]
-    rows = [("model", arrays["forecast"])] + list(zip(arrays["baseline_names"], arrays["baseline_forecasts"]))
     return pd.DataFrame([
-        {"predictor": str(name), "k": k + 1, "mae": float(error)}
-        for name, forecast in rows
+        {"predictor": name, "k": k + 1, "mae": float(error)}
+        for name, forecast in _forecasts(arrays).items()
         for k, error in enumerate(np.mean(np.abs(forecast - truth), axis=(0, 2)))
     ])
 
@@ -79,10 +85,9 @@ def forecast_paths(arrays: dict[str, np.ndarray], origin_position: int, target: 
     horizon = arrays["forecast"].shape[1]
     times = arrays["times"][origin : origin + 1 + horizon]
     observed = arrays["series"][origin, target]
-    rows = [("model", arrays["forecast"])] + list(zip(arrays["baseline_names"], arrays["baseline_forecasts"]))
-    return pd.concat([pd.DataFrame({"predictor": str(name), "time": times,
+    return pd.concat([pd.DataFrame({"predictor": name, "time": times,
                                     "value": np.concatenate([[observed], forecast[origin_position, :, target]])})
-                      for name, forecast in rows], ignore_index=True)
+                      for name, forecast in _forecasts(arrays).items()], ignore_index=True)
 
 
 # ---- Sequences

@@ -25,6 +25,7 @@ A run that raises ends FAILED, one interrupted (Ctrl-C, SIGTERM) ends KILLED; ne
 """
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -353,12 +354,8 @@ def load_gradient_flow(uri: str | None, run_id: str):
     """A run's `gradient_flow.npz` as a `rnnlib.probes.GradientFlow`, or None when the run logged none."""
     from rnnlib.probes import GradientFlow
 
-    client = MlflowClient(resolve_tracking_uri(uri))
-    if not any(a.path == GRADIENT_FLOW_ARTIFACT for a in client.list_artifacts(run_id)):
-        return None
-    with tempfile.TemporaryDirectory() as directory:
-        return GradientFlow.from_bytes(Path(client.download_artifacts(run_id, GRADIENT_FLOW_ARTIFACT,
-                                                                      directory)).read_bytes())
+    content = _optional_artifact(uri, run_id, GRADIENT_FLOW_ARTIFACT)
+    return None if content is None else GradientFlow.from_bytes(content)
 
 
 def load_predictions(uri: str | None, run_id: str) -> dict | None:
@@ -366,13 +363,21 @@ def load_predictions(uri: str | None, run_id: str) -> dict | None:
     failed, or logged before predictions were kept)."""
     import numpy as np
 
+    content = _optional_artifact(uri, run_id, f"model/{PREDICTIONS_ARTIFACT}")
+    if content is None:
+        return None
+    with np.load(io.BytesIO(content), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _optional_artifact(uri: str | None, run_id: str, path: str) -> bytes | None:
+    """The bytes of a run's artifact at `path`, or None when the run has no such artifact."""
     client = MlflowClient(resolve_tracking_uri(uri))
-    if not any(a.path == f"model/{PREDICTIONS_ARTIFACT}" for a in client.list_artifacts(run_id, "model")):
+    folder = path.rpartition("/")[0] or None
+    if not any(a.path == path for a in client.list_artifacts(run_id, folder)):
         return None
     with tempfile.TemporaryDirectory() as directory:
-        local = client.download_artifacts(run_id, f"model/{PREDICTIONS_ARTIFACT}", directory)
-        with np.load(local, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        return Path(client.download_artifacts(run_id, path, directory)).read_bytes()
 
 
 def load_artifact_text(uri: str | None, run_id: str, path: str) -> str:

@@ -30,9 +30,26 @@ class Selection:
     link: Permalink
 
 
+def _logged(selection: Selection) -> dict[str, dict]:
+    """The chosen runs that logged predictions; when none did, the page says so and stops."""
+    logged = {run_id: arrays for run_id, arrays in selection.arrays.items() if arrays is not None}
+    if not logged:
+        selection.link.stop("These runs logged no predictions (they ended before predictions were kept with runs): "
+                            "train them again to see them here.", icon=":material/info:")
+    return logged
+
+
+def _per_run(frames: dict[str, pd.DataFrame], labels: dict[str, str], keys: list[str]) -> pd.DataFrame:
+    """Each run's frame of `predictor` rows with its "model" rows named after the run; the trivial forecasts,
+    the same in every run, once."""
+    named = [frame.assign(predictor=frame["predictor"].replace("model", labels[run_id]))
+             for run_id, frame in frames.items()]
+    return pd.concat(named, ignore_index=True).drop_duplicates(keys)
+
+
 def forecast_view(selection: Selection) -> None:
     task, link = selection.task, selection.link
-    logged = {r: a for r, a in selection.arrays.items() if a is not None}
+    logged = _logged(selection)
     first = next(iter(logged.values()))
     targets = [str(t) for t in first["targets"]]
     target = targets.index(link.choice("Target", "target", targets)) if len(targets) > 1 else 0
@@ -47,20 +64,16 @@ def forecast_view(selection: Selection) -> None:
     origin = int(origins[position])
     start, stop = max(0, origin - task.sequence_length + 1), origin + 1 + task.horizon
     history = pd.DataFrame({"time": times[start:stop], "value": first["series"][start:stop, target]})
-    paths = pd.concat([predictions.forecast_paths(arrays, position, target).assign(
-        predictor=lambda f, run_id=run_id: np.where(f["predictor"] == "model", selection.labels[run_id],
-                                                   f["predictor"]))
-        for run_id, arrays in logged.items()], ignore_index=True).drop_duplicates(["predictor", "time"])
+    paths = _per_run({r: predictions.forecast_paths(a, position, target) for r, a in logged.items()},
+                     selection.labels, ["predictor", "time"])
     st.plotly_chart(plots.forecast_figure(history, paths, f"{units}: {task.horizon}-step forecast made at "
                                           f"{times[origin]}", units), width="stretch", key="predictions_fan")
     st.caption(f"The model read the {task.sequence_length} steps up to the origin and forecast the next "
                f"{task.horizon} in one go (seq2seq: a forecast at every step, scored at the window's last). Grey: "
                "the trivial forecasts every model must beat.")
 
-    errors = pd.concat([predictions.horizon_errors(arrays).assign(
-        predictor=lambda f, run_id=run_id: np.where(f["predictor"] == "model", selection.labels[run_id],
-                                                   f["predictor"]))
-        for run_id, arrays in logged.items()], ignore_index=True).drop_duplicates(["predictor", "k"])
+    errors = _per_run({r: predictions.horizon_errors(a) for r, a in logged.items()}, selection.labels,
+                      ["predictor", "k"])
     if task.horizon > 1:
         st.plotly_chart(plots.horizon_error_figure(errors, f"MAE ({', '.join(targets)})"), width="stretch",
                         key="predictions_horizon")
@@ -99,7 +112,7 @@ def _rollout_section(selection: Selection, logged: dict, target: int, units: str
 
 def classes_view(selection: Selection) -> None:
     st.subheader("Confusion matrix (validation)")
-    logged = [(r, a) for r, a in selection.arrays.items() if a is not None]
+    logged = list(_logged(selection).items())
     for row in range(0, len(logged), MAX_SIDE_BY_SIDE):
         for column, (run_id, arrays) in zip(st.columns(MAX_SIDE_BY_SIDE), logged[row : row + MAX_SIDE_BY_SIDE]):
             matrix = predictions.confusion(arrays["y_true"], arrays["y_pred"])
@@ -150,7 +163,7 @@ def _sample(uri: str, run_id: str, alphabet: str, prompt: str, length: int, temp
 
 def sequence_view(selection: Selection) -> None:
     task, link = selection.task, selection.link
-    logged = {r: a for r, a in selection.arrays.items() if a is not None}
+    logged = _logged(selection)
     first = next(iter(logged.values()))
     st.subheader("Validation sequences")
     if task.target_form == "final":

@@ -9,6 +9,8 @@ experiment renamed) fall back to the default with a notice instead of an error.
 import pandas as pd
 import streamlit as st
 
+from rnnlib.config import CELL_TYPES
+
 
 class Permalink:
     """`fields` hold one value each, `list_fields` several (repeated in the URL: `?group_by=a&group_by=b`)."""
@@ -68,6 +70,12 @@ class Permalink:
         if {k: st.query_params.get_all(k) for k in st.query_params} != query:
             st.query_params.from_dict(query)
 
+    def stop(self, message: str, show=st.info, **kwargs) -> None:
+        """End the page early with `message` (an info box, or `show`, e.g. `st.error`), keeping the link."""
+        show(message, **kwargs)
+        self.save()
+        st.stop()
+
 
 def _as_option(value, options):
     """`value` as the matching option (URL values arrive as text: `"1"` matches the option `1`), or None."""
@@ -94,10 +102,14 @@ def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["kind"] != "sweep"].sort_values("start_time", ascending=False)
 
 
+def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The training runs that ended normally, so their weights and predictions are logged, newest first."""
+    trained = training_runs(runs)
+    return trained[trained["status"] == "FINISHED"]
+
+
 def recurrent_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of recurrent cells (rnn, lstm, gru), leaving out AR(τ) baselines, which have no state to show."""
-    from rnnlib.config import CELL_TYPES
-
     if "params.model.cell_type" not in runs:
         return runs
     return runs[runs["params.model.cell_type"].isin(CELL_TYPES)]

@@ -112,10 +112,10 @@ class Prepared:
         frame, self.filled, self.trimmed = fill_gaps(series.frame[list(self.columns)], params.missing)
         self.frame = frame
         self.num_train = int(len(frame) * params.train_fraction)
-        train = frame.to_numpy(np.float64)[: self.num_train]
-        self.mean = train.mean(axis=0)
-        self.std = np.where(train.std(axis=0) > 0, train.std(axis=0), 1.0)
-        self.values = ((frame.to_numpy(np.float64) - self.mean) / self.std).astype(np.float32)
+        raw = frame.to_numpy(np.float64)
+        self.mean, spread = raw[: self.num_train].mean(axis=0), raw[: self.num_train].std(axis=0)
+        self.std = np.where(spread > 0, spread, 1.0)
+        self.values = ((raw - self.mean) / self.std).astype(np.float32)
         self._check_lengths(params)
 
     def _check_columns(self, params, series) -> tuple[str, ...]:
@@ -268,7 +268,7 @@ class ForecastTask(Task):
 
     def baseline_forecasts(self) -> dict[str, np.ndarray]:
         """The trivial forecasts at every validation origin, original units `[origins, horizon, targets]`."""
-        raw = self.data.frame.to_numpy(np.float64)[:, : len(self.targets)]
+        raw = self._raw_targets()
         origins = self.validation_origins[:, None]
         ahead = np.arange(1, self.horizon + 1)[None, :]
         forecasts = {"persistence": raw[np.broadcast_to(origins, (len(origins), self.horizon))]}
@@ -277,10 +277,13 @@ class ForecastTask(Task):
             forecasts[f"seasonal naive (m = {self.season})"] = raw[origins + ahead - back]
         return forecasts
 
+    def _raw_targets(self) -> np.ndarray:
+        """The target columns in their own units, `[steps, targets]`."""
+        return self.data.frame.to_numpy(np.float64)[:, : len(self.targets)]
+
     def truth(self) -> np.ndarray:
         """What happened after every validation origin, original units `[origins, horizon, targets]`."""
-        raw = self.data.frame.to_numpy(np.float64)[:, : len(self.targets)]
-        return raw[self.validation_origins[:, None] + np.arange(1, self.horizon + 1)[None, :]]
+        return self._raw_targets()[self.validation_origins[:, None] + np.arange(1, self.horizon + 1)[None, :]]
 
     @functools.cached_property
     def metric_baselines(self) -> dict[str, dict[str, float]]:
@@ -317,7 +320,7 @@ class ForecastTask(Task):
         baselines = self.baseline_forecasts()
         arrays = {
             "times": time_labels(self.times),
-            "series": self.data.frame.to_numpy(np.float64)[:, : len(self.targets)],
+            "series": self._raw_targets(),
             "targets": np.asarray(self.targets),
             "origins": self.validation_origins,
             "truth": self.truth(),

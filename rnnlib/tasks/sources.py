@@ -149,9 +149,9 @@ def _read_csv_cached(path: Path, modified: float, size: int, time_column: str | 
 def read_csv(path: str | Path, time_column: str | None, delimiter: str = ",") -> Series:
     """Read and check a CSV in the data folder (see `parse_csv`); cached while the file is unchanged."""
     resolved = resolve_csv_path(path)
-    size = resolved.stat().st_size
-    check_size(size)
-    return _read_csv_cached(resolved, resolved.stat().st_mtime, size, time_column, delimiter)
+    stat = resolved.stat()
+    check_size(stat.st_size)
+    return _read_csv_cached(resolved, stat.st_mtime, stat.st_size, time_column, delimiter)
 
 
 def check_size(num_bytes: int) -> None:

@@ -8,10 +8,12 @@ st.caption("Pick a task, the cells and truncations to compare, and start: traini
            "process, logs every epoch to the store, and survives reloads. Cancelled runs end KILLED.")
 uri = data.tracking_uri()
 
-build, edit = st.tabs(["Build an experiment", "From a YAML file"])
+build, upload, edit = st.tabs(["Build an experiment", "Your own series (CSV)", "From a YAML file"])
 with build:
     raw = train_form.builder()
-    submitted = (lambda: config.validate(raw, source="the form")) if raw is not None else None
+with upload:
+    raw = train_form.from_csv() or raw
+submitted = (lambda: config.validate(raw, source="the form")) if raw is not None else None
 with edit:
     picked = train_form.from_yaml()
     if picked is not None:

@@ -218,9 +218,14 @@ class ExperimentConfig(_Frozen):
         if self.model.ar_order > self.task.sequence_length:
             raise ValueError(f"model.ar_order ({self.model.ar_order}) is longer than the task's sequence "
                              f"({self.task.sequence_length} steps); use at most {self.task.sequence_length}")
-        if tasks.get(self.task.name).target_form != "per_step":
+        task = tasks.get(self.task.name)
+        if task.target_form != "per_step":
             raise ValueError(f"{name} predicts at every step; task {self.task.name} answers once per sequence, "
                              "so train a recurrent cell (rnn, lstm, gru) on it")
+        if task.io_form != "seq2seq":
+            raise ValueError(f"{name} predicts each step from the last {self.model.ar_order} inputs; task "
+                             f"{self.task.name} is {task.io_form}, where the answer depends on inputs further back "
+                             "than any fixed window, so train a recurrent cell (rnn, lstm, gru) on it")
         return self
 
     def to_dict(self) -> dict:

@@ -389,3 +389,61 @@ def sequence_prediction_figure(frame: pd.DataFrame, title: str) -> go.Figure:
         line = TRUTH_STYLE if series == "target" else {"color": colors[series], "width": 1.5}
         fig.add_trace(go.Scatter(x=rows["step"], y=rows["value"], mode="lines", name=series, line=line))
     return _layout(fig, title, "step", "value")
+
+
+def generated_figure(frame: pd.DataFrame, titles: dict[int, str], columns: int = 3) -> go.Figure:
+    """Sequences generated from one vector each, a panel per vector, against their targets.
+
+    Args:
+        frame: columns sequence, step, series ("target", or a run's label), value.
+        titles: each sequence's panel title (e.g. the vector it was generated from).
+    """
+    from plotly.subplots import make_subplots
+
+    sequences = list(titles)
+    rows = -(-len(sequences) // columns)
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=[titles[s] for s in sequences], shared_xaxes=True,
+                        vertical_spacing=0.12, horizontal_spacing=0.05)
+    runs = [s for s in frame["series"].unique() if s != "target"]
+    colors = group_colors(runs)
+    for index, sequence in enumerate(sequences):
+        panel = frame[frame["sequence"] == sequence]
+        for series, points in panel.groupby("series", sort=False):
+            line = TRUTH_STYLE if series == "target" else {"color": colors[series], "width": 1.5}
+            fig.add_trace(go.Scatter(x=points["step"], y=points["value"], mode="lines", name=series, line=line,
+                                     legendgroup=series, showlegend=index == 0),
+                          row=index // columns + 1, col=index % columns + 1)
+    fig.update_layout(height=260 * rows + 60, margin={"l": 40, "r": 20, "t": 60, "b": 40},
+                      legend={"orientation": "h", "y": -0.08})
+    fig.update_annotations(font_size=12)
+    return fig
+
+
+def decoder_figure(probabilities: np.ndarray, alphabet: str, decoded: str, title: str) -> go.Figure:
+    """What a decoder believed at each step: probabilities `[steps, alphabet]` as a heatmap, a column per step
+    (labelled with the character it chose), a row per character it gave at least 1% somewhere."""
+    probabilities = np.asarray(probabilities, np.float64)
+    shown = [i for i in range(probabilities.shape[1]) if probabilities[:, i].max() >= 0.01]
+    steps = [f"{step + 1}: {char}" for step, char in enumerate(decoded)]
+    fig = go.Figure(go.Heatmap(z=probabilities[:, shown].T, x=steps, y=[repr(alphabet[i])[1:-1] for i in shown],
+                               colorscale="Blues", zmin=0.0, zmax=1.0, colorbar={"title": "p"},
+                               hovertemplate="step %{x}, character %{y}: p = %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(type="category", title="character", autorange="reversed")
+    fig.update_xaxes(type="category", title="decoding step: the character chosen")
+    fig.update_layout(title=title, height=max(300, 18 * len(shown) + 120), margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return fig
+
+
+def series_preview_figure(frame: pd.DataFrame) -> go.Figure:
+    """Every column of a series against its time index, each in its own units (one y axis per column would
+    clutter: columns are standardised for the picture, the hover shows the raw value)."""
+    fig = go.Figure()
+    colors = group_colors(list(frame.columns))
+    spread = frame.std().replace(0.0, 1.0)
+    for column in frame.columns:
+        values = frame[column]
+        fig.add_trace(go.Scatter(x=frame.index, y=(values - values.mean()) / spread[column], mode="lines",
+                                 name=str(column), line={"color": colors[column], "width": 1},
+                                 customdata=values, hovertemplate="%{x}: %{customdata:.4g}<extra>" + str(column)
+                                 + "</extra>"))
+    return _layout(fig, "", str(frame.index.name or "step"), "standardised value")

@@ -161,3 +161,32 @@ def _draw(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> i
     scaled = (logits - logits.max()) / temperature
     probabilities = np.exp(scaled) / np.exp(scaled).sum()
     return int(rng.choice(len(probabilities), p=probabilities))
+
+
+# ---- Generated sequences (vec2seq) and translations (encoder-decoder)
+
+
+def generated_frame(y_true: np.ndarray, y_pred: dict[str, np.ndarray], count: int) -> pd.DataFrame:
+    """The first `count` targets `[n, T, 1]` and each run's generations as columns sequence, step, series
+    (target or the run's label), value."""
+    length = np.asarray(y_true).shape[1]
+    frames = [pd.DataFrame({"sequence": np.repeat(np.arange(count), length), "step": np.tile(np.arange(length), count),
+                            "series": series, "value": np.asarray(values)[:count, :, 0].reshape(-1)})
+              for series, values in {"target": y_true, **y_pred}.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def sequence_errors(y_true: np.ndarray, y_pred: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Each run's RMSE on each logged sequence: a row per sequence, a column per run."""
+    return pd.DataFrame({label: np.sqrt(np.mean((np.asarray(values) - y_true) ** 2, axis=(1, 2)))
+                         for label, values in y_pred.items()})
+
+
+def translations(arrays_by_label: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Source, target and each run's decoded answer (✓ when exact) for the logged validation sequences."""
+    first = next(iter(arrays_by_label.values()))
+    table = pd.DataFrame({"source": first["source"].astype(str), "target": first["target"].astype(str)})
+    for label, arrays in arrays_by_label.items():
+        decoded = arrays["decoded"].astype(str)
+        table[label] = [f"{'✓' if d == t else '✗'} {d}" for d, t in zip(decoded, table["target"])]
+    return table

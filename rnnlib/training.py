@@ -98,7 +98,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     num_validation = math.ceil(config.training.num_validation_sequences / batch_size) * batch_size
     x_val, y_val = task.validation_data(num_validation)
     rng = np.random.default_rng(config.seed)
-    warmup = models.warmup_steps(config.model)
+    warmup = max(models.warmup_steps(config.model), task.unscored_steps)
     stepper = _WindowStepper(model, task, warmup)
 
     info = {
@@ -193,7 +193,7 @@ class _WindowStepper:
 
         self.model = model
         self.task = task
-        self.warmup = warmup  # leading steps never scored (`models.warmup_steps`)
+        self.warmup = warmup  # leading steps never scored (`models.warmup_steps`, `Task.unscored_steps`)
         self.layers = models.recurrent_layers(model)
 
     def train_on_sequences(self, x, y, windows):
@@ -207,7 +207,8 @@ class _WindowStepper:
         self._reset()
         position = 0  # the recurrent layers' states hold the state after `position` steps
         final = self.task.target_form == "final"
-        scored = [w for w in windows if not final or w.stop == length]
+        # a window with no scored step only carries the state forward (advanced to by the next window)
+        scored = [w for w in windows if (w.stop == length if final else w.stop > self.warmup)]
         for window, following in zip(scored, scored[1:] + [None]):
             position = self._advance(x, position, window.start)
             overlaps = following is not None and following.start < window.stop
@@ -267,8 +268,11 @@ def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dic
     by chunk, so neither the backend nor numpy ever holds the outputs of a whole long sequence.
 
     Args:
-        warmup: leading steps left out of the loss, where the model cannot see enough history yet (an AR(τ)
-            model's first τ - 1 steps; `models.warmup_steps`).
+        warmup: leading steps left out of the loss: where the model cannot see enough history yet (an AR(τ)
+            model's first τ - 1 steps; `models.warmup_steps`) or has nothing to predict (`Task.unscored_steps`).
+
+    A task that scores free-running outputs (`Task.generate`, e.g. greedy decoding) has its metrics computed on
+    those; the loss is always that of the outputs for `x` as given (teacher forcing).
     """
     from rnnlib import models
 
@@ -282,6 +286,7 @@ def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dic
     metric_sums = dict.fromkeys(metrics, 0.0)
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
+        generated = task.generate(_from_fresh_state(model, layers), x[rows])
         models.reset_states(layers)
         for t in range(0, length, chunk):
             steps = slice(t, min(length, t + chunk))
@@ -291,8 +296,20 @@ def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dic
             y_true, step_weights = (y[rows], weights) if final else (y[rows, steps], weights[steps])
             losses = task.loss_per_step(y_true, y_pred)[:, 0 if final else max(0, warmup - t):]
             loss_sum, loss_count = loss_sum + losses.sum(), loss_count + losses.size
+            scored = y_pred if generated is None else generated[:, steps]
             for name, metric in metrics.items():
-                metric_sums[name] += float(np.sum(metric.per_step(y_true, y_pred) * step_weights))
+                metric_sums[name] += float(np.sum(metric.per_step(y_true, scored) * step_weights))
             metric_count += float(np.sum(step_weights)) * len(y_true)
     return loss_sum / loss_count, {name: metric.value(metric_sums[name] / metric_count)
                                    for name, metric in metrics.items()}
+
+
+def _from_fresh_state(model, layers):
+    """`model` on whole sequences, each call from a zero state (what `Task.generate` expects)."""
+    from rnnlib import models
+
+    def predict(x):
+        models.reset_states(layers)
+        return np.asarray(model.predict_on_batch(np.asarray(x, np.float32)))
+
+    return predict

@@ -179,7 +179,52 @@ def sequence_view(selection: Selection) -> None:
         f"Validation sequence {index}: target and predictions"), width="stretch", key="predictions_sequence")
 
 
+GENERATED_SHOWN = 6
+
+
+def generated_view(selection: Selection) -> None:
+    task = selection.task
+    logged = _logged(selection)
+    first = next(iter(logged.values()))
+    st.subheader("Generated from one vector")
+    by_label = {selection.labels[r]: a["y_pred"] for r, a in logged.items()}
+    count = min(GENERATED_SHOWN, len(first["y_true"]))
+    titles = {i: ", ".join(f"{name} {value:.2f}" for name, value in zip(task.feature_names, first["x"][i, 0]))
+              for i in range(count)}
+    st.plotly_chart(plots.generated_figure(predictions.generated_frame(first["y_true"], by_label, count), titles),
+                    width="stretch", key="predictions_generated")
+    st.caption("Each panel: one validation vector, read at the first step only; from then on the network runs on "
+               "its own state (the inputs are zero), so everything it draws it unrolls from that one vector. "
+               "Black: the target.")
+    errors = predictions.sequence_errors(first["y_true"], by_label)
+    st.dataframe(errors.describe().loc[["mean", "50%", "max"]].rename(index={"50%": "median"}).T
+                 .rename(columns=lambda c: f"RMSE {c}"), width="stretch")
+
+
+def translations_view(selection: Selection) -> None:
+    task, link = selection.task, selection.link
+    logged = _logged(selection)
+    st.subheader("Greedy decodings of held-out inputs")
+    by_label = {selection.labels[r]: a for r, a in logged.items()}
+    st.dataframe(predictions.translations(by_label), hide_index=True, width="stretch")
+    st.caption("The decoder starts from the state the source left at ▶ and reads its own previous character "
+               "(greedy decoding), never the target; ✓ marks an exact match, ■ ends an answer.")
+    run_id = link.choice("Run", "decoder_run", list(logged), format_func=selection.labels.get)
+    arrays = logged[run_id]
+    index = link.number("Sequence", "sequence", 0, 0, len(arrays["source"]) - 1)
+    start = task.unscored_steps
+    decoded = [task.alphabet[i] for i in np.argmax(arrays["y_pred"][index, start:], axis=-1)]
+    st.plotly_chart(plots.decoder_figure(arrays["y_pred"][index, start:], task.alphabet, decoded,
+                                         f"{arrays['source'][index]} → {''.join(decoded)}"),
+                    width="stretch", key="predictions_decoder")
+    st.caption("The decoder's distribution over characters at each step; the darkest cell of each column is the "
+               "character it chose and read next. Spread-out columns are where it was unsure (often the day or "
+               "the month of a format it reads poorly).")
+
+
 VIEWS = {
+    "generated": generated_view,
+    "translations": translations_view,
     "forecast": forecast_view,
     "classes": classes_view,
     "text": text_view,

@@ -1,11 +1,16 @@
 """The Train page's two forms. Both return plain data for `rnnlib.config` to validate, or None until submitted."""
 
+import hashlib
+import re
 import typing
+from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 import yaml
 
-from rnnlib import config, tasks
+from rnnlib import config, plots, tasks
+from rnnlib.tasks import forecast, sources
 
 
 def _parse_list(text: str) -> list:
@@ -54,35 +59,132 @@ def builder() -> dict | None:
                              format_func=lambda n: f"{n} (baseline: {tasks.get(n).baseline_name})")
     with st.form("train_builder"):
         task_params = _task_param_inputs(task_name)
-        left, middle, right = st.columns(3)
-        cells = left.multiselect("Cells", list(config.CELL_TYPES), default=["rnn", "lstm", "gru"])
-        units = middle.number_input("Units per layer", 1, 4096, 32)
-        num_layers = right.number_input("Layers", 1, 16, 1)
-        truncations = left.text_input(
-            "Truncations", "full, 10", help="Comma-separated: `full`, `k` (k1 = k2 = k), `k1/k2` (update every k1 "
-            "steps, backpropagate k2), `randN` (random lengths with mean N).")
-        clipnorm = middle.number_input("Clip global gradient norm at", 0.0, value=1.0, format="%g",
-                                       help="0 disables clipping; the pre-clip norm is logged either way.")
-        seeds = right.text_input("Seeds", "0, 1", key="train_builder_seeds")
-        epochs = left.number_input("Epochs", 1, 100_000, 20)
-        steps = middle.number_input("Batches per epoch", 1, 1_000_000, 50)
-        batch_size = right.number_input("Batch size", 1, 65_536, 64)
-        learning_rate = left.number_input("Learning rate", 1e-6, 10.0, 3e-3, format="%g")
-        optimizer = middle.selectbox("Optimizer", list(config.OPTIMIZERS))
-        name = right.text_input("Experiment name", f"{task_name}_dashboard")
+        settings = _run_settings("train_builder", f"{task_name}_dashboard")
         if not st.form_submit_button("Start training", type="primary"):
             return None
+    return {**settings, "task": {"name": task_name, **task_params}}
+
+
+def _run_settings(prefix: str, default_name: str) -> dict:
+    """Inputs (inside a form) for everything but the task: cells, size, truncations, clipping, seeds, schedule;
+    the config's `name`, `model`, `training` and `grid`. `prefix` keys the widgets (one set per form)."""
+    left, middle, right = st.columns(3)
+    cells = left.multiselect("Cells", list(config.CELL_TYPES), default=["rnn", "lstm", "gru"], key=f"{prefix}_cells")
+    units = middle.number_input("Units per layer", 1, 4096, 32, key=f"{prefix}_units")
+    num_layers = right.number_input("Layers", 1, 16, 1, key=f"{prefix}_layers")
+    truncations = left.text_input(
+        "Truncations", "full, 10", key=f"{prefix}_truncations",
+        help="Comma-separated: `full`, `k` (k1 = k2 = k), `k1/k2` (update every k1 steps, backpropagate k2), "
+        "`randN` (random lengths with mean N).")
+    clipnorm = middle.number_input("Clip global gradient norm at", 0.0, value=1.0, format="%g",
+                                   key=f"{prefix}_clipnorm",
+                                   help="0 disables clipping; the pre-clip norm is logged either way.")
+    seeds = right.text_input("Seeds", "0, 1", key=f"{prefix}_seeds")
+    epochs = left.number_input("Epochs", 1, 100_000, 20, key=f"{prefix}_epochs")
+    steps = middle.number_input("Batches per epoch", 1, 1_000_000, 50, key=f"{prefix}_steps")
+    batch_size = right.number_input("Batch size", 1, 65_536, 64, key=f"{prefix}_batch_size")
+    learning_rate = left.number_input("Learning rate", 1e-6, 10.0, 3e-3, format="%g", key=f"{prefix}_learning_rate")
+    optimizer = middle.selectbox("Optimizer", list(config.OPTIMIZERS), key=f"{prefix}_optimizer")
+    name = right.text_input("Experiment name", default_name, key=f"{prefix}_name_{default_name}")
     grid = {"model.cell_type": cells,
             "training.truncation": [config.truncation_from_label(t) for t in _parse_list(truncations)],
             "seed": _parse_list(seeds)}
     return {
         "name": name,
-        "task": {"name": task_name, **task_params},
         "model": {"cell_type": (cells or ["lstm"])[0], "units": units, "num_layers": num_layers},
         "training": {"epochs": epochs, "steps_per_epoch": steps, "batch_size": batch_size,
                      "learning_rate": learning_rate, "optimizer": optimizer, "clipnorm": clipnorm or None},
         "grid": grid,
     }
+
+
+PREVIEW_ROWS = 8
+
+
+def from_csv() -> dict | None:
+    """A forecasting experiment on an uploaded CSV: delimiter, time column, targets, features and frame.
+
+    The file is checked as soon as it is chosen (`sources.parse_csv`) and the frame when the form is submitted;
+    a file that fails either is reported and never written. One that passes is kept under the data folder's
+    `uploads/`, named by its sha256, which the config records, so every run can be reproduced from it.
+    """
+    upload = st.file_uploader("A CSV file: a header row, then one row per time step", type=["csv", "tsv", "txt"],
+                              max_upload_size=sources.MAX_CSV_BYTES // 2**20, key="train_csv_file")
+    if upload is None:
+        st.caption("Columns of numbers, one row per time step, and optionally a column of timestamps (dates or "
+                   "numbers), unique, sorted and evenly spaced; empty cells inside the series are interpolated. "
+                   f"Up to {sources.MAX_CSV_BYTES // 2**20} MB.")
+        return None
+    content = upload.getvalue()
+    file_key = hashlib.sha256(content).hexdigest()[:16]  # a new file starts with fresh choices
+    left, right = st.columns(2)
+    delimiters = list(sources.DELIMITERS)
+    try:
+        sources.check_size(len(content))
+        delimiter = left.selectbox("Delimiter", delimiters, format_func=sources.DELIMITERS.get,
+                                   index=delimiters.index(sources.guess_delimiter(content)),
+                                   key=f"train_csv_delimiter_{file_key}")
+        columns, guessed = sources.sniff(content, delimiter)
+        options = [None, *columns]
+        time_column = right.selectbox("Time column", options, index=options.index(guessed),
+                                      format_func=lambda c: "none: row order is time" if c is None else c,
+                                      key=f"train_csv_time_{file_key}")
+        series = sources.parse_csv(content, time_column, delimiter)
+    except sources.SeriesError as error:
+        st.error(f"**{upload.name} cannot be used.** {error}", icon=":material/block:")
+        return None
+    _preview(series, upload.name)
+    values = list(series.columns)
+    with st.form(f"train_csv_{file_key}"):
+        left, right = st.columns(2)
+        targets = left.multiselect("Forecast these columns (targets)", values, default=values[:1],
+                                  key=f"train_csv_targets_{file_key}")
+        features = right.multiselect("Also read these (input-only features)", values, key=f"train_csv_features_{file_key}")
+        window_input, horizon_input, split_input, missing_input = st.columns(4)
+        window = window_input.number_input("Window (steps read)", 2, 5000, min(30, max(2, len(series.frame) // 10)),
+                                           key=f"train_csv_window_{file_key}")
+        horizon = horizon_input.number_input("Horizon (steps ahead)", 1, 1000, 1, key=f"train_csv_horizon_{file_key}")
+        train_fraction = split_input.slider("Training share (the rest, later in time, validates)", 0.3, 0.95, 0.7,
+                                            0.05, key=f"train_csv_split_{file_key}")
+        missing = missing_input.selectbox("Empty cells", ["interpolate", "error"], key=f"train_csv_missing_{file_key}")
+        settings = _run_settings("train_csv", _experiment_name(upload.name))
+        if not st.form_submit_button("Start training", type="primary"):
+            return None
+    if not targets:
+        st.error("Pick at least one column to forecast.", icon=":material/block:")
+        return None
+    task = {"name": "forecast", "dataset": "csv", "targets": targets, "features": features, "window": window,
+            "horizon": horizon, "train_fraction": train_fraction, "missing": missing, "time_column": time_column,
+            "delimiter": delimiter}
+    try:
+        forecast.check_frame(series, task)
+    except ValueError as error:
+        st.error(f"**Nothing was launched.** {error}", icon=":material/block:")
+        return None
+    path, digest = sources.save_upload(content)
+    return {**settings, "task": {**task, "path": path, "sha256": digest}}
+
+
+def _experiment_name(file_name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(file_name).stem).strip("_") or "upload"
+    return f"{stem}_forecast"
+
+
+def _when(time) -> str:
+    return str(time).removesuffix(" 00:00:00")
+
+
+def _preview(series, file_name: str) -> None:
+    frame = series.frame
+    index = frame.index
+    span = (f"from {_when(index[0])} to {_when(index[-1])}" if not isinstance(index, pd.RangeIndex)
+            else "time is the row order")
+    empty = int(frame.isna().sum().sum())
+    st.markdown(f"**{file_name}**: {len(frame):,} steps × {frame.shape[1]} columns, {span}; "
+                f"{empty:,} empty cells.")
+    chart, table = st.columns([3, 2])
+    chart.plotly_chart(plots.series_preview_figure(frame), width="stretch", key="train_csv_preview")
+    table.dataframe(frame.head(PREVIEW_ROWS), width="stretch")
 
 
 def from_yaml() -> tuple[str, str] | None:

@@ -2,10 +2,12 @@
 
 from rnnlib.tasks.base import IO_FORMS, Task, TaskParams
 from rnnlib.tasks.classification import DigitsTask
+from rnnlib.tasks.dates import DatesTask
 from rnnlib.tasks.forecast import ForecastTask
 from rnnlib.tasks.series import SineTask, SunspotsTask
 from rnnlib.tasks.synthetic import AddingTask, CopyMemoryTask
 from rnnlib.tasks.text import TextTask
+from rnnlib.tasks.waveform import WaveformTask
 
 TASKS: dict[str, type[Task]] = {
     "adding": AddingTask,
@@ -15,6 +17,8 @@ TASKS: dict[str, type[Task]] = {
     "forecast": ForecastTask,
     "digits": DigitsTask,
     "text": TextTask,
+    "waveform": WaveformTask,
+    "dates": DatesTask,
 }
 
 

@@ -60,8 +60,8 @@ class Task(abc.ABC):
         loss: the Keras loss identifier used for training.
         metric: name of the task metric, logged as `val_<metric>`.
         baseline_name: what the baseline is (shown next to it).
-        prediction_view: how the Predictions page shows this task's outputs (a key of `rnnlib.views`'s
-            prediction registry): `sequence`, `classes`, `forecast`, `text`.
+        prediction_view: how the Predictions page shows this task's outputs (a key of `ui.prediction_views.VIEWS`):
+            `sequence`, `classes`, `forecast`, `text`, `generated`, `translations`.
     """
 
     params_type: ClassVar[type[TaskParams]]
@@ -151,6 +151,21 @@ class Task(abc.ABC):
         Args:
             state: the state that holds memory, `c` (LSTM) or `h`; the page ranks units by how closely it follows
                 `memory_signal` over `num_sequences` sequences.
+        """
+        return None
+
+    @property
+    def unscored_steps(self) -> int:
+        """Leading steps with nothing to predict (an encoder-decoder's source): left out of the loss."""
+        return 0
+
+    def generate(self, predict, x: np.ndarray) -> np.ndarray | None:
+        """The outputs scored by the metrics when the model must read its own predictions (greedy decoding), or
+        None (the default) when the metrics score `predict(x)` itself.
+
+        Args:
+            predict: the model on whole sequences, numpy in and out, each call from a fresh state.
+            x: validation inputs (with the teacher-forced targets a decoder must not read).
         """
         return None
 
@@ -250,3 +265,18 @@ class OneHotSequences:
 
     def __array__(self, dtype=None, copy=None):
         return self[:, :].astype(dtype or self.dtype, copy=False)
+
+
+class CharacterTable:
+    """Task mixin: one-hot character inputs shown and edited as a `character` column (needs `alphabet`)."""
+
+    def to_table(self, x):
+        return pd.DataFrame({"character": [self.alphabet[i] for i in np.argmax(np.asarray(x), axis=-1)]})
+
+    def from_table(self, table):
+        characters = table.get("character", pd.Series(dtype=object)).fillna("").astype(str)
+        unknown = sorted({c for c in characters if len(c) != 1 or c not in self.alphabet})
+        if characters.empty or unknown:
+            raise ValueError(f"Every step needs exactly one character of the task's alphabet; not usable: "
+                             f"{', '.join(repr(c) for c in unknown[:10]) or 'an empty table'}.")
+        return np.eye(len(self.alphabet), dtype=np.float32)[[self.alphabet.index(c) for c in characters]]

@@ -172,10 +172,7 @@ def parse_csv(content: bytes, time_column: str | None, delimiter: str = ",") -> 
     spaced timestamps.
     """
     check_size(len(content))
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise SeriesError("The file is not UTF-8 text; save it as CSV (UTF-8) and upload it again.") from None
+    text = _decode(content)
     if not text.strip():
         raise SeriesError("The file is empty; it needs a header row and one row per time step.")
     try:
@@ -199,6 +196,68 @@ def parse_csv(content: bytes, time_column: str | None, delimiter: str = ",") -> 
     values.index = index
     check_time_index(index, lambda row: f"line {row + 2}")
     return Series(values, None, tuple(values.columns[:1]), {}, "CSV file")
+
+
+# ---- Uploads
+
+UPLOADS = "uploads"  # under the data folder; each file named by its content hash
+SNIFF_ROWS = 50
+TIME_NAMES = ("date", "time", "timestamp", "datetime", "day", "week", "month", "year", "period")
+
+
+def _decode(content: bytes) -> str:
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SeriesError("The file is not UTF-8 text; save it as CSV (UTF-8) and upload it again.") from None
+
+
+def guess_delimiter(content: bytes) -> str:
+    """The delimiter (one of `DELIMITERS`) that splits the header into the most columns; a comma when none does."""
+    first_line = content[:65536].decode("utf-8-sig", errors="replace").splitlines()[:1] or [""]
+    counts = {delimiter: first_line[0].count(delimiter) for delimiter in DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def sniff(content: bytes, delimiter: str) -> tuple[list[str], str | None]:
+    """The column names of CSV bytes and the likeliest time column (a column named like a time, else the first
+    column whose values read as dates), from the first rows only.
+
+    Raises:
+        SeriesError: the file is not text, is empty, or the delimiter is wrong.
+    """
+    check_size(len(content))
+    text = _decode(content)
+    if not text.strip():
+        raise SeriesError("The file is empty; it needs a header row and one row per time step.")
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, index_col=False,
+                            nrows=SNIFF_ROWS)
+    except (pd.errors.ParserError, ValueError) as error:
+        raise SeriesError(f"Cannot read the header as {DELIMITERS.get(delimiter, repr(delimiter))}-separated "
+                          f"values: {str(error).strip()}. Check the delimiter.") from None
+    _check_delimiter(frame, delimiter)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    named = [c for c in frame.columns if c.lower() in TIME_NAMES]
+    dated = [c for c in frame.columns
+             if pd.to_numeric(frame[c], errors="coerce").isna().all()
+             and pd.to_datetime(frame[c], errors="coerce", format="mixed").notna().all()]
+    return list(frame.columns), (named or dated or [None])[0]
+
+
+def save_upload(content: bytes) -> tuple[str, str]:
+    """Keep an uploaded file under the data folder's `uploads/`, named by its sha256 (the same file uploaded
+    twice is stored once). Returns its path relative to the data folder and the hash."""
+    digest = hashlib.sha256(content).hexdigest()
+    relative = f"{UPLOADS}/{digest}.csv"
+    path = data_dir() / relative
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(content)
+        partial.replace(path)  # atomic: a reader never sees half a file
+    return relative, digest
 
 
 def _check_delimiter(frame: pd.DataFrame, delimiter: str) -> None:

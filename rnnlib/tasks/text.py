@@ -10,10 +10,9 @@ import math
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import pydantic
 
-from rnnlib.tasks.base import OneHotSequences, Task, TaskParams, sparse_categorical_crossentropy
+from rnnlib.tasks.base import CharacterTable, OneHotSequences, Task, TaskParams, sparse_categorical_crossentropy
 
 
 class TextParams(TaskParams):
@@ -44,7 +43,7 @@ def corpus() -> tuple[np.ndarray, str]:
     return np.fromiter((lookup[char] for char in text), np.int32, count=len(text)), alphabet
 
 
-class TextTask(Task):
+class TextTask(CharacterTable, Task):
     """Inputs: one-hot characters `[T, alphabet]` (lazily, see `OneHotSequences`); targets: the next character
     at every step. Metric: bits per character. Baseline: the unigram model (each character's training
     frequency, add-one smoothed), scored on the validation text; a model has learned something about sequence
@@ -95,15 +94,3 @@ class TextTask(Task):
     def metric_per_step(self, y_true, y_pred):
         """Cross-entropy in bits: the average number of bits an ideal coder using the model would spend."""
         return sparse_categorical_crossentropy(y_true, y_pred) / math.log(2)
-
-    def to_table(self, x):
-        """A `character` column (spaces and newlines shown as such) instead of one one-hot column per character."""
-        return pd.DataFrame({"character": [self.alphabet[i] for i in np.argmax(np.asarray(x), axis=-1)]})
-
-    def from_table(self, table):
-        characters = table.get("character", pd.Series(dtype=object)).fillna("").astype(str)
-        unknown = sorted({c for c in characters if len(c) != 1 or c not in self.alphabet})
-        if characters.empty or unknown:
-            raise ValueError(f"Every step needs exactly one character of the corpus' alphabet; not usable: "
-                             f"{', '.join(repr(c) for c in unknown[:10]) or 'an empty table'}.")
-        return np.eye(self.num_features, dtype=np.float32)[[self.alphabet.index(c) for c in characters]]

@@ -1,6 +1,7 @@
 """Every page with Streamlit's AppTest: the real scripts, against real MLflow stores."""
 
 import base64
+import hashlib
 import json
 import socket
 import time
@@ -283,6 +284,79 @@ def test_train_form_offers_switches_and_choices_of_a_task_and_launches_them(fixt
     (job,) = jobs.list_jobs()
     task = yaml.safe_load(Path(job.config_path).read_text())["task"]
     assert task == {"name": "digits", "read": "pixels", "permuted": True, "validation_fraction": 0.2}
+
+
+def upload(at, name, content):
+    at.file_uploader(key="train_csv_file").upload(name, content, "text/csv").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return hashlib.sha256(content).hexdigest()
+
+
+def daily_csv(rows, sep=";"):
+    days = [f"2020-01-{d:02d}" if d <= 31 else f"2020-02-{d - 31:02d}" for d in range(1, rows + 1)]
+    return ("date" + sep + "load" + sep + "temp\n" + "".join(
+        f"{day}{sep}{np.sin(i / 3):.3f}{sep}{np.cos(i / 5):.3f}\n" for i, day in enumerate(days))).encode()
+
+
+def test_csv_upload_reads_the_format_previews_it_and_launches_a_forecast_on_the_kept_file(fixture_store, tmp_path,
+                                                                                         monkeypatch):
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "data"))
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    content = daily_csv(50)
+    digest = upload(at, "shop load.csv", content)
+    key = digest[:16]
+    assert at.selectbox(key=f"train_csv_delimiter_{key}").value == ";"
+    assert at.selectbox(key=f"train_csv_time_{key}").value == "date"
+    assert any("**shop load.csv**: 50 steps × 2 columns, from 2020-01-01 to 2020-02-19" in m.value for m in at.markdown)
+    preview = figure(at, 0)
+    assert [t["name"] for t in preview["data"]] == ["load", "temp"]
+    assert not (tmp_path / "data").exists()  # nothing kept before the user launches
+    at.multiselect(key=f"train_csv_features_{key}").set_value(["temp"])
+    at.number_input(key=f"train_csv_window_{key}").set_value(8)
+    at.number_input(key=f"train_csv_horizon_{key}").set_value(2)
+    at.multiselect(key="train_csv_cells").set_value(["gru"])
+    at.text_input(key="train_csv_truncations").set_value("full, 4")
+    at.text_input(key="train_csv_seeds").set_value("0")
+    next(b for b in at.button if b.proto.form_id.startswith("train_csv")).click().run()
+    assert not at.error, [e.value for e in at.error]
+    (job,) = jobs.list_jobs()
+    run = yaml.safe_load(Path(job.config_path).read_text())
+    assert run["name"] == "shop_load_forecast"
+    assert run["task"] == {"name": "forecast", "dataset": "csv", "targets": ["load"], "features": ["temp"],
+                           "window": 8, "horizon": 2, "train_fraction": 0.7, "missing": "interpolate",
+                           "path": f"uploads/{digest}.csv", "time_column": "date", "delimiter": ";",
+                           "sha256": digest}
+    assert (tmp_path / "data" / "uploads" / f"{digest}.csv").read_bytes() == content
+
+
+BAD_UPLOADS = [
+    ("dupes.csv", b"date,y\n2020-01-01,1\n2020-01-02,2\n2020-01-02,3\n", "appears more than once"),
+    ("words.csv", b"date,y\n2020-01-01,1\n2020-01-02,n/a\n", "not numbers: 'n/a' on line 3"),
+    ("unsorted.csv", b"date,y\n2020-01-01,1\n2020-01-03,2\n2020-01-02,3\n", "go backwards at line 4"),
+    ("photo.csv", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+def test_a_bad_upload_gets_one_message_and_nothing_is_kept_or_launched(fixture_store, tmp_path, monkeypatch, name,
+                                                                       content, message):
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "data"))
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    upload(at, name, content)
+    (error,) = at.error
+    assert f"{name} cannot be used." in error.value and message in error.value
+    assert not any(b.proto.form_id.startswith("train_csv") for b in at.button)  # nothing to launch
+    assert not (tmp_path / "data").exists() and jobs.list_jobs() == []
+
+
+def test_an_upload_too_short_for_the_frame_is_refused_on_launch_and_taken_back(fixture_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "data"))
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    key = upload(at, "short.csv", daily_csv(20, sep=","))[:16]
+    at.number_input(key=f"train_csv_window_{key}").set_value(10)
+    next(b for b in at.button if b.proto.form_id.startswith("train_csv")).click().run()
+    assert "Nothing was launched" in at.error[0].value and "fewer than window + horizon = 11" in at.error[0].value
+    assert list((tmp_path / "data" / "uploads").iterdir()) == [] and jobs.list_jobs() == []
 
 
 def predictions_page(store, monkeypatch, experiment, **query):

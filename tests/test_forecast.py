@@ -130,6 +130,38 @@ def test_bad_csv_files_get_a_specific_message(data_dir, name, content, time_colu
         sources.read_csv(name, time_column, delimiter)
 
 
+@pytest.mark.parametrize(("content", "delimiter", "time_column"), [
+    (b"date;load;temp\n2020-01-01;1;2\n2020-01-02;3;4\n", ";", "date"),
+    (b"when\tload\n2020-01-01\t1\n2020-01-02\t2\n", "\t", "when"),  # not named like time: its values are dates
+    (b"Month,sales\n1,5\n2,6\n", ",", "Month"),  # named like time, numbers
+    (b"a|b\n1|2\n3|4\n", "|", None),  # only numbers: row order is time
+    (b"x\n1\n2\n", ",", None),
+])
+def test_uploads_are_sniffed_for_their_delimiter_and_time_column(content, delimiter, time_column):
+    assert sources.guess_delimiter(content) == delimiter
+    columns, guessed = sources.sniff(content, delimiter)
+    assert guessed == time_column and columns[0] == content.decode().split("\n")[0].split(delimiter)[0]
+
+
+def test_sniffing_with_the_wrong_delimiter_says_which_one_fits():
+    with pytest.raises(sources.SeriesError, match="look semicolon-separated"):
+        sources.sniff(b"date;y\n2020-01-01;1\n", ",")
+
+
+def test_an_upload_is_kept_once_under_its_content_hash(data_dir):
+    content = b"t,y\n0,1\n1,2\n"
+    kept = sources.save_upload(content)
+    assert kept.new and kept.path == f"uploads/{kept.sha256}.csv" and (data_dir / kept.path).read_bytes() == content
+    again = sources.save_upload(content)
+    assert (again.path, again.new) == (kept.path, False) and sources.file_sha256(data_dir / kept.path) == kept.sha256
+    assert sorted(p.name for p in (data_dir / "uploads").iterdir()) == [f"{kept.sha256}.csv"]  # no partial file
+    assert sources.resolve_csv_path(kept.path) == data_dir / kept.path
+    again.discard()  # the file was there before this upload: kept
+    assert (data_dir / kept.path).is_file()
+    kept.discard()
+    assert not (data_dir / kept.path).exists()
+
+
 def test_csv_paths_outside_the_data_folder_missing_files_and_huge_files_are_refused(data_dir, tmp_path):
     (tmp_path / "outside.csv").write_text("y\n1\n")
     with pytest.raises(sources.SeriesError, match="outside the data folder"):

@@ -10,7 +10,7 @@ import streamlit as st
 import yaml
 
 from rnnlib import config, plots, tasks
-from rnnlib.tasks import forecast, sources
+from rnnlib.tasks import sources
 
 
 def _parse_list(text: str) -> list:
@@ -104,9 +104,9 @@ PREVIEW_ROWS = 8
 def from_csv() -> dict | None:
     """A forecasting experiment on an uploaded CSV: delimiter, time column, targets, features and frame.
 
-    The file is checked as soon as it is chosen (`sources.parse_csv`) and the frame when the form is submitted;
-    a file that fails either is reported and never written. One that passes is kept under the data folder's
-    `uploads/`, named by its sha256, which the config records, so every run can be reproduced from it.
+    The file is checked as soon as it is chosen (`sources.parse_csv`); a file that fails is reported and never
+    written. On submit it is kept under the data folder's `uploads/`, named by its sha256, which the config
+    records so every run can be reproduced from it, and taken back if the experiment does not validate.
     """
     upload = st.file_uploader("A CSV file: a header row, then one row per time step", type=["csv", "tsv", "txt"],
                               max_upload_size=sources.MAX_CSV_BYTES // 2**20, key="train_csv_file")
@@ -153,16 +153,18 @@ def from_csv() -> dict | None:
     if not targets:
         st.error("Pick at least one column to forecast.", icon=":material/block:")
         return None
-    task = {"name": "forecast", "dataset": "csv", "targets": targets, "features": features, "window": window,
-            "horizon": horizon, "train_fraction": train_fraction, "missing": missing, "time_column": time_column,
-            "delimiter": delimiter}
+    kept = sources.save_upload(content)
+    raw = {**settings, "task": {"name": "forecast", "dataset": "csv", "targets": targets, "features": features,
+                                "window": window, "horizon": horizon, "train_fraction": train_fraction,
+                                "missing": missing, "path": kept.path, "time_column": time_column,
+                                "delimiter": delimiter, "sha256": kept.sha256}}
     try:
-        forecast.check_frame(series, task)
-    except ValueError as error:
-        st.error(f"**Nothing was launched.** {error}", icon=":material/block:")
+        config.validate(raw, source="the form")
+    except config.ConfigError as error:
+        kept.discard()  # a launch that fails keeps nothing
+        st.error(config_error_message(error), icon=":material/block:")
         return None
-    path, digest = sources.save_upload(content)
-    return {**settings, "task": {**task, "path": path, "sha256": digest}}
+    return raw
 
 
 def _experiment_name(file_name: str) -> str:

@@ -86,21 +86,6 @@ def _prepare(params: ForecastParams, version) -> "Prepared":
     return Prepared(params, load_series(params))
 
 
-def check_frame(series: sources.Series, params: dict) -> None:
-    """Check a forecast's columns, gaps and lengths against a series before any file is kept (an upload).
-
-    Args:
-        params: the `ForecastParams` fields other than where the data lives.
-
-    Raises:
-        ValueError: what does not fit, and how to fix it.
-    """
-    try:
-        Prepared(ForecastParams.model_construct(**params), series)
-    except sources.SeriesError as error:
-        raise ValueError(str(error)) from None
-
-
 def load_series(params: ForecastParams) -> sources.Series:
     if params.dataset != "csv":
         return sources.bundled(params.dataset)

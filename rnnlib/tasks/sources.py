@@ -246,18 +246,33 @@ def sniff(content: bytes, delimiter: str) -> tuple[list[str], str | None]:
     return list(frame.columns), (named or dated or [None])[0]
 
 
-def save_upload(content: bytes) -> tuple[str, str]:
-    """Keep an uploaded file under the data folder's `uploads/`, named by its sha256 (the same file uploaded
-    twice is stored once). Returns its path relative to the data folder and the hash."""
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """An uploaded file kept under the data folder's `uploads/`, named by its sha256 (the same file uploaded
+    twice is kept once). `path` is relative to the data folder, as a config gives it; `new` says whether this
+    upload created the file (so a launch that fails can take it back)."""
+
+    path: str
+    sha256: str
+    new: bool
+
+    def discard(self) -> None:
+        """Remove the file if this upload created it."""
+        if self.new:
+            (data_dir() / self.path).unlink(missing_ok=True)
+
+
+def save_upload(content: bytes) -> Upload:
     digest = hashlib.sha256(content).hexdigest()
     relative = f"{UPLOADS}/{digest}.csv"
     path = data_dir() / relative
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(content)
-        partial.replace(path)  # atomic: a reader never sees half a file
-    return relative, digest
+    if path.is_file():
+        return Upload(relative, digest, new=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(path)  # atomic: a reader never sees half a file
+    return Upload(relative, digest, new=True)
 
 
 def _check_delimiter(frame: pd.DataFrame, delimiter: str) -> None:

@@ -52,8 +52,8 @@ def fixture_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def predictions_store(tmp_path_factory):
-    """A real store with tiny finished runs of three output kinds: a forecast (AR(3) and GRU on the bundled
-    stocks, horizon 2), a character model, and digit classifiers."""
+    """A real store with tiny finished runs of five output kinds: a forecast (AR(3) and GRU on the bundled
+    stocks, horizon 2), a character model, digit classifiers, waveform generators and date translators."""
     folder = tmp_path_factory.mktemp("predictions-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -63,6 +63,9 @@ def predictions_store(tmp_path_factory):
                          "model: {units: 4, ar_order: 3}\ngrid: {model.cell_type: [ar, gru]}\n",
         "tiny_text": "task: {name: text, length: 20}\nmodel: {cell_type: gru, units: 8}\n",
         "tiny_digits": "task: {name: digits, read: rows}\nmodel: {units: 8}\ngrid: {model.cell_type: [rnn, gru]}\n",
+        "tiny_waveform": "task: {name: waveform, length: 12}\nmodel: {units: 4}\ngrid: {model.cell_type: [rnn, gru]}\n",
+        "tiny_dates": "task: {name: dates, formats: [compact, us_numeric]}\nmodel: {units: 8}\n"
+                      "grid: {model.cell_type: [rnn, lstm]}\n",
     }
     for name, text in experiments.items():
         path = folder / f"{name}.yaml"

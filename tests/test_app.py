@@ -418,3 +418,34 @@ def test_predictions_page_samples_text_at_each_temperature_and_refuses_unknown_c
     assert len(samples) == 3 and all(s.startswith("The ") and len(s) == 304 for s in samples)
     at.text_input(key="predictions_prompt").set_value("naïve ☃").run()
     assert any("not in it:" in e.value and "☃" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_predictions_page_draws_each_generated_wave_against_its_target(predictions_store, monkeypatch):
+    runs = tracking.runs_frame(predictions_store, "tiny_waveform")
+    at = predictions_page(predictions_store, monkeypatch, "tiny_waveform")
+    at.multiselect(key="predictions_runs").set_value(runs[runs["kind"] == "trial"]["run_id"].tolist()).run()
+    panels = figure(at, 0)
+    assert len(panels["layout"]["annotations"]) == 6  # one titled panel per vector
+    assert panels["layout"]["annotations"][0]["text"].startswith("frequency ")
+    names = sorted({t["name"] for t in panels["data"]})
+    assert len(names) == 3 and names[0].startswith("gru-full") and names[1].startswith("rnn-full") and names[2] == "target"
+    assert len(panels["data"]) == 6 * 3
+    target = decoded(panels["data"][0]["y"])
+    assert len(target) == 12 and max(abs(v) for v in target) <= 1.5  # the wave, amplitude at most 1.5
+    errors = at.dataframe[0].value
+    assert sorted(errors.index) == names[:2] and (errors["RMSE mean"] > 0).all()
+
+
+def test_predictions_page_lists_greedy_decodings_and_the_decoders_beliefs(predictions_store, monkeypatch):
+    at = predictions_page(predictions_store, monkeypatch, "tiny_dates")
+    table = at.dataframe[0].value
+    assert len(table) == 16 and list(table.columns[:2]) == ["source", "target"]
+    assert all(len(t) == 10 and t[4] == "-" for t in table["target"])  # ISO dates
+    decodings = table[table.columns[2]]
+    assert all(d[0] in "✓✗" for d in decodings)
+    beliefs = figure(at, 0)
+    assert len(beliefs["data"][0]["x"]) == 11  # 10 characters and the end mark, one column per decoding step
+    assert beliefs["layout"]["title"]["text"].startswith(table["source"][0] + " → ")
+    at.number_input(key="predictions_sequence").set_value(3).run()
+    assert figure(at, 0)["layout"]["title"]["text"].startswith(table["source"][3] + " → ")
+    assert query(at)["sequence"] == "3"

@@ -5,7 +5,7 @@ from ui import data, prediction_views, scope
 
 st.title("Predictions")
 st.caption("What trained models answer on held-out data, next to the truth: forecasts and k-step rollouts, "
-           "confusion matrices, sequences, sampled text. One run, or several side by side.")
+           "confusion matrices, generated sequences, translations, sampled text. One run, or several side by side.")
 uri = data.tracking_uri()
 link = scope.Permalink("predictions_", ("experiment", "target", "origin", "kstep_run", "sequence", "sample_seed", "decoder_run"),
                        ("runs",))

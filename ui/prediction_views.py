@@ -215,7 +215,8 @@ def translations_view(selection: Selection) -> None:
     start = task.unscored_steps
     decoded = [task.alphabet[i] for i in np.argmax(arrays["y_pred"][index, start:], axis=-1)]
     st.plotly_chart(plots.decoder_figure(arrays["y_pred"][index, start:], task.alphabet, decoded,
-                                         f"{arrays['source'][index]} → {''.join(decoded)}"),
+                                         f"{arrays['source'][index]} → {arrays['decoded'][index]} "
+                                         f"(target {arrays['target'][index]})"),
                     width="stretch", key="predictions_decoder")
     st.caption("The decoder's distribution over characters at each step; the darkest cell of each column is the "
                "character it chose and read next. Spread-out columns are where it was unsure (often the day or "

@@ -258,13 +258,16 @@ IO_FORM_INFO = {
     ),
     "vec2seq": IOFormInfo(
         "Vector to sequence",
-        "One input, many outputs: a single vector sets the initial state and the network unrolls from it.",
+        "One input, many outputs: a single vector enters at the first step (or sets the initial state) and the "
+        "network unrolls from it, running on its own state from then on.",
         ("image captioning (image features in, words out)", "music generation from a seed or style"),
     ),
     "encoder_decoder": IOFormInfo(
         "Encoder-decoder",
         "An encoder reads the input sequence into a state (the context vector c); a decoder, started from c, "
-        "emits an output sequence whose length can differ from the input's.",
+        "emits an output sequence whose length can differ from the input's, reading its own previous output at "
+        "each step. Encoder and decoder can be two networks (Sutskever et al. 2014) or, as in the bundled dates "
+        "task, one stack that switches from reading to writing at a start mark.",
         ("machine translation", "summarisation", "speech recognition"),
     ),
 }

@@ -428,7 +428,8 @@ def test_predictions_page_draws_each_generated_wave_against_its_target(predictio
     assert len(panels["layout"]["annotations"]) == 6  # one titled panel per vector
     assert panels["layout"]["annotations"][0]["text"].startswith("frequency ")
     names = sorted({t["name"] for t in panels["data"]})
-    assert len(names) == 3 and names[0].startswith("gru-full") and names[1].startswith("rnn-full") and names[2] == "target"
+    assert len(names) == 3 and names[0].startswith("gru-full") and names[1].startswith("rnn-full")
+    assert names[2] == "target"
     assert len(panels["data"]) == 6 * 3
     target = decoded(panels["data"][0]["y"])
     assert len(target) == 12 and max(abs(v) for v in target) <= 1.5  # the wave, amplitude at most 1.5

@@ -161,7 +161,8 @@ def test_greedy_decoding_on_a_tiny_fixed_model_feeds_back_its_own_choices_never_
     x, y = task.validation_data(8)
     start = task.params.source_length
     teacher_forced = np.argmax(model.predict_on_batch(x), axis=-1)
-    np.testing.assert_array_equal(teacher_forced[:, start + 1 :], (np.argmax(x, -1)[:, start + 1 :] + 1) % task.num_features)
+    read = np.argmax(x, -1)[:, start + 1 :]
+    np.testing.assert_array_equal(teacher_forced[:, start + 1 :], (read + 1) % task.num_features)
     generated = task.generate(training._batched_predict(model), x)
     decoded = np.argmax(generated, axis=-1)[:, start:]
     go = task.alphabet.index(GO)

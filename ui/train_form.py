@@ -139,7 +139,8 @@ def from_csv() -> dict | None:
         left, right = st.columns(2)
         targets = left.multiselect("Forecast these columns (targets)", values, default=values[:1],
                                   key=f"train_csv_targets_{file_key}")
-        features = right.multiselect("Also read these (input-only features)", values, key=f"train_csv_features_{file_key}")
+        features = right.multiselect("Also read these (input-only features)", values,
+                                     key=f"train_csv_features_{file_key}")
         window_input, horizon_input, split_input, missing_input = st.columns(4)
         window = window_input.number_input("Window (steps read)", 2, 5000, min(30, max(2, len(series.frame) // 10)),
                                            key=f"train_csv_window_{file_key}")
@@ -186,7 +187,10 @@ def _preview(series, file_name: str) -> None:
                 f"{empty:,} empty cells.")
     chart, table = st.columns([3, 2])
     chart.plotly_chart(plots.series_preview_figure(frame), width="stretch", key="train_csv_preview")
-    table.dataframe(frame.head(PREVIEW_ROWS), width="stretch")
+    head = frame.head(PREVIEW_ROWS)
+    if isinstance(index, pd.DatetimeIndex) and (index == index.normalize()).all():
+        head = head.set_axis(head.index.date).rename_axis(index.name)  # dates, without midnight
+    table.dataframe(head, width="stretch")
 
 
 def from_yaml() -> tuple[str, str] | None:

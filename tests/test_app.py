@@ -314,6 +314,7 @@ def test_csv_upload_reads_the_format_previews_it_and_launches_a_forecast_on_the_
     at.multiselect(key=f"train_csv_features_{key}").set_value(["temp"])
     at.number_input(key=f"train_csv_window_{key}").set_value(8)
     at.number_input(key=f"train_csv_horizon_{key}").set_value(2)
+    at.selectbox(key=f"train_csv_transform_{key}").set_value("difference")
     at.multiselect(key="train_csv_cells").set_value(["gru"])
     at.text_input(key="train_csv_truncations").set_value("full, 4")
     at.text_input(key="train_csv_seeds").set_value("0")
@@ -324,6 +325,7 @@ def test_csv_upload_reads_the_format_previews_it_and_launches_a_forecast_on_the_
     assert run["name"] == "shop_load_forecast"
     assert run["task"] == {"name": "forecast", "dataset": "csv", "targets": ["load"], "features": ["temp"],
                            "window": 8, "horizon": 2, "train_fraction": 0.7, "missing": "interpolate",
+                           "transform": "difference",
                            "path": f"uploads/{digest}.csv", "time_column": "date", "delimiter": ";",
                            "sha256": digest}
     assert (tmp_path / "data" / "uploads" / f"{digest}.csv").read_bytes() == content

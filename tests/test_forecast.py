@@ -290,3 +290,33 @@ def test_forecast_runs_log_metrics_baselines_and_predictions_with_rollouts(cli_e
         persistence = errors[errors["predictor"] == "persistence"]["mae"].mean()
         assert persistence == pytest.approx(baselines["persistence"]["mae"])
     assert tracking.load_predictions(sqlite_uri, runs["run_id"].iloc[0])["times"][0] == "2000-01-01"
+
+
+def test_differenced_windows_read_changes_and_forecast_the_change_since_the_origin(data_dir):
+    t = np.arange(80.0)
+    name = write_series(data_dir, "quadratic.csv", {"y": 0.05 * t**2})
+    task = forecast(dataset="csv", path=name, time_column="date", window=5, horizon=3, transform="difference")
+    x, y = task.validation_data(len(task.validation_starts))
+    steps = task.validation_starts[0] + np.arange(5)
+    read = x[0, :, 0] * task.data.std[0] + task.data.mean[0]
+    np.testing.assert_allclose(read, 0.05 * (t[steps] ** 2 - t[steps - 1] ** 2), rtol=1e-4)
+    changes = task.to_original(y[0])[:, :, 0]  # [window, horizon]
+    expected = 0.05 * (t[steps[:, None] + np.arange(1, 4)] ** 2 - t[steps, None] ** 2)
+    np.testing.assert_allclose(changes, expected, rtol=1e-4)
+    assert task.train_starts.min() == 1  # step 0 has no change to read
+
+
+def test_a_differenced_model_carries_a_trend_beyond_the_training_range_where_a_level_model_cannot(data_dir):
+    name = write_series(data_dir, "trend.csv", {"y": 5.0 + 3.0 * np.arange(120.0)})
+    common = {"dataset": "csv", "path": name, "time_column": "date", "window": 6, "horizon": 2}
+    changes = forecast(**common, transform="difference")
+    steady = changes.prediction_arrays(lambda x: np.zeros((*np.shape(x)[:2], 2), np.float32))  # "the usual change"
+    np.testing.assert_allclose(steady["forecast"], steady["truth"], atol=1e-6)
+    np.testing.assert_allclose(steady["rollout"][:, :, 0], 5.0 + 3.0 * (steady["rollout_origins"][:, None]
+                                                                        + np.arange(1, changes.rollout_steps + 1)),
+                               atol=1e-3)
+    assert steady["truth"].max() > changes.data.raw[: changes.data.num_train].max()  # beyond anything trained on
+    assert changes.baseline > 0 and changes.metric_baselines["persistence"]["mae"] == pytest.approx(4.5)
+    levels = forecast(**common)
+    flat = levels.prediction_arrays(lambda x: np.zeros((*np.shape(x)[:2], 2), np.float32))  # "the usual value"
+    assert np.abs(flat["forecast"] - flat["truth"]).min() > 100

@@ -141,13 +141,17 @@ def from_csv() -> dict | None:
                                   key=f"train_csv_targets_{file_key}")
         features = right.multiselect("Also read these (input-only features)", values,
                                      key=f"train_csv_features_{file_key}")
-        window_input, horizon_input, split_input, missing_input = st.columns(4)
+        window_input, horizon_input, split_input, missing_input, transform_input = st.columns(5)
         window = window_input.number_input("Window (steps read)", 2, 5000, min(30, max(2, len(series.frame) // 10)),
                                            key=f"train_csv_window_{file_key}")
         horizon = horizon_input.number_input("Horizon (steps ahead)", 1, 1000, 1, key=f"train_csv_horizon_{file_key}")
         train_fraction = split_input.slider("Training share (the rest, later in time, validates)", 0.3, 0.95, 0.7,
                                             0.05, key=f"train_csv_split_{file_key}")
         missing = missing_input.selectbox("Empty cells", ["interpolate", "error"], key=f"train_csv_missing_{file_key}")
+        transform = transform_input.selectbox(
+            "The model reads", ["none", "difference"], key=f"train_csv_transform_{file_key}",
+            format_func={"none": "values", "difference": "changes (x_t - x_t-1)"}.get,
+            help="Changes suit a trending series whose later part leaves the range of the training part.")
         settings = _run_settings("train_csv", _experiment_name(upload.name))
         if not st.form_submit_button("Start training", type="primary"):
             return None
@@ -157,7 +161,7 @@ def from_csv() -> dict | None:
     kept = sources.save_upload(content)
     raw = {**settings, "task": {"name": "forecast", "dataset": "csv", "targets": targets, "features": features,
                                 "window": window, "horizon": horizon, "train_fraction": train_fraction,
-                                "missing": missing, "path": kept.path, "time_column": time_column,
+                                "missing": missing, "transform": transform, "path": kept.path, "time_column": time_column,
                                 "delimiter": delimiter, "sha256": kept.sha256}}
     try:
         config.validate(raw, source="the form")

@@ -33,6 +33,9 @@ class ForecastParams(TaskParams):
         train_fraction: the first share of the steps used for training; the rest validates.
         missing: `interpolate` empty values inside the series (rows missing at its start or end are cut), or
             `error` to refuse a series with gaps.
+        transform: `none`, the model reads the values and forecasts them; or `difference`, it reads the steps'
+            changes x_t - x_{t-1} and forecasts the change since the origin, x_{t+k} - x_t (`FRAMINGS`). For
+            trending series whose later part leaves the range seen in training (co2, stocks).
         path, time_column, delimiter: where and how to read a `csv` dataset (`time_column` null: row order).
         sha256: the CSV's content hash, set when a run is launched, so a changed file is refused, not used.
     """
@@ -45,6 +48,7 @@ class ForecastParams(TaskParams):
     horizon: int = pydantic.Field(1, ge=1, le=1000)
     train_fraction: float = pydantic.Field(0.7, ge=0.3, le=0.95)
     missing: Literal["interpolate", "error"] = "interpolate"
+    transform: Literal["none", "difference"] = "none"
     path: str | None = None
     time_column: str | None = None
     delimiter: Literal[",", ";", "\t", "|"] = ","
@@ -96,12 +100,77 @@ def load_series(params: ForecastParams) -> sources.Series:
     return sources.read_csv(params.path, params.time_column, params.delimiter)
 
 
+class Levels:
+    """The model reads the values and forecasts the values (`transform: none`)."""
+
+    first_step = 0  # the first step a window may start at
+
+    @staticmethod
+    def model_series(raw: np.ndarray) -> np.ndarray:
+        return raw
+
+    @staticmethod
+    def targets(raw: np.ndarray, steps: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+        """What is forecast at `steps` for the steps `ahead` (`[..., horizon]` indices), in units: the values."""
+        return raw[ahead]
+
+    @staticmethod
+    def origin_offset(raw: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """What to add to a forecast in units to get the values it forecasts: nothing."""
+        return np.zeros_like(raw[origins])[:, None, :]
+
+    @staticmethod
+    def drift_steps(horizon: int) -> np.ndarray:
+        """How many one-step means a k-step target holds, `[horizon, 1]`: one value is one."""
+        return np.ones((horizon, 1))
+
+    @staticmethod
+    def integrate(steps: np.ndarray, raw: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """Values from a rollout's one-step outputs in units `[origins, k, targets]`: they are the values."""
+        return steps
+
+
+class Differences:
+    """The model reads x_t - x_{t-1} and forecasts x_{t+k} - x_t (`transform: difference`): it never needs a
+    level it has not seen, so a trend that carries the series out of its training range costs it nothing. The
+    change since the origin, added to the last value read, is the forecast; its error in units is the same."""
+
+    first_step = 1  # step 0 has no change
+
+    @staticmethod
+    def model_series(raw: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros_like(raw[:1]), np.diff(raw, axis=0)])
+
+    @staticmethod
+    def targets(raw: np.ndarray, steps: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+        return raw[ahead] - raw[steps][..., None, :]
+
+    @staticmethod
+    def origin_offset(raw: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        return raw[origins][:, None, :]
+
+    @staticmethod
+    def drift_steps(horizon: int) -> np.ndarray:
+        """A k-step change is k one-step changes."""
+        return np.arange(1, horizon + 1, dtype=np.float64)[:, None]
+
+    @staticmethod
+    def integrate(steps: np.ndarray, raw: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """The changes added up from the value at each origin."""
+        return raw[origins][:, None, :] + np.cumsum(steps, axis=1)
+
+
+FRAMINGS = {"none": Levels, "difference": Differences}
+
+
 class Prepared:
-    """The checked series of a parameter set: columns, gap filling, the split and the scaling.
+    """The checked series of a parameter set: columns, gap filling, the split, the framing and the scaling.
 
     Attributes:
         frame: the selected columns (targets then features), trimmed and interpolated, original units.
-        values: `frame` standardised with the training part's mean and std, float32 `[steps, columns]`.
+        framing: what the model reads and forecasts (`FRAMINGS`): values, or changes.
+        values: what the model reads, standardised with the training part's mean and std, float32
+            `[steps, columns]`.
         num_train: steps in the training part.
     """
 
@@ -112,11 +181,30 @@ class Prepared:
         frame, self.filled, self.trimmed = fill_gaps(series.frame[list(self.columns)], params.missing)
         self.frame = frame
         self.num_train = int(len(frame) * params.train_fraction)
-        raw = frame.to_numpy(np.float64)
-        self.mean, spread = raw[: self.num_train].mean(axis=0), raw[: self.num_train].std(axis=0)
+        self.framing = FRAMINGS[params.transform]
+        self.raw = frame.to_numpy(np.float64)
+        read = self.framing.model_series(self.raw)
+        train = read[self.framing.first_step : self.num_train]
+        self.mean, spread = train.mean(axis=0), train.std(axis=0)
         self.std = np.where(spread > 0, spread, 1.0)
-        self.values = ((raw - self.mean) / self.std).astype(np.float32)
+        self.values = ((read - self.mean) / self.std).astype(np.float32)
         self._check_lengths(params)
+
+    def scaled_targets(self, steps: np.ndarray, horizon: int, persistence: bool = False) -> np.ndarray:
+        """The targets at `steps` (any shape), standardised like the inputs: `[*steps.shape, horizon, targets]`;
+        with `persistence`, the persistence forecast (x̂_{t+k} = x_t) in the same units.
+
+        A k-step target is scaled as k one-step inputs would add up (`drift_steps`), so that for k = 1 it is on
+        the scale of the input it becomes (what rollouts feed back)."""
+        n = len(self.targets)
+        ahead = steps[..., None] + (0 if persistence else np.arange(1, horizon + 1))
+        units = self.framing.targets(self.raw[:, :n], steps, np.broadcast_to(ahead, (*steps.shape, horizon)))
+        return (units - self.framing.drift_steps(horizon) * self.mean[:n]) / self.std[:n]
+
+    def to_units(self, scaled: np.ndarray, horizon: int) -> np.ndarray:
+        """Standardised targets or forecasts `[..., horizon, targets]` back in units (values, or changes)."""
+        n = len(self.targets)
+        return scaled * self.std[:n] + self.framing.drift_steps(horizon) * self.mean[:n]
 
     def _check_columns(self, params, series) -> tuple[str, ...]:
         unknown = [c for c in (*self.targets, *params.features) if c not in series.columns]
@@ -130,7 +218,7 @@ class Prepared:
         return (*self.targets, *params.features)
 
     def _check_lengths(self, params) -> None:
-        need = params.window + params.horizon
+        need = params.window + params.horizon + self.framing.first_step
         parts = {"training": self.num_train, "validation": len(self.frame) - self.num_train}
         for part, steps in parts.items():
             if steps < need:
@@ -207,15 +295,18 @@ class ForecastTask(Task):
     def season(self) -> int | None:
         return self.data.series.season
 
+    def _steps(self, starts: np.ndarray) -> np.ndarray:
+        return starts[:, None] + np.arange(self.sequence_length)[None, :]
+
     def _windows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        values, window, n = self.data.values, self.sequence_length, len(self.targets)
-        steps = starts[:, None] + np.arange(window)[None, :]
-        ahead = steps[..., None] + np.arange(1, self.horizon + 1)
-        return values[steps], values[ahead][..., :n].reshape(len(starts), window, self.horizon * n)
+        steps = self._steps(starts)
+        targets = self.data.scaled_targets(steps, self.horizon)
+        return self.data.values[steps], targets.reshape(*steps.shape, -1).astype(np.float32)
 
     @property
     def train_starts(self) -> np.ndarray:
-        return np.arange(0, self.data.num_train - self.sequence_length - self.horizon + 1)
+        first = self.data.framing.first_step
+        return np.arange(first, self.data.num_train - self.sequence_length - self.horizon + 1)
 
     @property
     def validation_starts(self) -> np.ndarray:
@@ -235,10 +326,10 @@ class ForecastTask(Task):
 
     def to_original(self, y: np.ndarray) -> np.ndarray:
         """Standardised targets or predictions `[..., horizon * targets]` in the series' units
-        `[..., horizon, targets]`."""
-        n = len(self.targets)
-        shaped = np.asarray(y, np.float64).reshape(*np.shape(y)[:-1], self.horizon, n)
-        return shaped * self.data.std[:n] + self.data.mean[:n]
+        `[..., horizon, targets]`: values, or with `transform: difference` changes since the origin (errors are
+        the same either way)."""
+        shaped = np.asarray(y, np.float64).reshape(*np.shape(y)[:-1], self.horizon, len(self.targets))
+        return self.data.to_units(shaped, self.horizon)
 
     def loss_per_step(self, y_true, y_pred):
         return np.mean(np.square(np.asarray(y_pred, np.float64) - y_true), axis=-1)
@@ -262,8 +353,9 @@ class ForecastTask(Task):
 
     @functools.cached_property
     def baseline(self) -> float:
-        x, y = self.validation_data(len(self.validation_starts))
-        persistence = np.tile(x[..., : len(self.targets)], (1, 1, self.horizon))
+        _, y = self.validation_data(len(self.validation_starts))
+        steps = self._steps(self.validation_starts)
+        persistence = self.data.scaled_targets(steps, self.horizon, persistence=True).reshape(y.shape)
         return float(np.mean(self.loss_per_step(y, persistence)))
 
     def baseline_forecasts(self) -> dict[str, np.ndarray]:
@@ -279,7 +371,7 @@ class ForecastTask(Task):
 
     def _raw_targets(self) -> np.ndarray:
         """The target columns in their own units, `[steps, targets]`."""
-        return self.data.frame.to_numpy(np.float64)[:, : len(self.targets)]
+        return self.data.raw[:, : len(self.targets)]
 
     def truth(self) -> np.ndarray:
         """What happened after every validation origin, original units `[origins, horizon, targets]`."""
@@ -309,7 +401,7 @@ class ForecastTask(Task):
     @property
     def rollout_origins(self) -> np.ndarray:
         """Origins of the k-step rollouts: from the last training step on, as long as all k steps are known."""
-        first = max(self.data.num_train - 1, self.sequence_length - 1)
+        first = max(self.data.num_train - 1, self.sequence_length - 1 + self.data.framing.first_step)
         return np.arange(first, len(self.data.values) - self.rollout_steps)
 
     def prediction_arrays(self, predict):
@@ -324,7 +416,8 @@ class ForecastTask(Task):
             "targets": np.asarray(self.targets),
             "origins": self.validation_origins,
             "truth": self.truth(),
-            "forecast": self.to_original(np.asarray(predict(x))[:, -1]),
+            "forecast": self.to_original(np.asarray(predict(x))[:, -1])
+            + self.data.framing.origin_offset(self._raw_targets(), self.validation_origins),
             "baseline_names": np.asarray(list(baselines)),
             "baseline_forecasts": np.stack(list(baselines.values())),
         }
@@ -333,7 +426,8 @@ class ForecastTask(Task):
             scaled = rollouts.rollout(predict, self.data.values, origins, self.sequence_length, self.rollout_steps)
             n = len(self.targets)
             arrays["rollout_origins"] = origins
-            arrays["rollout"] = scaled * self.data.std[:n] + self.data.mean[:n]
+            one_step = scaled * self.data.std[:n] + self.data.mean[:n]  # each fed-back input, in units
+            arrays["rollout"] = self.data.framing.integrate(one_step, self._raw_targets(), origins)
         return arrays
 
 

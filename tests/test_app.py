@@ -452,3 +452,19 @@ def test_predictions_page_lists_greedy_decodings_and_the_decoders_beliefs(predic
     at.number_input(key="predictions_sequence").set_value(3).run()
     assert figure(at, 0)["layout"]["title"]["text"].startswith(table["source"][3] + " → ")
     assert query(at)["sequence"] == "3"
+
+
+def test_a_typed_vector_is_unrolled_by_each_run_from_its_weights_next_to_its_wave(predictions_store, monkeypatch):
+    at = predictions_page(predictions_store, monkeypatch, "tiny_waveform")
+    logged = next(t for t in figure(at, 0)["data"] if t["name"] != "target")  # Keras' output, first vector
+    default = next(t for t in figure(at, 1)["data"] if t["name"] == logged["name"])  # numpy's, same vector
+    np.testing.assert_allclose(decoded(default["y"]), decoded(logged["y"]), atol=1e-4)
+    at.number_input(key="predictions_vector_frequency").set_value(2.0)
+    at.number_input(key="predictions_vector_phase").set_value(0.25)
+    at.number_input(key="predictions_vector_amplitude").set_value(1.0).run()
+    own = figure(at, 1)
+    assert own["layout"]["annotations"][0]["text"] == "frequency 2, phase 0.25, amplitude 1"
+    target = next(t for t in own["data"] if t["name"] == "target")
+    np.testing.assert_allclose(decoded(target["y"]), np.cos(2 * np.pi * 2 * np.arange(12) / 12), atol=1e-5)
+    generated = [decoded(t["y"]) for t in own["data"] if t["name"] != "target"]
+    assert len(generated) == 1 and len(generated[0]) == 12 and np.all(np.isfinite(generated[0]))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from rnnlib import plots, predictions, rollouts
+from rnnlib import plots, predictions, probes, rollouts
 from ui import data
 from ui.scope import Permalink
 
@@ -199,6 +199,33 @@ def generated_view(selection: Selection) -> None:
     errors = predictions.sequence_errors(first["y_true"], by_label)
     st.dataframe(errors.describe().loc[["mean", "50%", "max"]].rename(index={"50%": "median"}).T
                  .rename(columns=lambda c: f"RMSE {c}"), width="stretch")
+    _own_vector(selection, first["x"][0, 0])
+
+
+def _own_vector(selection: Selection, default: np.ndarray) -> None:
+    """A vector the user types, unrolled by every chosen run from its logged weights (numpy, no Keras)."""
+    task = selection.task
+    st.subheader("Your own vector")
+    columns = st.columns(len(task.feature_names))
+    vector = [column.number_input(name, value=float(value), format="%g", key=f"predictions_vector_{name}")
+              for column, name, value in zip(columns, task.feature_names, default)]
+    x = np.zeros((1, task.sequence_length, task.num_features), np.float32)
+    x[0, 0] = vector
+    outputs = {}
+    for run_id in selection.run_ids:
+        run_config = data.run_config(selection.uri, run_id)
+        weights = data.weights(selection.uri, run_id)
+        traces = probes.model_traces(weights, run_config.model.cell_type, run_config.model.num_layers, x)
+        outputs[selection.labels[run_id]] = probes.predictions(weights, traces, task)
+    target = task.targets_for(x)
+    frame = predictions.generated_frame(target if target is not None else np.full((1, task.sequence_length, 1),
+                                                                                  np.nan), outputs, 1)
+    title = ", ".join(f"{name} {value:g}" for name, value in zip(task.feature_names, vector))
+    st.plotly_chart(plots.generated_figure(frame, {0: title}, columns=1), width="stretch",
+                    key="predictions_own_vector")
+    st.caption("Computed here from each run's logged weights with the textbook cell equations. Values outside "
+               "the ranges the task drew in training show what the network does not know: it was never asked "
+               "for them.")
 
 
 def translations_view(selection: Selection) -> None:

@@ -159,6 +159,11 @@ class Task(abc.ABC):
         """Leading steps with nothing to predict (an encoder-decoder's source): left out of the loss."""
         return 0
 
+    def targets_for(self, x: np.ndarray) -> np.ndarray | None:
+        """The targets of any input `[batch, T, features]` when the task can compute them (a generator's wave for
+        a vector a user typed), else None."""
+        return None
+
     def generate(self, predict, x: np.ndarray) -> np.ndarray | None:
         """The outputs scored by the metrics when the model must read its own predictions (greedy decoding), or
         None (the default) when the metrics score `predict(x)` itself.

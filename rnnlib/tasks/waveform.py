@@ -87,6 +87,9 @@ class WaveformTask(Task):
         x[:, 0] = vectors
         return x, self.waves(vectors).astype(np.float32)[:, :, None]
 
+    def targets_for(self, x):
+        return self.waves(np.asarray(x)[:, 0]).astype(np.float32)[:, :, None]
+
     def sample_batch(self, rng, batch_size):
         return self._sequences(self.vectors(rng, batch_size))
 

@@ -161,8 +161,8 @@ def from_csv() -> dict | None:
     kept = sources.save_upload(content)
     raw = {**settings, "task": {"name": "forecast", "dataset": "csv", "targets": targets, "features": features,
                                 "window": window, "horizon": horizon, "train_fraction": train_fraction,
-                                "missing": missing, "transform": transform, "path": kept.path, "time_column": time_column,
-                                "delimiter": delimiter, "sha256": kept.sha256}}
+                                "missing": missing, "transform": transform, "path": kept.path,
+                                "time_column": time_column, "delimiter": delimiter, "sha256": kept.sha256}}
     try:
         config.validate(raw, source="the form")
     except config.ConfigError as error:

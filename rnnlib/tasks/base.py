@@ -217,10 +217,11 @@ class Task(abc.ABC):
         return {"x": x, "y_true": np.asarray(y), "y_pred": np.asarray(predict(x))}
 
     def metric_value(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        """The metric over whole sequences (or final targets)."""
-        values = self.metric_per_step(y_true, y_pred)
+        """The task's `metric` over whole sequences (or final targets), as logged (`metrics`)."""
+        metric = self.metrics[self.metric]
+        values = metric.per_step(y_true, y_pred)
         weights = np.broadcast_to(self.metric_weights(values.shape[1]), values.shape)
-        return float(np.sum(values * weights) / np.sum(weights))
+        return metric.value(np.sum(values * weights) / np.sum(weights))
 
 
 # Per-step scores of single-output predictions: `[batch, steps, 1]` or `[batch, 1]` -> `[batch, steps]` / `[batch, 1]`.
@@ -272,8 +273,17 @@ class OneHotSequences:
         return self[:, :].astype(dtype or self.dtype, copy=False)
 
 
-class CharacterTable:
-    """Task mixin: one-hot character inputs shown and edited as a `character` column (needs `alphabet`)."""
+class CharacterTask:
+    """Task mixin for one-hot characters in and a distribution over the same characters out (needs `alphabet`);
+    a sequence is shown and edited as a `character` column."""
+
+    @property
+    def num_features(self) -> int:
+        return len(self.alphabet)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.alphabet)
 
     def to_table(self, x):
         return pd.DataFrame({"character": [self.alphabet[i] for i in np.argmax(np.asarray(x), axis=-1)]})

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from rnnlib.tasks.base import VALIDATION_SEED, CharacterTable, Metric, Task, TaskParams
+from rnnlib.tasks.base import VALIDATION_SEED, CharacterTask, Metric, Task, TaskParams
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -105,7 +105,7 @@ def alphabet(formats: tuple[str, ...]) -> str:
     return PAD + GO + EOS + "".join(sorted(chars))
 
 
-class DatesTask(CharacterTable, Task):
+class DatesTask(CharacterTask, Task):
     """Inputs: one-hot characters `[T, alphabet]`: the padded source, `<go>`, then the answer's characters
     (teacher forcing). Targets: the answer and `<eos>` from `<go>` on; the source steps are not scored.
     Metric: exact match of the greedily decoded answer. Baseline: a decoder that never looks at the source but
@@ -124,14 +124,6 @@ class DatesTask(CharacterTable, Task):
     @property
     def alphabet(self) -> str:
         return alphabet(tuple(self.params.formats))
-
-    @property
-    def num_features(self) -> int:
-        return len(self.alphabet)
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.alphabet)
 
     @property
     def unscored_steps(self) -> int:
@@ -223,14 +215,17 @@ class DatesTask(CharacterTable, Task):
         start = self.params.source_length
         return np.argmax(y_pred[:, start:], axis=-1) == np.asarray(y_true)[:, start:, 0]
 
+    @staticmethod
+    def _every_step(per_sequence: np.ndarray, y_true) -> np.ndarray:
+        """A per-sequence score `[batch, 1]` at every step `[batch, T]` (only the last step counts)."""
+        return np.broadcast_to(per_sequence, (len(y_true), y_true.shape[1])).astype(np.float64)
+
     def metric_per_step(self, y_true, y_pred):
-        """1 at every step of a sequence whose whole answer is right (only the last step counts)."""
-        exact = self._correct(y_true, y_pred).all(axis=1, keepdims=True)
-        return np.broadcast_to(exact, (len(y_true), y_true.shape[1])).astype(np.float64)
+        """1 at every step of a sequence whose whole answer is right."""
+        return self._every_step(self._correct(y_true, y_pred).all(axis=1, keepdims=True), y_true)
 
     def _character_accuracy(self, y_true, y_pred):
-        share = self._correct(y_true, y_pred).mean(axis=1, keepdims=True)
-        return np.broadcast_to(share, (len(y_true), y_true.shape[1])).astype(np.float64)
+        return self._every_step(self._correct(y_true, y_pred).mean(axis=1, keepdims=True), y_true)
 
     def metric_weights(self, length):
         """Each sequence counts once: its metrics are read at the last step."""

@@ -171,18 +171,7 @@ def parse_csv(content: bytes, time_column: str | None, delimiter: str = ",") -> 
     else: a file that is not text, a wrong delimiter, non-numeric values, duplicate, unsorted or unevenly
     spaced timestamps.
     """
-    check_size(len(content))
-    text = _decode(content)
-    if not text.strip():
-        raise SeriesError("The file is empty; it needs a header row and one row per time step.")
-    try:
-        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, index_col=False)
-    except (pd.errors.ParserError, ValueError) as error:
-        raise SeriesError(f"Cannot read the rows as {DELIMITERS.get(delimiter, repr(delimiter))}-separated "
-                          f"values: {str(error).strip()}. Check the delimiter and that every row has as many "
-                          "fields as the header.") from None
-    _check_delimiter(frame, delimiter)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = _read_table(content, delimiter)
     if time_column is not None:
         if time_column not in frame:
             raise SeriesError(f"There is no column {time_column!r}; the columns are: {', '.join(frame.columns)}. "
@@ -227,18 +216,7 @@ def sniff(content: bytes, delimiter: str) -> tuple[list[str], str | None]:
     Raises:
         SeriesError: the file is not text, is empty, or the delimiter is wrong.
     """
-    check_size(len(content))
-    text = _decode(content)
-    if not text.strip():
-        raise SeriesError("The file is empty; it needs a header row and one row per time step.")
-    try:
-        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, index_col=False,
-                            nrows=SNIFF_ROWS)
-    except (pd.errors.ParserError, ValueError) as error:
-        raise SeriesError(f"Cannot read the header as {DELIMITERS.get(delimiter, repr(delimiter))}-separated "
-                          f"values: {str(error).strip()}. Check the delimiter.") from None
-    _check_delimiter(frame, delimiter)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = _read_table(content, delimiter, nrows=SNIFF_ROWS)
     named = [c for c in frame.columns if c.lower() in TIME_NAMES]
     dated = [c for c in frame.columns
              if pd.to_numeric(frame[c], errors="coerce").isna().all()
@@ -273,6 +251,25 @@ def save_upload(content: bytes) -> Upload:
     partial.write_bytes(content)
     partial.replace(path)  # atomic: a reader never sees half a file
     return Upload(relative, digest, new=True)
+
+
+def _read_table(content: bytes, delimiter: str, nrows: int | None = None) -> pd.DataFrame:
+    """CSV bytes as a frame of text cells (the first `nrows` rows, or all), header names stripped; `SeriesError`
+    for a file too big, not text, empty, or not split by `delimiter`."""
+    check_size(len(content))
+    text = _decode(content)
+    if not text.strip():
+        raise SeriesError("The file is empty; it needs a header row and one row per time step.")
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, index_col=False,
+                            nrows=nrows)
+    except (pd.errors.ParserError, ValueError) as error:
+        raise SeriesError(f"Cannot read the rows as {DELIMITERS.get(delimiter, repr(delimiter))}-separated "
+                          f"values: {str(error).strip()}. Check the delimiter and that every row has as many "
+                          "fields as the header.") from None
+    _check_delimiter(frame, delimiter)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
 
 
 def _check_delimiter(frame: pd.DataFrame, delimiter: str) -> None:

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from rnnlib.tasks.base import CharacterTable, OneHotSequences, Task, TaskParams, sparse_categorical_crossentropy
+from rnnlib.tasks.base import CharacterTask, OneHotSequences, Task, TaskParams, sparse_categorical_crossentropy
 
 
 class TextParams(TaskParams):
@@ -43,7 +43,7 @@ def corpus() -> tuple[np.ndarray, str]:
     return np.fromiter((lookup[char] for char in text), np.int32, count=len(text)), alphabet
 
 
-class TextTask(CharacterTable, Task):
+class TextTask(CharacterTask, Task):
     """Inputs: one-hot characters `[T, alphabet]` (lazily, see `OneHotSequences`); targets: the next character
     at every step. Metric: bits per character. Baseline: the unigram model (each character's training
     frequency, add-one smoothed), scored on the validation text; a model has learned something about sequence
@@ -60,14 +60,6 @@ class TextTask(CharacterTable, Task):
     @property
     def alphabet(self) -> str:
         return corpus()[1]
-
-    @property
-    def num_features(self) -> int:
-        return len(self.alphabet)
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.alphabet)
 
     @functools.cached_property
     def num_train_chars(self) -> int:

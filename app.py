@@ -26,4 +26,5 @@ page = st.navigation({
     ],
 })
 sidebar.render(data.tracking_uri())
+data.reconcile(data.tracking_uri())  # runs whose worker died (kill -9, out of memory) end FAILED, not RUNNING
 page.run()

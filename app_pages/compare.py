@@ -34,6 +34,9 @@ settings = controls.curve_settings(metrics)
 summary_metrics = compare.summary_metrics(metrics, settings.metric)
 histories = data.histories(uri, tuple(runs["run_id"]), tuple(summary_metrics))
 curve = compare.curves(histories, runs, settings.metric, group_by, settings.smoothing)
+notice = compare.divergence_notice(runs, compare.diverged_at(runs, histories))
+if notice:
+    st.warning(notice, icon=":material/trending_up:")
 baselines = compare.baselines(runs, settings.metric)
 st.plotly_chart(
     plots.curves_figure(
@@ -49,7 +52,8 @@ statistic, step = controls.statistic_picker(int(histories["step"].max()) if not 
 summary = compare.summary_table(histories, runs, summary_metrics, statistic, step, group_by)
 per_run = summary.set_index("run_id")[settings.metric]
 st.dataframe(compare.group_summary(per_run, runs, group_by), hide_index=True, width="stretch",
-             column_config={"group": "group", "mean": f"{settings.metric} ({statistic}) mean"})
+             column_config={"group": "group", "mean": f"{settings.metric} ({statistic}) mean",
+                            "n": "runs in the mean", "diverged": "runs diverged"})
 with st.expander(f"Per run ({len(summary)})"):
     st.dataframe(summary, hide_index=True, width="stretch")
 

@@ -23,10 +23,12 @@ if runs.empty:
     link.stop("No finished run of a recurrent cell in this experiment: a run logs its weights when it ends (AR(τ) "
               "baselines have no gates or state to show).", icon=":material/info:")
 run_id = link.choice("Run", "run", runs["run_id"].tolist(), widget=right.selectbox, format_func=scope.run_label(runs))
-run_config = data.run_config(uri, run_id)
+run_config = data.run_config(uri, run_id, scope.run_label(runs))
+weights = data.weights(uri, run_id, scope.run_label(runs)) if run_config else None
+if weights is None:
+    link.stop("Pick another run: this one cannot be traced.")
 task = tasks.build(run_config.task)
 cell_type, num_layers = run_config.model.cell_type, run_config.model.num_layers
-weights = data.weights(uri, run_id)
 
 left, middle, right = st.columns([2, 1, 1])
 source = link.choice("Input sequence", "source", ["task", "edit"], widget=left.radio, horizontal=True,

@@ -15,7 +15,7 @@ names = scope.experiment_names(uri, "No runs yet. Train something first: every r
 left, right = st.columns([1, 2])
 experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
 runs = scope.training_runs(data.runs(uri, experiment))
-flows = data.gradient_flows(uri, tuple(runs["run_id"]))
+flows = data.gradient_flows(uri, tuple(runs["run_id"]), scope.run_label(runs))
 runs = runs[runs["run_id"].map(lambda run_id: flows.get(run_id) is not None)]
 if runs.empty:
     link.stop("No run of this experiment has a gradient-flow record yet: runs log one at their first epoch "
@@ -63,22 +63,24 @@ st.markdown(
 )
 
 st.subheader("Where the gradient vanishes")
-table = compare.vanishing_table(curves)
+run_ids = runs["run_id"].tolist()
+histories = data.histories(uri, tuple(run_ids), ("grad_norm_max", "train_loss", "val_loss"))
+diverged = compare.diverged_at(runs, histories)
+table = compare.vanishing_table(curves, diverged=diverged)
 st.caption(f"Lag T − t at which {label} first falls below 10⁻³ of its value at the last step (median over "
            "runs), at initialisation and after training.")
 st.dataframe(compare.vanishing_summary(table), hide_index=True, width="stretch",
              column_config={"at_init": "lag at initialisation", "trained": "lag after training"})
 with st.expander(f"Per run ({len(table)})"):
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(compare.vanishing_text(table), hide_index=True, width="stretch",
+                 column_config={"at_init": "lag at initialisation", "trained": "lag after training"})
 
 st.subheader("One run over training")
-run_ids = runs["run_id"].tolist()
 run_id = link.choice("Run", "run", run_ids, format_func=scope.run_label(runs))
 st.plotly_chart(plots.gradient_heatmap_figure(curves[curves["run_id"] == run_id], label), width="stretch",
                 key="gradients_heatmap")
 
 st.subheader("Exploding gradients and clipping")
-histories = data.histories(uri, tuple(run_ids), ("grad_norm_max",))
 clip = compare.clip_threshold(runs)
 norm_curves = compare.curves(histories, runs, "grad_norm_max", group_by)
 if norm_curves.empty:

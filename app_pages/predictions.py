@@ -21,8 +21,11 @@ run_ids = link.choices("Runs", "runs", runs["run_id"].tolist(), default=runs["ru
                        widget=right.multiselect, format_func=labels, placeholder="pick one or more runs")
 if not run_ids:
     link.stop("Pick one or more runs.")
+configs = data.run_configs(uri, run_ids, labels)
+run_ids = [r for r in run_ids if r in configs]
+if not run_ids:
+    link.stop("None of the chosen runs can be read by this version of the lab; pick others.")
 chosen = runs[runs["run_id"].isin(run_ids)]
-configs = {run_id: data.run_config(uri, run_id) for run_id in run_ids}
 first = configs[run_ids[0]].task
 mismatched = [labels(r) for r in run_ids if configs[r].task != first]
 if mismatched:
@@ -30,10 +33,12 @@ if mismatched:
                "that match it.", icon=":material/rule:")
     run_ids = [r for r in run_ids if configs[r].task == first]
 task = tasks.build(first)
-arrays = data.predictions(uri, tuple(run_ids))
+arrays = data.predictions(uri, tuple(run_ids), labels)
+run_ids = [r for r in run_ids if r in arrays]
+chosen = chosen[chosen["run_id"].isin(run_ids)]
 varying = [p for p in compare.varying_params(chosen) if p != "seed"]
 prediction_views.VIEWS[task.prediction_view](prediction_views.Selection(
-    uri=uri, task=task, run_ids=run_ids, arrays=arrays,
+    uri=uri, task=task, run_ids=run_ids, configs=configs, arrays=arrays,
     labels={r: labels(r) for r in run_ids},
     groups=dict(zip(chosen["run_id"], compare.group_labels(chosen, varying or ["model.cell_type"]))),
     link=link,

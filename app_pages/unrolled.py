@@ -2,7 +2,7 @@ import streamlit as st
 
 from rnnlib import diagrams, lessons
 
-MODES = {"full": "Full BPTT", "tbptt": "Truncated (TBPTT)", "randomized": "Randomized truncation"}
+MODES = {"full": "Full BPTT", "tbptt": "Truncated (TBPTT)", "random_length": "Random-length TBPTT"}
 
 st.title("Unrolled backpropagation through time")
 st.markdown(
@@ -20,8 +20,8 @@ seed = 0
 if mode == "tbptt":
     k1 = right.slider("k1: update every k1 steps", 1, 60, 4, key="unrolled_k1")
     k2 = right.slider("k2: backpropagate k2 steps", 1, 60, 8, key="unrolled_k2")
-elif mode == "randomized":
-    mean = right.slider("Mean truncation length", 1.0, 20.0, 6.0, step=0.5, key="unrolled_mean")
+elif mode == "random_length":
+    mean = right.slider("Mean chunk length", 1.0, 20.0, 6.0, step=0.5, key="unrolled_mean")
     seed = right.number_input("Seed of the random lengths", 0, 10_000, 0, key="unrolled_seed")
 
 # Follow the last loss by default, also when T changes; keep another choice while it exists. The slider's
@@ -58,9 +58,13 @@ EXPLANATIONS = {
              "window's start (black bar): the loss at the window's end sends no gradient beyond t − k2. Losses "
              "early in a window reach less far, only k2 − k1 + 1 steps at the window's first step; with "
              "k2 > k1 the windows overlap (darker bands), so every loss gets at least that much history.",
-    "randomized": f"Windows of random length (geometric, mean {mean}; k1 = k2 = the window's length), so where "
-                  "the gradient is cut changes from sequence to sequence and no dependency length is always cut "
-                  "at the same place (Tallec & Ollivier 2017). Change the seed to draw another schedule.",
+    "random_length": f"Windows of random length (geometric, mean {mean}; k1 = k2 = the window's length), so "
+                     "where the gradient is cut changes from sequence to sequence and no dependency length is "
+                     "always cut at the same place. Each update is the plain mean loss of its window, so this is "
+                     "still a biased estimate of the full gradient, like fixed TBPTT: long dependencies are cut "
+                     "more often than short ones and nothing makes up for it. (Tallec & Ollivier's 2017 unbiased "
+                     "truncation, d2l §9.7, reweights the gradient by the truncation probabilities; this mode does "
+                     "not.) Change the seed to draw another schedule.",
 }
 st.markdown(
     f"**Highlighted in red**: the hidden states that receive gradient from the loss at t={step} (the star) and "

@@ -28,10 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
                              help="override a config key; VALUE is YAML (task.length=200, grid.seed=[0], 'grid={}')")
     demo = commands.add_parser("demo", help="start the demo sweep as a background job if the store has no runs")
     demo.add_argument("--tracking-uri", default=None)
+    export = commands.add_parser("export", help="write experiments to a portable bundle folder (rnnlib.bundles)")
+    export.add_argument("--experiment", action="append", required=True, metavar="NAME",
+                        help="an experiment to export; repeat for several")
+    export.add_argument("--out", required=True, help="the new folder to write the bundle into")
+    export.add_argument("--with-models", action="store_true", help="also copy model/model.keras (Keras files)")
+    export.add_argument("--tracking-uri", default=None)
+    load = commands.add_parser("import", help="load a bundle folder's runs into a store")
+    load.add_argument("bundle", help="a folder written by `export`")
+    load.add_argument("--tracking-uri", default=None)
     run = commands.choices["run"]
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--job-id", default=None, help=argparse.SUPPRESS)  # set by the dashboard's jobs
     return parser
 
 
@@ -41,6 +51,8 @@ def main(argv=None) -> int:
     try:
         from rnnlib.config import expand_grid, load_config
 
+        if args.command in BUNDLE_COMMANDS:
+            return BUNDLE_COMMANDS[args.command](args)
         if args.command == "demo":
             return _demo(args)
         config = load_config(args.experiment, args.overrides)
@@ -66,9 +78,10 @@ def main(argv=None) -> int:
 def _run(config, args) -> int:
     from rnnlib import sweep, tracking
 
+    tracking.apply_http_policy("training")
     signal.signal(signal.SIGTERM, _request_stop)  # `kill` ends the open run KILLED, like Ctrl-C
     signal.signal(signal.SIGINT, _request_stop)
-    store = tracking.Store(args.tracking_uri)
+    store = tracking.Store(args.tracking_uri, run_tags={tracking.JOB_TAG: args.job_id} if args.job_id else None)
     print(f"experiment {config.name!r} -> {store.uri}", file=sys.stderr)
 
     def make_callbacks(index, total, trial_config):
@@ -79,7 +92,11 @@ def _run(config, args) -> int:
     results = sweep.run_experiment(config, store, make_callbacks)
     table = sweep.summary_table(results)
     print(f"\nBest validation loss ({results[0].config.task.name}, baseline = {results[0].baseline:.4g}):")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(sweep.format_summary(table))
+    diverged = [r for r in results if r.diverged_epoch is not None]
+    if diverged:
+        names = ", ".join(f"{tracking.run_name(r.config, r.point)} (epoch {r.diverged_epoch})" for r in diverged)
+        print(f"\n{len(diverged)} run(s) diverged (loss NaN or inf; left out of the means): {names}.")
     print(f"\n{len(results)} run(s) logged to {store.uri}, experiment {config.name!r}.")
     return 0
 
@@ -98,6 +115,34 @@ def _demo(args) -> int:
     print(f"The store is empty: started the demo sweep ({job.num_runs} runs, about 2 minutes) as job "
           f"{job.job_id}; the Home page shows its progress.", file=sys.stderr)
     return 0
+
+
+def _export(args) -> int:
+    from rnnlib import bundles, tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_store(uri)
+    summary = bundles.export_bundle(uri, args.experiment, args.out, with_models=args.with_models)
+    skipped = summary.pop("skipped")
+    counts = ", ".join(f"{name}: {count} run(s)" for name, count in summary.items())
+    print(f"Wrote {args.out} ({counts}).", file=sys.stderr)
+    if skipped:
+        print(f"Left out {len(skipped)} run(s) still RUNNING: {', '.join(skipped)}.", file=sys.stderr)
+    return 0
+
+
+def _import(args) -> int:
+    from rnnlib import bundles, tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_store(uri)
+    added = bundles.import_bundle(args.bundle, uri)
+    counts = ", ".join(f"{name}: {count} new run(s)" for name, count in added.items())
+    print(f"Imported {args.bundle} into {uri} ({counts}).", file=sys.stderr)
+    return 0
+
+
+BUNDLE_COMMANDS = {"export": _export, "import": _import}
 
 
 class _GracefulStop(Callback):

@@ -1,7 +1,8 @@
 """Statistics for comparing runs: grouping, smoothing, confidence bands over seeds, summaries. Pure pandas.
 
 Inputs are the frames of `rnnlib.tracking`: `runs` (one row per run, `params.*` columns) and `histories`
-(long: `run_id`, `key`, `step`, `value`).
+(long: `run_id`, `key`, `step`, `value`). Diverged runs follow `rnnlib.divergence`: a value that is not a finite
+number never enters a mean, a band or a ranking, and every group says how many of its runs diverged.
 """
 
 import json
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import signal, stats
 
+from rnnlib import divergence
 from rnnlib.probes import vanishing_lag
 
 STATISTICS = ("best", "last", "at_step")
@@ -110,29 +112,72 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return numerator / denominator
 
 
+def diverged_at(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.Series:
+    """The epoch each run diverged at (`rnnlib.divergence`), NaN for runs that did not, indexed by run_id.
+
+    Read from the run's `rnnlib.diverged_epoch` tag and, where `histories` hold its losses, from the first
+    epoch whose loss is not finite (runs logged before the tag existed)."""
+    epochs = pd.Series(np.nan, index=pd.Index(runs["run_id"], name="run_id"), dtype=float)
+    column = f"tags.{divergence.TAG}"
+    if column in runs:
+        epochs[:] = pd.to_numeric(runs[column], errors="coerce").to_numpy()
+    if histories is not None and not histories.empty:
+        losses = histories[histories["key"].isin(divergence.LOSS_KEYS) & ~np.isfinite(histories["value"])]
+        first = losses.groupby("run_id", observed=True)["step"].min().reindex(epochs.index)
+        epochs = epochs.fillna(first.astype(float))
+    return epochs
+
+
+def divergence_notice(runs: pd.DataFrame, epochs: pd.Series, limit: int = 6) -> str | None:
+    """One sentence naming the runs that diverged (`diverged_at`) and what that does to the numbers, or None."""
+    gone = epochs.dropna()
+    if gone.empty:
+        return None
+    names = dict(zip(runs["run_id"], runs["run_name"]))
+    listed = [f"{names.get(run_id, run_id[:8])} (epoch {int(epoch)})" for run_id, epoch in gone.items()]
+    more = f" and {len(listed) - limit} more" if len(listed) > limit else ""
+    return (f"{len(gone)} of {len(epochs)} runs diverged (their loss became NaN or infinite): "
+            f"{', '.join(listed[:limit])}{more}. They are left out of every mean, band and ranking from the epoch "
+            "they diverged at; legends and tables count them.")
+
+
 def curves(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, group_by: list[str],
            smoothing: float = 0.0) -> pd.DataFrame:
-    """Per-run curves of `metric`: `run_id`, `run_name`, `group`, `step`, `value`, `smoothed`."""
+    """Per-run curves of `metric`: `run_id`, `run_name`, `group`, `step`, `value`, `smoothed`, `diverged_at`.
+
+    A value that is not a finite number (a diverged run) becomes NaN, a gap in the curve, and is never smoothed
+    into its neighbours; `diverged_at` is the run's divergence epoch (`diverged_at`), NaN for runs that did not."""
     data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
     labels = pd.Series(group_labels(runs, group_by).to_numpy(), index=runs["run_id"])
     names = pd.Series(runs["run_name"].to_numpy(), index=runs["run_id"])
-    data = data.assign(group=data["run_id"].map(labels), run_name=data["run_id"].map(names))
+    data = data.assign(group=data["run_id"].map(labels), run_name=data["run_id"].map(names),
+                       diverged_at=data["run_id"].map(diverged_at(runs, histories)),
+                       value=data["value"].where(np.isfinite(data["value"])))
     data = data.sort_values(["run_id", "step"])
     if smoothing > 0:  # pandas' adjusted EWM is exactly the debiased EMA of `smooth`, vectorised over runs
         ewm = data.groupby("run_id", sort=False)["value"].ewm(alpha=1 - smoothing, adjust=True).mean()
-        data["smoothed"] = ewm.reset_index(level=0, drop=True)
+        data["smoothed"] = ewm.reset_index(level=0, drop=True).where(data["value"].notna())
     else:
         data["smoothed"] = data["value"]
-    return data[["run_id", "run_name", "group", "step", "value", "smoothed"]].reset_index(drop=True)
+    columns = ["run_id", "run_name", "group", "step", "value", "smoothed", "diverged_at"]
+    return data[columns].reset_index(drop=True)
+
+
+def group_runs(curve: pd.DataFrame) -> pd.DataFrame:
+    """Per group of a `curves` frame: `runs` drawn and how many of them `diverged`, for legends."""
+    runs = curve.drop_duplicates("run_id")
+    return runs.groupby("group", sort=False).agg(runs=("run_id", "size"),
+                                                 diverged=("diverged_at", "count")).reset_index()
 
 
 def confidence_band(curve: pd.DataFrame, column: str = "smoothed", level: float = 0.95) -> pd.DataFrame:
     """Mean over the runs of each group at each step and its `level` confidence interval (Student t over seeds).
 
-    Returns `group`, `step`, `mean`, `lower`, `upper`, `n` (runs contributing at that step). With one run the
-    band collapses to the curve.
+    Returns `group`, `step`, `mean`, `lower`, `upper`, `n` (runs with a finite value at that step: a diverged
+    run leaves the mean at its divergence). With one run the band collapses to the curve.
     """
-    table = _mean_and_ci(curve.groupby(["group", "step"], sort=True)[column], level)
+    table = _mean_and_ci(curve, ["group", "step"], column, level)
+    table = table[table["n"] > 0]
     return table.assign(lower=table["mean"] - table["ci"], upper=table["mean"] + table["ci"])[
         ["group", "step", "mean", "lower", "upper", "n"]
     ]
@@ -140,26 +185,35 @@ def confidence_band(curve: pd.DataFrame, column: str = "smoothed", level: float 
 
 def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statistic: str = "best",
               step: int | None = None) -> pd.Series:
-    """One number per run (indexed by run_id): the best, last, or value at `step` (or the last before it)."""
+    """One number per run (indexed by run_id): the best, last, or value at `step` (or the last before it).
+
+    A run that diverged has none (NaN) for a statistic that covers its divergence: best and last, or a `step`
+    at or after it (`rnnlib.divergence`)."""
     if statistic not in STATISTICS:
         raise ValueError(f"Unknown statistic {statistic!r}; expected one of: {', '.join(STATISTICS)}.")
     data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
     data = data.sort_values(["run_id", "step"], kind="stable")
     if statistic == "best":
-        values = data.groupby("run_id")["value"].agg("max" if higher_is_better(metric) else "min")
+        values = data.groupby("run_id", observed=True)["value"].agg("max" if higher_is_better(metric) else "min")
     elif statistic == "last":
-        values = data.groupby("run_id")["value"].last()
+        values = data.groupby("run_id", observed=True)["value"].last()
     else:
-        values = data[data["step"] <= (step if step is not None else 0)].groupby("run_id")["value"].last()
-    return values.reindex(runs["run_id"]).rename(metric)
+        values = data[data["step"] <= (step if step is not None else 0)].groupby("run_id", observed=True)["value"]
+        values = values.last()
+    values = values.reindex(runs["run_id"]).rename(metric)
+    covered = np.inf if statistic != "at_step" else (step if step is not None else 0)
+    gone = diverged_at(runs, histories) <= covered
+    return values.where(~gone.to_numpy() & np.isfinite(values))
 
 
 def group_summary(per_run: pd.Series, runs: pd.DataFrame, group_by: list[str], level: float = 0.95) -> pd.DataFrame:
-    """Mean, std, confidence half-width and count of a per-run statistic within each group."""
+    """Mean, std, confidence half-width and count `n` of a per-run statistic within each group, over the runs
+    that have one; `diverged` counts the others. Sorted best first; groups with no value at all come last."""
     labels = pd.Series(group_labels(runs, group_by).to_numpy(), index=runs["run_id"])
     frame = pd.DataFrame({"group": labels, "value": per_run.reindex(labels.index)})
-    table = _mean_and_ci(frame.groupby("group", sort=False)["value"], level)
-    return table.sort_values("mean", ascending=not higher_is_better(per_run.name or ""), ignore_index=True)
+    table = _mean_and_ci(frame, ["group"], "value", level, sort=False)
+    return table.sort_values("mean", ascending=not higher_is_better(per_run.name or ""), ignore_index=True,
+                             na_position="last")
 
 
 def metric_vs_param(per_run: pd.Series, runs: pd.DataFrame, x_param: str, line_param: str | None,
@@ -175,7 +229,7 @@ def metric_vs_param(per_run: pd.Series, runs: pd.DataFrame, x_param: str, line_p
                  if line_param else np.full(len(runs), "all runs")),
         "value": per_run.reindex(runs["run_id"]).to_numpy(),
     })
-    table = _mean_and_ci(frame.groupby(["line", "x"], sort=False)["value"], level)
+    table = _mean_and_ci(frame, ["line", "x"], "value", level, sort=False)
     order = {x: i for i, x in enumerate(sorted(table["x"].unique(), key=natural_key))}
     table["x_order"] = table["x"].map(order)
     return table.sort_values(["line", "x_order"], ignore_index=True)
@@ -186,10 +240,15 @@ def group_sort_key(label: str):
     return tuple(natural_key(part) for part in str(label).split(" · "))
 
 
-def _mean_and_ci(grouped, level: float) -> pd.DataFrame:
-    """mean, std (0 for a single run), n and `ci`, the half-width of the Student-t interval of the mean."""
-    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    table["std"] = table["std"].fillna(0.0)
+def _mean_and_ci(frame: pd.DataFrame, keys: list[str], column: str, level: float, sort: bool = True) -> pd.DataFrame:
+    """Per group of `keys`: mean, std (0 for a single run), n and `ci`, the half-width of the Student-t interval
+    of the mean, over the finite values of `column`; `diverged` counts the values that are not (NaN, inf:
+    `rnnlib.divergence`)."""
+    values = frame[column].where(np.isfinite(frame[column]))
+    grouped = values.groupby([frame[key] for key in keys], sort=sort)
+    table = grouped.agg(mean="mean", std="std", n="count", size="size").reset_index()
+    table["diverged"] = table.pop("size") - table["n"]
+    table["std"] = table["std"].where(table["n"] != 1, 0.0)
     quantile = stats.t.ppf(0.5 + level / 2, np.maximum(table["n"] - 1, 1))
     table["ci"] = np.where(table["n"] > 1, quantile * table["std"] / np.sqrt(table["n"]), 0.0)
     return table
@@ -226,9 +285,13 @@ def parallel_table(
 
 def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], statistic: str,
                   step: int | None, group_by: list[str]) -> pd.DataFrame:
-    """Per-run summary: name, group, status and the chosen statistic of each metric."""
+    """Per-run summary: name, group, status (`FINISHED · diverged at epoch 3` for a diverged run, whose
+    statistics are then empty) and the chosen statistic of each metric."""
+    epochs = diverged_at(runs, histories).to_numpy()
+    status = [f"{state} · {divergence.describe(epoch)}" if np.isfinite(epoch) else state
+              for state, epoch in zip(runs["status"], epochs)]
     table = pd.DataFrame({"run_name": runs["run_name"].to_numpy(), "group": group_labels(runs, group_by).to_numpy(),
-                          "status": runs["status"].to_numpy()}, index=runs["run_id"])
+                          "status": status}, index=runs["run_id"])
     for metric in metrics:
         table[metric] = summarize(histories, runs, metric, statistic, step)
     return table.reset_index()
@@ -284,25 +347,28 @@ def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """
     reached = curves[curves["t"] >= curves["window_start"]]
     positive = reached.assign(log=lambda f: np.log10(f["value"].clip(lower=FLOAT32_FLOOR)))
-    table = _mean_and_ci(positive.groupby(["group", "lag"], sort=True)["log"], level)
+    table = _mean_and_ci(positive, ["group", "lag"], "log", level)
     return pd.DataFrame({
         "group": table["group"], "lag": table["lag"], "mean": 10 ** table["mean"],
         "lower": 10 ** (table["mean"] - table["ci"]), "upper": 10 ** (table["mean"] + table["ci"]), "n": table["n"],
     })
 
 
-def vanishing_table(curves: pd.DataFrame, threshold: float = 1e-3) -> pd.DataFrame:
+def vanishing_table(curves: pd.DataFrame, threshold: float = 1e-3, diverged: pd.Series | None = None) -> pd.DataFrame:
     """Per run, the lag where the norm first falls below `threshold` times its value at the last step, at the
     first probe (initialisation) and the last (after training): `run_name`, `group`, `at_init`, `trained`
-    (inf: it never does within the sequence; NaN: the network had diverged, its norms are not finite)."""
+    (inf: it never does within the sequence; NaN: the network had diverged, its norms are not finite, or its
+    loss had: `diverged`, the runs' divergence epochs from `diverged_at`)."""
     rows = []
-    for _, run in curves.groupby("run_id", sort=False):
+    for run_id, run in curves.groupby("run_id", sort=False):
         first, last = run["probe"].min(), run["probe"].max()
         lags = []
         for probe in (first, last):
             norms = run[run["probe"] == probe].sort_values("t")["value"].to_numpy()
             lag = vanishing_lag(norms, threshold) if np.isfinite(norms).all() else np.nan  # NaN: diverged
             lags.append(np.inf if lag is None else lag)
+        if diverged is not None and np.isfinite(diverged.get(run_id, np.nan)):
+            lags[1] = np.nan  # trained into divergence: no lag to report after training
         rows.append({"run_name": run["run_name"].iloc[0], "group": run["group"].iloc[0], "at_init": lags[0],
                      "trained": lags[1], "length": int(run["t"].max()) + 1})
     table = pd.DataFrame(rows, columns=["run_name", "group", "at_init", "trained", "length"])
@@ -325,6 +391,19 @@ def vanishing_summary(table: pd.DataFrame) -> pd.DataFrame:
              "trained": median_text(rows["trained"], rows["length"].max())}
             for group, rows in table.groupby("group", sort=False)]
     return pd.DataFrame(rows, columns=["group", "runs", "at_init", "trained"])
+
+
+def vanishing_text(table: pd.DataFrame) -> pd.DataFrame:
+    """`vanishing_table` as a reader sees it: lags as numbers, `never (> T-1)` and `diverged`."""
+    def text(lag, length):
+        if np.isnan(lag):
+            return "diverged"
+        return f"never (> {length - 1})" if np.isinf(lag) else f"{lag:g}"
+
+    shown = table.copy()
+    for column in ("at_init", "trained"):
+        shown[column] = [text(lag, length) for lag, length in zip(table[column], table["length"])]
+    return shown
 
 
 def clip_threshold(runs: pd.DataFrame) -> float | None:

@@ -12,7 +12,7 @@ An experiment YAML looks like::
       optimizer: adam
       learning_rate: 0.001
       clipnorm: 1.0           # clip the global gradient norm; null for no clipping
-      truncation: full        # full | k | {k1: 5, k2: 10} | {mode: randomized, mean: 20}
+      truncation: full        # full | k | {k1: 5, k2: 10} | {mode: random_length, mean: 20}
     seed: 0
     grid:                     # optional sweep: the cartesian product of these values
       model.cell_type: [rnn, lstm, gru]
@@ -22,8 +22,11 @@ Only this module turns untrusted input into configs; everything downstream takes
 """
 
 import copy
+import dataclasses
 import itertools
 import math
+import reprlib
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -32,18 +35,35 @@ import pydantic
 import yaml
 
 from rnnlib import tasks
+from rnnlib.tasks.base import refuse_boolean_number
 from rnnlib.errors import ConfigError
 
 CELL_TYPES = ("rnn", "lstm", "gru")
 AR_MODELS = ("ar", "ar_mlp")  # autoregressive baselines: no state, a fixed look-back of `ar_order` steps
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-TRUNCATION_MODES = ("full", "tbptt", "randomized")
+TRUNCATION_MODES = ("full", "tbptt", "random_length")
 MAX_GRID_POINTS = 10_000
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+# The version of the config schema this code writes. Every logged `config.yaml` carries it as `schema_version`
+# (and every run as the tag `rnnlib.schema_version`); text without one was written at version 1. Reading brings
+# older versions up to this one through `MIGRATIONS`.
+SCHEMA_VERSION = 2
+SCHEMA_KEY = "schema_version"
+
+# What a YAML file may hold before it is refused unread (an alias bomb expands 453 bytes into billions of values).
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_VALUES = 20_000  # scalars, lists and mappings, with aliases expanded
+MAX_YAML_DEPTH = 20
 
 
 class _Frozen(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value, info):
+        return refuse_boolean_number(cls, value, info)
 
 
 class ModelConfig(_Frozen):
@@ -77,14 +97,18 @@ class Truncation(_Frozen):
     - `full`: backpropagation through the whole sequence.
     - `tbptt`: every k1 steps, backpropagate k2 steps (k1 <= k2; Williams & Peng 1990, Sutskever 2013). The
       hidden state is carried across chunks, so memory is bounded by k2, not the sequence length.
-    - `randomized`: consecutive chunks of random length (geometric, mean `mean`), k1 = k2 = the chunk length
-      (randomized truncation, Tallec & Ollivier 2017; d2l.ai section 9.7).
+    - `random_length`: random-length TBPTT. Each batch is cut into consecutive chunks of geometric length with
+      mean `mean`, k1 = k2 = the chunk length, and each update takes the mean loss of its chunk. This is *not*
+      the unbiased estimator of Tallec & Ollivier (2017) / d2l.ai section 9.7, which reweights the gradient by
+      the truncation probabilities: with plain chunks the expected update is biased towards short-range
+      dependencies, like fixed TBPTT (measured at fixed weights, tanh RNN, T = 30, mean chunk 10: cosine 0.95
+      with the full-BPTT gradient). Written `randomized` before schema version 2.
 
     YAML accepts the short forms `full`, a bare integer k (k1 = k2 = k), `{k1: .., k2: ..}` and
-    `{mode: randomized, mean: ..}`.
+    `{mode: random_length, mean: ..}`.
     """
 
-    mode: Literal["full", "tbptt", "randomized"] = "full"
+    mode: Literal["full", "tbptt", "random_length"] = "full"
     k1: int | None = pydantic.Field(None, ge=1)
     k2: int | None = pydantic.Field(None, ge=1)
     mean: float | None = pydantic.Field(None, ge=1.0)
@@ -103,8 +127,8 @@ class Truncation(_Frozen):
             if text.isdigit():
                 return {"mode": "tbptt", "k1": int(text), "k2": int(text)}
             raise ValueError(
-                f"got {value!r}; expected `full`, a positive integer k, {{k1: .., k2: ..}} or "
-                "{mode: randomized, mean: ..}"
+                f"got {_short_repr(value)}; expected `full`, a positive integer k, {{k1: .., k2: ..}} or "
+                "{mode: random_length, mean: ..} (random-length TBPTT)"
             )
         if isinstance(value, Mapping) and "mode" not in value and ("k1" in value or "k2" in value):
             return {"mode": "tbptt", **value}
@@ -119,12 +143,12 @@ class Truncation(_Frozen):
                 raise ValueError(f"k1 ({self.k1}) must not exceed k2 ({self.k2}): an update cannot reach "
                                  "further back than it backpropagates")
             if self.mean is not None:
-                raise ValueError("`mean` belongs to mode randomized, not tbptt")
-        elif self.mode == "randomized":
+                raise ValueError("`mean` belongs to mode random_length, not tbptt")
+        elif self.mode == "random_length":
             if self.mean is None:
-                raise ValueError("randomized truncation needs `mean`, the mean truncation length")
+                raise ValueError("random_length truncation needs `mean`, the mean chunk length")
             if self.k1 is not None or self.k2 is not None:
-                raise ValueError("randomized truncation takes `mean`, not k1/k2")
+                raise ValueError("random_length truncation takes `mean`, not k1/k2")
         elif any(v is not None for v in (self.k1, self.k2, self.mean)):
             raise ValueError("full BPTT takes no k1, k2 or mean")
         return self
@@ -141,7 +165,7 @@ class Truncation(_Frozen):
     @property
     def horizon(self) -> int | None:
         """The longest backpropagation span, or None for full."""
-        return {"full": None, "tbptt": self.k2, "randomized": None}[self.mode]
+        return {"full": None, "tbptt": self.k2, "random_length": None}[self.mode]
 
     @pydantic.model_serializer(mode="plain")
     def _short_form(self):
@@ -149,7 +173,7 @@ class Truncation(_Frozen):
             return "full"
         if self.mode == "tbptt":
             return self.k1 if self.k1 == self.k2 else {"k1": self.k1, "k2": self.k2}
-        return {"mode": "randomized", "mean": self.mean}
+        return {"mode": "random_length", "mean": self.mean}
 
 
 class TrainingConfig(_Frozen):
@@ -229,8 +253,9 @@ class ExperimentConfig(_Frozen):
         return self
 
     def to_dict(self) -> dict:
-        """Plain data that `parse_config` turns back into an equal config (the resolved YAML)."""
-        return self.model_dump(mode="json")
+        """Plain data that `parse_config` turns back into an equal config (the resolved YAML), with the
+        `schema_version` it was written at first."""
+        return {SCHEMA_KEY: SCHEMA_VERSION, **self.model_dump(mode="json")}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -249,7 +274,7 @@ def truncation_from_label(label) -> Any:
         return {"k1": int(k1), "k2": int(k2)}
     if text.startswith("rand"):
         try:
-            return {"mode": "randomized", "mean": float(text.removeprefix("rand"))}
+            return {"mode": "random_length", "mean": float(text.removeprefix("rand"))}
         except ValueError:
             return label
     return int(text) if text.isdigit() else label
@@ -297,6 +322,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError([f"the file is {size:,} bytes, more than the {MAX_YAML_BYTES:,} an experiment may "
+                               "have; an experiment YAML is a few hundred bytes"], source=str(path))
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"file not found: {path}"], source=str(path)) from None
@@ -308,11 +337,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 def parse_config(
     text: str, source: str = "<string>", overrides: Sequence[str] = (), default_name: str | None = None
 ) -> ExperimentConfig:
-    """Validate YAML text; see `load_config`."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError([f"not valid YAML: {error}"], source=source) from None
+    """Validate YAML text; see `load_config`. Text written at an older `schema_version` is migrated first;
+    text from a newer one is refused (`read_logged_config` reads logged runs of any version)."""
+    raw = load_yaml(text, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -320,10 +347,198 @@ def parse_config(
             [f"the top level must be a mapping of keys (task, model, training, ...), got a {type(raw).__name__}"],
             source=source,
         )
+    raw, version = migrate(raw, source)
+    if version > SCHEMA_VERSION:
+        raise ConfigError([f"{SCHEMA_KEY}: {version} is newer than this version of the lab reads "
+                           f"({SCHEMA_VERSION}); update rnnlib, or remove keys it does not know and the version"],
+                          source=source)
     raw = apply_overrides(raw, overrides, source=source)
     if default_name is not None:
         raw.setdefault("name", default_name)
     return validate(raw, source=source)
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """PyYAML's safe loader (libyaml's, when PyYAML has it: 20x faster) that refuses a key given twice in one
+    mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML safely: refused in well under a second, with one `ConfigError`, when the text is larger than
+    `MAX_YAML_BYTES`, nests deeper than `MAX_YAML_DEPTH`, holds more than `MAX_YAML_VALUES` values once its
+    aliases are expanded (a "billion laughs" bomb), or repeats a key."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError([f"the text is {len(text):,} characters, more than the {MAX_YAML_BYTES:,} an experiment "
+                           "may have"], source=source)
+    if _bracket_depth(text) > 5 * MAX_YAML_DEPTH:  # libyaml's composer recurses in C: 100,000 `[` crash it
+        raise ConfigError([f"the YAML nests deeper than {MAX_YAML_DEPTH} levels"], source=source)
+    if sum(text.count(mark) for mark in ":,-\n") > 2 * MAX_YAML_VALUES:  # ~ one mark per value: refuse unread
+        raise ConfigError([f"the YAML holds more than {MAX_YAML_VALUES:,} values; an experiment needs a few dozen"],
+                          source=source)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"not valid YAML: {error}"], source=source) from None
+    except RecursionError:
+        raise ConfigError([f"the YAML nests deeper than {MAX_YAML_DEPTH} levels"], source=source) from None
+    except _TooLarge as error:
+        raise ConfigError([str(error)], source=source) from None
+    finally:
+        loader.dispose()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of flow brackets `[` `{` in `text`, quotes ignored (an upper bound, for a cheap
+    first check)."""
+    import numpy as np
+
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _check_size(root) -> None:
+    """Count the values of a composed YAML graph with aliases expanded (shared nodes are counted once per use,
+    memoised, so a bomb is measured without being expanded) and its depth."""
+    sizes: dict[int, int] = {}
+    stack = [(root, 1, False)]
+    while stack:
+        node, depth, children_done = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise _TooLarge(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels")
+        if id(node) in sizes:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done or not children:
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise _TooLarge(f"the YAML holds more than {MAX_YAML_VALUES:,} values once its aliases (*name) "
+                                "are expanded (an experiment needs a few dozen); use fewer aliases")
+            continue
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+
+
+# ---- Versions: `MIGRATIONS[v]` turns raw config data written at version v into version v + 1.
+
+def _random_length_mode(value):
+    """`{mode: randomized, mean: m}` -> `{mode: random_length, mean: m}` (the mode's name since version 2)."""
+    if isinstance(value, Mapping) and value.get("mode") == "randomized":
+        return {**value, "mode": "random_length"}
+    return "random_length" if value == "randomized" else value
+
+
+def _v1_to_v2(raw: dict) -> dict:
+    """Version 2 names the random-length truncation mode `random_length` (it was `randomized`, a name that
+    suggested Tallec & Ollivier's unbiased estimator, which it is not)."""
+    training = raw.get("training")
+    if isinstance(training, Mapping) and "truncation" in training:
+        raw["training"] = {**training, "truncation": _random_length_mode(training["truncation"])}
+    grid = raw.get("grid")
+    if isinstance(grid, Mapping):
+        raw["grid"] = {key: [_random_length_mode(v) for v in values]
+                       if key in ("training.truncation", "training.truncation.mode") and isinstance(values, list)
+                       else values for key, values in grid.items()}
+    return raw
+
+
+MIGRATIONS = {1: _v1_to_v2}
+assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION)), "every version but the current one needs a migration"
+
+
+def migrate(raw: Mapping, source: str = "<string>") -> tuple[dict, int]:
+    """Raw config data brought to `SCHEMA_VERSION` (without its `schema_version` key), and the version it was
+    written at (1 when it says none). Data from a newer version is returned as it is."""
+    raw = dict(raw)
+    version = raw.pop(SCHEMA_KEY, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError([f"{SCHEMA_KEY}: expected a whole number from 1 to {SCHEMA_VERSION} "
+                           f"(got {_short_repr(version)})"], source=source)
+    for step in range(version, SCHEMA_VERSION):
+        raw = MIGRATIONS[step](raw)
+    return raw, version
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedConfig:
+    """A run's logged config as this version reads it.
+
+    Attributes:
+        config: the config, with keys this version does not know left out and missing ones at their defaults.
+        schema_version: the version it was written at.
+        unknown: the keys this version does not know (from a later version), dotted, with their values: kept
+            and shown, not used.
+    """
+
+    config: ExperimentConfig
+    schema_version: int
+    unknown: dict[str, Any]
+
+
+def read_logged_config(text: str, source: str = "config.yaml") -> LoggedConfig:
+    """Read a run's logged `config.yaml` of any schema version, leniently: older versions are migrated, keys
+    this version does not know are set aside (`LoggedConfig.unknown`), missing keys take their defaults.
+
+    Raises:
+        ConfigError: when what is left still does not validate (e.g. a task this version does not have).
+    """
+    raw = load_yaml(text, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(["the logged config is not a mapping of keys"], source=source)
+    raw, version = migrate(raw, source)
+    known, unknown = split_unknown(raw)
+    try:
+        config = _validate_one(known, source)
+    except ConfigError as error:
+        later = f" (written by schema version {version}; this version reads {SCHEMA_VERSION})" \
+            if version > SCHEMA_VERSION else ""
+        raise ConfigError([p + later for p in error.problems], source=source) from None
+    return LoggedConfig(config, version, unknown)
+
+
+def split_unknown(raw: Mapping) -> tuple[dict, dict[str, Any]]:
+    """(the keys this version's schema has, {dotted key: value} of the others), at every level of a config."""
+    unknown: dict[str, Any] = {}
+
+    def keep(data, fields, prefix):
+        if not isinstance(data, Mapping):
+            return data
+        for key in data:
+            if key not in fields:
+                unknown[f"{prefix}{key}"] = data[key]
+        return {key: value for key, value in data.items() if key in fields}
+
+    known = keep(raw, ExperimentConfig.model_fields, "")
+    for section, model in (("model", ModelConfig), ("training", TrainingConfig)):
+        if section in known:
+            known[section] = keep(known[section], model.model_fields, f"{section}.")
+    training = known.get("training")
+    if isinstance(training, Mapping) and isinstance(training.get("truncation"), Mapping):
+        training["truncation"] = keep(training["truncation"], Truncation.model_fields, "training.truncation.")
+    task = known.get("task")
+    if isinstance(task, Mapping) and task.get("name") in tasks.TASKS:
+        known["task"] = keep(task, tasks.get(task["name"]).params_type.model_fields, "task.")
+    return known, unknown
 
 
 def validate(raw: Mapping, source: str = "<string>") -> ExperimentConfig:
@@ -351,6 +566,9 @@ def _describe(error: pydantic.ValidationError) -> list[str]:
         loc = [str(part) for part in item["loc"] if not str(part).startswith("function-")]
         if len(loc) >= 2 and loc[0] == "task" and loc[1] in tasks.TASKS:
             loc.pop(1)  # the discriminated union repeats the task name in the location
+        if item["type"] == "boolean_number":  # raised for a whole task: name the field it is about
+            loc.append(item["ctx"]["field"])
+            item["input"] = item["ctx"]["value"]
         key = ".".join(loc) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
@@ -382,8 +600,13 @@ def _allowed_keys(loc: list[str]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
+_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 4, 50, 50
+
+
 def _short_repr(value, limit: int = 60) -> str:
-    text = repr(value)
+    """A bounded repr: nested containers are cut before they are printed, never after."""
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -437,7 +660,7 @@ def expand_grid(config: ExperimentConfig) -> list[tuple[dict, ExperimentConfig]]
     """
     if not config.grid:
         return [({}, config)]
-    base = {k: v for k, v in config.to_dict().items() if k != "grid"}
+    base = {k: v for k, v in config.model_dump(mode="json").items() if k != "grid"}
     return [(point, ExperimentConfig.model_validate(_with_values(base, point))) for point in _product(config.grid)]
 
 
@@ -474,9 +697,11 @@ def apply_overrides(raw: Mapping, overrides: Sequence[str], source: str = "<stri
         if not sep or not key:
             raise ConfigError([f"--set {item!r}: expected key=value, e.g. --set task.length=200"], source=source)
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError([f"--set {key}: value {text!r} is not valid YAML: {error}"], source=source) from None
+            value = load_yaml(text)
+        except ConfigError as error:
+            raise ConfigError([f"--set {key}: value {_short_repr(text)} is "
+                               + (p if p.startswith("not valid YAML") else f"refused: {p}") for p in error.problems],
+                              source=source) from None
         if key.startswith("grid."):
             grid = result.get("grid")
             if not isinstance(grid, dict):

@@ -13,8 +13,13 @@ class ConfigError(RnnLabError, ValueError):
         source: where the config came from (a path or "<string>"), shown in the message.
     """
 
+    MAX_SHOWN = 20  # a config with 100,000 unknown keys gets a short message, not 10 MB of text
+
     def __init__(self, problems, source=None):
-        self.problems = list(problems)
+        problems = list(dict.fromkeys(problems))
+        if len(problems) > self.MAX_SHOWN:
+            problems = [*problems[: self.MAX_SHOWN], f"... and {len(problems) - self.MAX_SHOWN} more problems"]
+        self.problems = problems
         self.source = source
         where = f" in {source}" if source else ""
         lines = "\n".join(f"  - {p}" for p in self.problems)
@@ -23,3 +28,19 @@ class ConfigError(RnnLabError, ValueError):
 
 class TrackingError(RnnLabError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class RunDataError(RnnLabError):
+    """One run's logged data (an artifact, its config) cannot be read; the other runs still can.
+
+    Args:
+        run_id: the run.
+        problem: what is wrong, e.g. "its weights (model/weights.npz) cannot be read (...)".
+    """
+
+    def __init__(self, run_id: str, problem: str):
+        self.run_id, self.problem = run_id, problem
+        super().__init__(f"Run {run_id[:8]}: {problem}")
+
+    def __reduce__(self):  # picklable, so cached reads can return it
+        return (type(self), (self.run_id, self.problem))

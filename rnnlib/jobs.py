@@ -16,8 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from rnnlib import divergence, tracking, workers
+from rnnlib.tracking import JOB_TAG
 from rnnlib.config import ExperimentConfig, expand_grid
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -29,6 +32,9 @@ def jobs_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
+    """A recorded job. Every run it starts carries its id as the tag `rnnlib.job_id`, so its progress is read
+    from exactly its own runs, however many other jobs log to the same experiment."""
+
     job_id: str
     pid: int
     experiment: str
@@ -37,10 +43,13 @@ class Job:
     num_runs: int
     config_path: str
     log_path: str
+    num_epochs: int = 0  # planned, over all its runs
+    process_started: float | None = None  # the process's start time, so a reused pid is not mistaken for it
+    cancelled: float | None = None  # when a stop was requested
 
     @property
     def running(self) -> bool:
-        return _alive(self.pid)
+        return workers.alive(self.pid, self.process_started)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -57,15 +66,26 @@ def launch(config: ExperimentConfig, tracking_uri: str) -> Job:
     job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     config_path, log_path = folder / f"{job_id}.yaml", folder / f"{job_id}.log"
     config_path.write_text(config.to_yaml(), encoding="utf-8")
-    command = [sys.executable, "-m", "rnnlib", "run", str(config_path), "--tracking-uri", tracking_uri, "--quiet"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "rnnlib", "run", str(config_path), "--tracking-uri", tracking_uri, "--quiet",
+               "--job-id", job_id]
+    env = dict(tracking.worker_environment(),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])))
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    job = Job(job_id, process.pid, config.name, tracking_uri, time.time(), len(expand_grid(config)),
-              str(config_path), str(log_path))
-    (folder / f"{job_id}.json").write_text(json.dumps(dataclasses.asdict(job)), encoding="utf-8")
+    points = expand_grid(config)
+    job = Job(job_id, process.pid, config.name, tracking_uri, time.time(), len(points), str(config_path),
+              str(log_path), num_epochs=sum(c.training.epochs for _, c in points),
+              process_started=workers.start_time(process.pid))
+    _write(job)
     return job
+
+
+def _write(job: Job) -> None:
+    path = jobs_dir() / f"{job.job_id}.json"
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(dataclasses.asdict(job)), encoding="utf-8")
+    partial.replace(path)  # atomic: a reader never sees half a record
 
 
 def list_jobs(tracking_uri: str | None = None) -> list[Job]:
@@ -85,6 +105,7 @@ def cancel(job: Job) -> bool:
     """Ask the job to stop (SIGTERM to its process group): the open run ends KILLED. False if it had ended."""
     if not job.running:
         return False
+    _write(dataclasses.replace(job, cancelled=time.time()))
     try:
         os.killpg(job.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -98,49 +119,47 @@ def forget(job: Job) -> None:
         (jobs_dir() / f"{job.job_id}{suffix}").unlink(missing_ok=True)
 
 
-def progress(job: Job, runs: pd.DataFrame) -> tuple[pd.DataFrame, float, float | None]:
-    """Where a job stands, read from its experiment's runs (`rnnlib.tracking.runs_frame`).
+PROGRESS_COLUMNS = ["run", "status", "epoch", "of", "val_loss", "eta_s"]
 
-    Returns a table (run, status, epoch, of, val_loss, eta_s) of the runs the job started, the fraction of all
-    its epochs done, and the estimated seconds left (None before the first epoch is logged).
+
+def progress(job: Job, runs: pd.DataFrame, now: float | None = None) -> tuple[pd.DataFrame, float, float | None]:
+    """Where a job stands, read from its own runs (those tagged with its id) of its experiment
+    (`rnnlib.tracking.runs_frame`).
+
+    Returns a table (run, status, epoch, of, val_loss, eta_s) of the runs the job started, the fraction of its
+    planned epochs done, and the estimated seconds left: None before its first epoch and once it has ended.
+    A run that ended (finished, diverged) counts all its planned epochs; a failed or killed one the epochs it
+    trained. The estimate is the job's wall time per epoch so far, times the epochs left.
     """
-    columns = ["run", "status", "epoch", "of", "val_loss", "eta_s"]
-    if runs.empty or "params.training.epochs" not in runs:
-        return pd.DataFrame(columns=columns), 0.0, None
-    mine = runs[(runs["kind"] != "sweep") & (runs["start_time"] >= pd.to_datetime(job.started - 2, unit="s"))]
-    mine = mine.sort_values("start_time")
-    metric = lambda name: mine[f"metrics.{name}"] if f"metrics.{name}" in mine else pd.Series(float("nan"), mine.index)  # noqa: E731
-    epochs = pd.to_numeric(mine["params.training.epochs"], errors="coerce")
-    epoch = metric("epoch").fillna(0.0)
-    seconds = metric("epoch_seconds")
-    done = (mine["status"] != "RUNNING").astype(float).where(mine["status"] != "RUNNING", epoch / epochs)
+    tag = f"tags.{JOB_TAG}"
+    if runs.empty or tag not in runs or "params.training.epochs" not in runs:
+        return pd.DataFrame(columns=PROGRESS_COLUMNS), 0.0, None
+    mine = runs[(runs[tag] == job.job_id) & (runs["kind"] != "sweep")].sort_values("start_time")
+    metric = lambda name: pd.to_numeric(mine[f"metrics.{name}"], errors="coerce") if f"metrics.{name}" in mine \
+        else pd.Series(float("nan"), mine.index)  # noqa: E731
+    planned = pd.to_numeric(mine["params.training.epochs"], errors="coerce").fillna(0)
+    trained = metric("epoch").fillna(0.0)
+    diverged = pd.to_numeric(mine.get(f"tags.{divergence.TAG}", pd.Series(index=mine.index, dtype=float)),
+                             errors="coerce")
+    done = trained.where(mine["status"] != "FINISHED", planned)
+    total = job.num_epochs or int(planned.sum()) or 1
+    fraction = min(float(done.sum()) / total, 1.0)
+    per_epoch = None  # wall seconds per epoch so far, start-up and evaluation included
+    if job.running and done.sum() > 0:
+        per_epoch = ((now or time.time()) - job.started) / float(done.sum())
+    eta = None if per_epoch is None else max(total - float(done.sum()), 0.0) * per_epoch
+    per_run_eta = (planned - trained) * (np.nan if per_epoch is None else per_epoch)
+    status = [divergence.describe(epoch) if np.isfinite(epoch) else state.lower()
+              for state, epoch in zip(mine["status"], diverged)]
     table = pd.DataFrame({
-        "run": mine["run_name"], "status": mine["status"], "epoch": epoch.astype(int), "of": epochs,
-        "val_loss": metric("val_loss"), "eta_s": ((epochs - epoch) * seconds).where(mine["status"] == "RUNNING"),
+        "run": mine["run_name"], "status": status, "epoch": trained.astype(int), "of": planned.astype(int),
+        "val_loss": metric("val_loss").where(~np.isfinite(diverged)), "eta_s": per_run_eta.where(mine["status"] == "RUNNING"),
     })
-    fraction = float(done.sum() / max(job.num_runs, 1))
-    per_run = float((epochs * seconds).dropna().mean()) if seconds.notna().any() else None
-    if per_run is None:
-        return table.reset_index(drop=True), min(fraction, 1.0), None
-    waiting = max(job.num_runs - len(mine), 0)
-    eta = float(table["eta_s"].fillna(0).sum()) + waiting * per_run
-    return table.reset_index(drop=True), min(fraction, 1.0), eta
+    return table.reset_index(drop=True), fraction, eta
 
 
-def _alive(pid: int) -> bool:
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)  # reaps our own child once it exits
-        if finished == pid:
-            return False
-    except ChildProcessError:
-        pass  # started by another process (another server, an earlier session): ask the OS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not running
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
+def reconcile(tracking_uri: str) -> list[dict]:
+    """End the runs of `tracking_uri` whose worker is gone (`rnnlib.tracking.reconcile`): KILLED when their job
+    had been cancelled, FAILED otherwise."""
+    cancelled = frozenset(job.job_id for job in list_jobs(tracking_uri) if job.cancelled)
+    return tracking.reconcile(tracking_uri, cancelled)

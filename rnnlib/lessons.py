@@ -146,7 +146,7 @@ def make_truncation(mode: str, k1: int | None = None, k2: int | None = None,
         ValueError: with the config's own explanation, e.g. when k1 > k2.
     """
     values = {"full": {"mode": "full"}, "tbptt": {"mode": "tbptt", "k1": k1, "k2": k2},
-              "randomized": {"mode": "randomized", "mean": mean}}
+              "random_length": {"mode": "random_length", "mean": mean}}
     if mode not in values:
         raise ValueError(f"Unknown truncation mode {mode!r}; expected one of: {', '.join(values)}.")
     try:
@@ -158,7 +158,7 @@ def make_truncation(mode: str, k1: int | None = None, k2: int | None = None,
 
 
 def truncation_windows(length: int, truncation: config.Truncation, seed: int = 0) -> list[Window]:
-    """`rnnlib.truncation.schedule` for one sequence of `length` steps; `seed` drives randomized lengths."""
+    """`rnnlib.truncation.schedule` for one sequence of `length` steps; `seed` draws random lengths."""
     return schedule(length, truncation, np.random.default_rng(seed))
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative, unlabel_rgb
 
-from rnnlib.compare import FLOAT32_FLOOR, group_sort_key, natural_key
+from rnnlib.compare import FLOAT32_FLOOR, group_runs, group_sort_key, natural_key
 
 PALETTE = qualitative.D3 + qualitative.Set2
 BASELINE_STYLE = {"color": "#555555", "dash": "dash", "width": 1.5}
@@ -33,6 +33,11 @@ def _run_lines(runs: pd.DataFrame, x: str, y: str, group: str, color: str) -> go
                       showlegend=False, hoverinfo="skip", name=f"{group} runs")
 
 
+# A log axis ticks every decade up to this many decades; beyond, plotly spaces the ticks (one per decade over
+# 1e-3 .. 1e40 would pile 43 labels on top of each other).
+MAX_DECADE_TICKS = 12
+
+
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
     fig.update_layout(  # no template: Streamlit themes the chart, and building one costs ~0.2 s per figure
         title=title, hovermode="x unified", height=460,
@@ -40,8 +45,23 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool 
         margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )
     fig.update_xaxes(title=x_title)
-    fig.update_yaxes(title=y_title, type="log" if log_y else "linear", dtick=1 if log_y else None)
+    fig.update_yaxes(title=y_title, type="log" if log_y else "linear",
+                     dtick=1 if log_y and _decades(fig) <= MAX_DECADE_TICKS else None)
     return fig
+
+
+def _decades(fig: go.Figure) -> float:
+    """How many decades the positive, finite y values of the figure's traces span."""
+    values = [np.asarray(trace.y, dtype=float) for trace in fig.data if getattr(trace, "y", None) is not None]
+    values = np.concatenate(values) if values else np.array([])
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(np.log10(positive.max() / positive.min())) if len(positive) else 0.0
+
+
+def legend_name(group: str, runs: int, diverged: int = 0) -> str:
+    """`lstm · 5 (n=3)`, or `rnn · full (n=3, 1 diverged)`: how many runs a group holds and how many of them
+    diverged (those are left out of its mean: `rnnlib.divergence`)."""
+    return f"{group} (n={runs}, {diverged} diverged)" if diverged else f"{group} (n={runs})"
 
 
 def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baselines: dict[str, float] | None = None,
@@ -57,6 +77,7 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
     """
     fig = go.Figure()
     colors = group_colors(band["group"])
+    counts = compare_group_runs(curve)
     positive = band["mean"][band["mean"] > 0]
     floor = float(positive.min()) / 2 if log_y and len(positive) else None  # a log axis cannot show a band <= 0
     for group in colors:  # in natural order, so the legend reads 5, 10, 25, full
@@ -76,11 +97,19 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
             fig.add_trace(go.Scatter(x=raw["step"], y=raw["mean"], mode="lines", hoverinfo="skip",
                                      line={"color": _rgba(color, 0.3), "width": 1}, legendgroup=group,
                                      showlegend=False, name=f"{group} raw"))
-        runs_in_group = int(rows["n"].max())
+        runs, diverged = counts.get(group, (int(rows["n"].max()), 0))
         fig.add_trace(go.Scatter(x=rows["step"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
-                                 legendgroup=group, name=f"{group} (n={runs_in_group})"))
+                                 legendgroup=group, name=legend_name(group, runs, diverged)))
     _baseline_lines(fig, baselines)
     return _layout(fig, f"{metric}: mean over seeds with 95% confidence band", "epoch", metric, log_y)
+
+
+def compare_group_runs(curve: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """{group: (runs, diverged)} of a `rnnlib.compare.curves` frame."""
+    if "diverged_at" not in curve:
+        return {}
+    table = group_runs(curve)
+    return {row.group: (int(row.runs), int(row.diverged)) for row in table.itertuples()}
 
 
 def _baseline_lines(fig: go.Figure, baselines: dict[str, float] | None) -> None:
@@ -103,7 +132,8 @@ def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_
             x=rows["x"], y=rows["mean"], mode="lines+markers", name=f"{line_param or ''}={line}" if line_param
             else line, line={"color": colors[line], "width": 2.5}, marker={"size": 9},
             error_y={"type": "data", "array": rows["ci"], "visible": True, "thickness": 1.5},
-            customdata=rows["n"], hovertemplate="%{x}: %{y:.4g} (n=%{customdata})<extra></extra>",
+            customdata=np.stack([rows["n"], rows["diverged"]], axis=-1),
+            hovertemplate="%{x}: %{y:.4g} (n=%{customdata[0]}, %{customdata[1]} diverged)<extra></extra>",
         ))
     order = table.sort_values("x_order")["x"].drop_duplicates().tolist()
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)

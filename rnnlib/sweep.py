@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from rnnlib import tracking, training
+from rnnlib import divergence, tracking, training
 from rnnlib.config import ExperimentConfig, expand_grid
-from rnnlib.errors import RnnLabError
+from rnnlib.errors import RnnLabError, TrackingError
 
 
 class SweepError(RnnLabError):
@@ -34,7 +34,12 @@ class TrialResult:
 
     @property
     def best_val_loss(self) -> float:
-        return min((logs["val_loss"] for logs in self.history), default=float("nan"))
+        """NaN when the run diverged (`rnnlib.divergence`) or failed before its first epoch."""
+        return divergence.best_val_loss(self.history)
+
+    @property
+    def diverged_epoch(self) -> int | None:
+        return divergence.diverged_epoch(self.history)
 
 
 def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list[TrialResult]:
@@ -74,15 +79,19 @@ def _run_trial(store, experiment_id, config, point, parent_id, callbacks) -> Tri
         with store.run(experiment_id, tracking.run_name(config, point), {"rnnlib.run_kind": kind}, parent_id) as run_id:
             logger = tracking.RunLogger(store, run_id, config, point)
             result = training.train(config, [logger, *callbacks])
+    except TrackingError:  # the store itself failed: no later trial could be logged either
+        raise
     except Exception as error:  # store.run ended the run FAILED; the sweep goes on
         return TrialResult(run_id, config, point, "FAILED", float("nan"), [], f"{type(error).__name__}: {error}")
     return TrialResult(run_id, config, point, "FINISHED", result.task.baseline, result.history)
 
 
 def summary_table(results: list[TrialResult]) -> pd.DataFrame:
-    """Best validation loss per cell type x truncation: mean and std over seeds, and the ratio to the baseline.
+    """Best validation loss per cell type x truncation (and the sweep's other axes): mean and std over the
+    seeds that did not diverge, how many did (`rnnlib.divergence`), and the ratio to the baseline.
 
-    Rows are sorted by mean best loss; `vs_baseline` below 1 means the model beat the trivial predictor.
+    Rows are sorted by mean best loss, groups whose runs all diverged last; `vs_baseline` below 1 means the
+    model beat the trivial predictor.
     """
     rows = [
         {
@@ -91,22 +100,37 @@ def summary_table(results: list[TrialResult]) -> pd.DataFrame:
             **{key: str(value) for key, value in (r.point or {}).items() if key not in tracking.NAMED_AXES},
             "seed": r.config.seed,
             "best_val_loss": r.best_val_loss,
+            "diverged": r.diverged_epoch is not None,
             "baseline": r.baseline,
         }
         for r in results
         if r.status == "FINISHED"
     ]
+    columns = ["cell_type", "truncation", "runs", "diverged", "best_val_loss", "std", "baseline", "vs_baseline"]
     if not rows:
-        return pd.DataFrame(columns=["cell_type", "truncation", "runs", "best_val_loss", "std", "baseline",
-                                     "vs_baseline"])
+        return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
-    axes = [c for c in frame.columns if c not in ("seed", "best_val_loss", "baseline")]  # cell, truncation, others
+    axes = [c for c in frame.columns if c not in ("seed", "best_val_loss", "diverged", "baseline")]
     table = (
         frame.groupby(axes, sort=False)
-        .agg(runs=("seed", "size"), best_val_loss=("best_val_loss", "mean"),
-             std=("best_val_loss", lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else 0.0),
+        .agg(runs=("seed", "size"), diverged=("diverged", "sum"), best_val_loss=("best_val_loss", "mean"),
+             std=("best_val_loss", _spread),
              baseline=("baseline", "first"))
         .reset_index()
     )
     table["vs_baseline"] = table["best_val_loss"] / table["baseline"]
-    return table.sort_values("best_val_loss", ignore_index=True)
+    return table.sort_values("best_val_loss", ignore_index=True, na_position="last")
+
+
+def _spread(values: pd.Series) -> float:
+    """Sample std of the values that are numbers: 0 for one, NaN for none."""
+    finite = values.dropna()
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if len(finite) else float("nan"))
+
+
+def format_summary(table: pd.DataFrame) -> str:
+    """The summary as the CLI prints it: a group whose runs all diverged reads `diverged`, not NaN."""
+    shown = table.astype({"best_val_loss": object, "std": object, "vs_baseline": object})
+    for column in ("best_val_loss", "std", "vs_baseline"):
+        shown[column] = [f"{v:.4g}" if divergence.is_finite(v) else "diverged" for v in table[column]]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

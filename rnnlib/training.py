@@ -7,13 +7,12 @@ own compiled train step (`train_on_batch`), so every backend trains and nothing 
 """
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from rnnlib import tasks, truncation
+from rnnlib import divergence, tasks, truncation
 from rnnlib.config import ExperimentConfig
 
 # Longest stretch of timesteps run forward in one call when no gradient is needed (advancing the carried state,
@@ -48,6 +47,11 @@ class TrainResult:
     history: list[dict[str, float]]
     gradient_flow: "probes.GradientFlow | None" = None  # noqa: F821
 
+    @property
+    def diverged_epoch(self) -> int | None:
+        """The epoch whose loss stopped being a finite number (training stopped there), or None."""
+        return divergence.diverged_epoch(self.history)
+
     def save(self, directory: str | Path) -> list[Path]:
         """Write `model.keras` (batch-size-free, stateless), `weights.npz` (plain arrays) and `predictions.npz`
         (the task's `prediction_arrays`, what the Predictions page shows) into `directory`."""
@@ -81,6 +85,9 @@ def _batched_predict(model):
 def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     """Train one configuration (no grid) and return the trained model and its per-epoch history.
 
+    Training stops after the first epoch whose loss is NaN or infinite (`rnnlib.divergence`): the run has
+    diverged, and its weights will not come back.
+
     Raises:
         ValueError: when `config` still holds a sweep grid (expand it with `config.expand_grid` first).
     """
@@ -95,8 +102,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     batch_size = config.training.batch_size
     model = models.build_model(config.model, task, batch_size=batch_size, stateful=True)
     models.compile_model(model, task, config.training)
-    num_validation = math.ceil(config.training.num_validation_sequences / batch_size) * batch_size
-    x_val, y_val = task.validation_data(num_validation)
+    x_val, y_val = task.validation_data(task.validation_size(config.training.num_validation_sequences))
     rng = np.random.default_rng(config.seed)
     warmup = max(models.warmup_steps(config.model), task.unscored_steps)
     stepper = _WindowStepper(model, task, warmup)
@@ -123,6 +129,8 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
         history.append(logs)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
+        if divergence.diverged(logs):
+            break
     result = TrainResult(config, task, model, history, probe.flow)
     for callback in callbacks:
         callback.on_train_end(result)
@@ -262,7 +270,8 @@ class _WindowStepper:
 
 def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dict[str, float]]:
     """Loss and every task metric (`task.metrics`) over full sequences (no truncation), state reset for every
-    batch.
+    batch: each of the `len(x)` validation sequences counts exactly once. The model's batch size is fixed
+    (it is stateful), so a last, partial batch is padded with zeros whose outputs are dropped.
 
     Sequences run through the stateful model in chunks of `FORWARD_CHUNK` steps and the scores are summed chunk
     by chunk, so neither the backend nor numpy ever holds the outputs of a whole long sequence.
@@ -285,12 +294,12 @@ def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dic
     loss_sum = loss_count = metric_count = 0.0
     metric_sums = dict.fromkeys(metrics, 0.0)
     for first in range(0, len(x), batch_size):
-        rows = slice(first, first + batch_size)
-        generated = task.generate(_from_fresh_state(model, layers), x[rows])
+        rows = slice(first, min(len(x), first + batch_size))
+        generated = task.generate(_from_fresh_state(model, layers, batch_size), x[rows])
         models.reset_states(layers)
         for t in range(0, length, chunk):
             steps = slice(t, min(length, t + chunk))
-            y_pred = np.asarray(model.predict_on_batch(x[rows, steps]))
+            y_pred = _predict_rows(model, x[rows, steps], batch_size)
             if final and steps.stop < length:
                 continue
             y_true, step_weights = (y[rows], weights) if final else (y[rows, steps], weights[steps])
@@ -304,12 +313,22 @@ def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dic
                                    for name, metric in metrics.items()}
 
 
-def _from_fresh_state(model, layers):
+def _predict_rows(model, x, batch_size: int) -> np.ndarray:
+    """`model.predict_on_batch` on up to `batch_size` rows of `x`, zero-padded to the model's fixed batch size;
+    the outputs of the padding are dropped."""
+    x = np.asarray(x, np.float32)
+    count = len(x)
+    if count < batch_size:
+        x = np.concatenate([x, np.zeros((batch_size - count, *x.shape[1:]), np.float32)])
+    return np.asarray(model.predict_on_batch(x))[:count]
+
+
+def _from_fresh_state(model, layers, batch_size: int):
     """`model` on whole sequences, each call from a zero state (what `Task.generate` expects)."""
     from rnnlib import models
 
     def predict(x):
         models.reset_states(layers)
-        return np.asarray(model.predict_on_batch(np.asarray(x, np.float32)))
+        return _predict_rows(model, x, batch_size)
 
     return predict

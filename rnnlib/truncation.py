@@ -37,8 +37,11 @@ def tbptt_schedule(length: int, truncation, rng: np.random.Generator) -> list[Wi
     return [Window(max(0, stop - k2), loss_start, stop) for loss_start, stop in zip(loss_starts, stops)]
 
 
-def randomized_schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
-    """Consecutive chunks whose lengths are geometric with mean `truncation.mean`; k1 = k2 = chunk length."""
+def random_length_schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
+    """Consecutive chunks whose lengths are geometric with mean `truncation.mean`; k1 = k2 = chunk length.
+
+    Random-length TBPTT: each update is its chunk's plain mean loss, a biased estimate of the full gradient (no
+    reweighting by truncation probabilities, unlike Tallec & Ollivier's 2017 unbiased truncation)."""
     windows, start = [], 0
     while start < length:
         stop = min(length, start + int(rng.geometric(1.0 / truncation.mean)))
@@ -50,7 +53,7 @@ def randomized_schedule(length: int, truncation, rng: np.random.Generator) -> li
 SCHEDULES = {
     "full": full_schedule,
     "tbptt": tbptt_schedule,
-    "randomized": randomized_schedule,
+    "random_length": random_length_schedule,
 }
 
 

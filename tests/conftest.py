@@ -1,7 +1,12 @@
 """Shared fixtures: tiny configs and throwaway MLflow stores. Everything runs on the CPU with fixed seeds."""
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +79,33 @@ def predictions_store(tmp_path_factory):
         result = run_cli(["run", str(path), "--tracking-uri", uri, "--quiet"], env)
         assert result.returncode == 0, result.stderr
     return uri
+
+
+@contextlib.contextmanager
+def start_mlflow_server(backend_uri: str, artifacts: Path):
+    """A real `mlflow server` on a free loopback port over `backend_uri`; yields its URL, stops it after."""
+    from rnnlib import tracking
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                tracking.check_store(uri, timeout=1)
+                break
+            except Exception:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

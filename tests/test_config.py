@@ -49,7 +49,8 @@ def test_config_is_frozen():
         ("20", "tbptt", 20, 20, None, "20"),
         ("{k1: 5, k2: 10}", "tbptt", 5, 10, None, "5/10"),
         ("{mode: tbptt, k1: 4, k2: 4}", "tbptt", 4, 4, None, "4"),
-        ("{mode: randomized, mean: 8}", "randomized", None, None, 8.0, "rand8"),
+        ("{mode: random_length, mean: 8}", "random_length", None, None, 8.0, "rand8"),
+        ("{mode: randomized, mean: 8}", "random_length", None, None, 8.0, "rand8"),  # its name in version 1
     ],
 )
 def test_truncation_short_forms(text, mode, k1, k2, mean, label):
@@ -103,7 +104,7 @@ def test_flattened_params_use_dotted_keys_and_the_truncation_label():
         (MINIMAL + "training: {truncation: 60}", "training.truncation k2=60 is longer than the task's sequence (50"),
         (MINIMAL + "training: {truncation: {k1: 9, k2: 3}}", "k1 (9) must not exceed k2 (3)"),
         (MINIMAL + "training: {truncation: sometimes}", "expected `full`, a positive integer k"),
-        (MINIMAL + "training: {truncation: {mode: randomized}}", "randomized truncation needs `mean`"),
+        (MINIMAL + "training: {truncation: {mode: random_length}}", "random_length truncation needs `mean`"),
         (MINIMAL + "training: {learning_rate: -1}", "training.learning_rate: Input should be greater than 0"),
         (MINIMAL + "training: {learning_rate: .nan}", "training.learning_rate"),
         (MINIMAL + "grid: {seed: []}", "grid.seed: empty list"),
@@ -152,7 +153,7 @@ def test_missing_file_is_a_config_error(tmp_path):
 # Fuzzing: any YAML-shaped input either validates or raises ConfigError, never anything else.
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True), st.text(max_size=12),
-    st.sampled_from(["rnn", "lstm", "gru", "full", "adding", "copy_memory", "sine", "sunspots", "randomized"]),
+    st.sampled_from(["rnn", "lstm", "gru", "full", "adding", "copy_memory", "sine", "sunspots", "random_length"]),
 )
 keys = st.sampled_from(
     ["name", "task", "model", "training", "seed", "grid", "length", "delay", "window", "cell_type", "units",

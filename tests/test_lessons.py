@@ -89,8 +89,8 @@ def test_k2_longer_than_k1_reaches_k2_back_and_overlaps_windows():
     assert reach["in_followed_update"].sum() == 10 and reach["scored_with_step"].sum() == 5
 
 
-def test_randomized_reach_follows_the_truncation_schedule_of_the_same_seed():
-    trunc = config.Truncation.model_validate({"mode": "randomized", "mean": 6})
+def test_random_length_reach_follows_the_truncation_schedule_of_the_same_seed():
+    trunc = config.Truncation.model_validate({"mode": "random_length", "mean": 6})
     windows = truncation.schedule(40, trunc, np.random.default_rng(7))
     assert lessons.truncation_windows(40, trunc, seed=7) == windows
     assert lessons.truncation_windows(40, trunc, seed=8) != windows

@@ -103,7 +103,8 @@ def test_sine_is_d2l_series_and_targets_are_the_next_values():
 
 def test_series_baseline_is_persistence_on_the_validation_windows():
     task = build("sine", window=16)
-    x, y = task.validation_data(256)
+    x, y = task.validation_data(task.validation_size(256))
+    assert len(x) == 1000 - 600 - 16  # every window of the held-out part, one per start
     assert task.baseline == pytest.approx(float(np.mean((y - x) ** 2)))
     # Noise N(0, 0.2^2) on both ends of a one-step difference: about 2 * 0.04.
     assert 0.06 < task.baseline < 0.1

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import EXPERIMENTS_DIR, PROJECT_DIR, run_cli
+from conftest import EXPERIMENTS_DIR, PROJECT_DIR, run_cli, start_mlflow_server
 from rnnlib import config as cfg
 from rnnlib import sweep, tracking, training
 
@@ -165,30 +165,8 @@ def test_a_crashing_trial_ends_failed_and_the_sweep_goes_on(sqlite_uri):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                tracking.check_store(uri, timeout=1)
-                break
-            except Exception:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
+    with start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as uri:
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_cli_logs_to_a_real_mlflow_server(mlflow_server, cli_env, tmp_path):

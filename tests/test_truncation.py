@@ -28,16 +28,16 @@ def test_tbptt_updates_every_k1_steps_and_backpropagates_k2():
 
 
 def test_every_step_is_scored_exactly_once():
-    for text in ("full", "7", "{k1: 3, k2: 8}", "{mode: randomized, mean: 6}"):
+    for text in ("full", "7", "{k1: 3, k2: 8}", "{mode: random_length, mean: 6}"):
         windows = truncation.schedule(50, trunc(text), np.random.default_rng(1))
         scored = [t for w in windows for t in range(w.loss_start, w.stop)]
         assert scored == list(range(50)), text
 
 
-def test_randomized_chunks_have_the_requested_mean_length():
+def test_random_length_chunks_have_the_requested_mean_length():
     rng = np.random.default_rng(0)
-    randomized = trunc("{mode: randomized, mean: 12}")
-    lengths = [w.stop - w.start for _ in range(200) for w in truncation.schedule(10_000, randomized, rng)]
+    random_length = trunc("{mode: random_length, mean: 12}")
+    lengths = [w.stop - w.start for _ in range(200) for w in truncation.schedule(10_000, random_length, rng)]
     assert np.mean(lengths) == pytest.approx(12, rel=0.05)
     assert len(set(lengths)) > 10
 

@@ -1,18 +1,16 @@
 """Cached reads of the tracking store. A store that cannot be read stops the page with one clear message."""
 
 import functools
-import os
 
 import pandas as pd
 import streamlit as st
 
 from rnnlib import tracking
+from rnnlib.config import SCHEMA_VERSION
+from rnnlib.errors import RunDataError, TrackingError
 
 CACHE_SECONDS = 15
-# A page waits on the store: fail in seconds, not after MLflow's default minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in the server log
+tracking.apply_http_policy("dashboard")  # a page waits on the store: fail in seconds, not minutes
 
 
 def tracking_uri() -> str:
@@ -27,18 +25,28 @@ def _check_store(uri: str) -> bool:
 
 
 def _stop_on_store_error(function):
+    """A read that stops the page with one message when the store fails. One run's unreadable data
+    (`RunDataError`) is not a store failure: it passes through, for the page to show the other runs."""
+
     @functools.wraps(function)
     def guarded(uri, *args, **kwargs):
         try:
             _check_store(uri)
             return function(uri, *args, **kwargs)
-        except Exception as error:  # any failure of the store must reach the user as a message, not a traceback
-            st.error(f"Cannot read the tracking store {uri}: {str(error)[:400]}\n\n"
-                     "Check that the tracking server is running (or unset MLFLOW_TRACKING_URI to use the embedded "
-                     "store), then reload the page.", icon=":material/warning:")
-            st.stop()
+        except RunDataError:
+            raise
+        except TrackingError as error:
+            _stop(f"Cannot read the tracking store {uri}: {str(error)[:400]}\n\nCheck that the tracking server is "
+                  "running (or unset MLFLOW_TRACKING_URI to use the embedded store), then reload the page.")
+        except Exception as error:  # any other failure must reach the user as a message, not a traceback
+            _stop(f"Reading the tracking store {uri} failed: {type(error).__name__}: {str(error)[:400]}")
 
     return guarded
+
+
+def _stop(message: str) -> None:
+    st.error(message, icon=":material/warning:")
+    st.stop()
 
 
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=8, show_spinner=False)
@@ -56,9 +64,26 @@ def _histories(uri: str, run_ids: tuple[str, ...], keys: tuple[str, ...]) -> pd.
     return tracking.metric_histories(uri, list(run_ids), list(keys))
 
 
-@st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner="Reading gradient-flow records…")
-def _gradient_flows(uri: str, run_ids: tuple[str, ...]) -> dict:
-    return {run_id: tracking.load_gradient_flow(uri, run_id) for run_id in run_ids}
+def _each_run(load):
+    """`load(uri, run_id)` over runs: `{run_id: value or the RunDataError that run raised}`."""
+
+    def load_all(uri: str, run_ids: tuple[str, ...]) -> dict:
+        loaded = {}
+        for run_id in run_ids:
+            try:
+                loaded[run_id] = load(uri, run_id)
+            except RunDataError as error:
+                loaded[run_id] = error
+        return loaded
+
+    return load_all
+
+
+_gradient_flows = st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner="Reading gradient-flow records…")(
+    _each_run(tracking.load_gradient_flow))
+_predictions = st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the runs' predictions…")(
+    _each_run(tracking.load_predictions))
+_configs = st.cache_data(ttl=300, max_entries=64, show_spinner=False)(_each_run(tracking.load_config))
 
 
 @st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the run's weights…")
@@ -66,25 +91,74 @@ def _weights(uri: str, run_id: str) -> dict:
     return tracking.load_weights(uri, run_id)
 
 
-@st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the runs' predictions…")
-def _predictions(uri: str, run_ids: tuple[str, ...]) -> dict:
-    return {run_id: tracking.load_predictions(uri, run_id) for run_id in run_ids}
-
-
-@st.cache_data(ttl=300, max_entries=64, show_spinner=False)
-def _run_config(uri: str, run_id: str):
-    from rnnlib import config
-
-    return config.parse_config(tracking.load_artifact_text(uri, run_id, "config.yaml"))
-
-
 experiments = _stop_on_store_error(_experiments)
 runs = _stop_on_store_error(_runs)
 histories = _stop_on_store_error(_histories)
-gradient_flows = _stop_on_store_error(_gradient_flows)
-weights = _stop_on_store_error(_weights)
-predictions = _stop_on_store_error(_predictions)
-run_config = _stop_on_store_error(_run_config)
+
+
+def _readable(loaded: dict, labels=None) -> dict:
+    """The runs whose data could be read; each other one gets one notice naming it and what is wrong."""
+    for run_id, value in loaded.items():
+        if isinstance(value, RunDataError):
+            name = labels(run_id) if labels else f"Run {run_id[:8]}"
+            st.warning(f"{name} is left out: {value.problem}.", icon=":material/report:")
+    return {run_id: value for run_id, value in loaded.items() if not isinstance(value, RunDataError)}
+
+
+def gradient_flows(uri: str, run_ids: tuple[str, ...], labels=None) -> dict:
+    """{run_id: GradientFlow or None (logged none)} of the runs whose record can be read."""
+    return _readable(_stop_on_store_error(_gradient_flows)(uri, run_ids), labels)
+
+
+def predictions(uri: str, run_ids: tuple[str, ...], labels=None) -> dict:
+    """{run_id: arrays or None (logged none)} of the runs whose predictions can be read."""
+    return _readable(_stop_on_store_error(_predictions)(uri, run_ids), labels)
+
+
+def run_configs(uri: str, run_ids: list[str], labels=None) -> dict:
+    """{run_id: ExperimentConfig} of the runs whose logged config this version can read (any schema version);
+    a run logged by a later version with keys this one does not know says which, and is shown without them."""
+    logged = _readable(_stop_on_store_error(_configs)(uri, tuple(run_ids)), labels)
+    for run_id, config in logged.items():
+        if config.unknown:
+            keys = ", ".join(f"{key} = {value!r}" for key, value in list(config.unknown.items())[:5])
+            st.info(f"{labels(run_id) if labels else f'Run {run_id[:8]}'} was logged by schema version "
+                    f"{config.schema_version} (this version reads {SCHEMA_VERSION}); shown without what this "
+                    f"version does not know: {keys}.", icon=":material/history:")
+    return {run_id: config.config for run_id, config in logged.items()}
+
+
+def run_config(uri: str, run_id: str, labels=None):
+    """One run's config, or None (with a notice) when it cannot be read."""
+    return run_configs(uri, [run_id], labels).get(run_id)
+
+
+def weights(uri: str, run_id: str, labels=None) -> dict | None:
+    """One run's weights, or None (with a notice) when they cannot be read."""
+    try:
+        return _stop_on_store_error(_weights)(uri, run_id)
+    except RunDataError as error:
+        return _readable({run_id: error}, labels) or None
+
+
+@st.cache_data(ttl=10, max_entries=4, show_spinner=False)
+def _reconcile(uri: str) -> list[dict]:
+    from rnnlib import jobs
+
+    return jobs.reconcile(uri)
+
+
+def reconcile(uri: str) -> list[dict]:
+    """End the runs whose worker is gone (`rnnlib.jobs.reconcile`), at most every 10 s; a store that cannot be
+    reached is left for the page to report."""
+    try:
+        _check_store(uri)
+        ended = _reconcile(uri)
+    except Exception:  # noqa: BLE001 - the page's own reads say what is wrong with the store
+        return []
+    if ended:
+        st.cache_data.clear()  # the runs' statuses changed under every cached read
+    return ended
 
 
 def metric_keys(runs_frame: pd.DataFrame) -> list[str]:

@@ -18,12 +18,14 @@ MAX_SIDE_BY_SIDE = 3  # confusion matrices / text samples per row
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """What a view gets: the task, the chosen runs' arrays (None for a run that logged none), a label per run,
-    the group of each run (runs that differ only by seed share one), and the page's permalink."""
+    """What a view gets: the task, the chosen runs, their configs and arrays (None for a run that logged none),
+    a label per run, the group of each run (runs that differ only by seed share one), and the page's
+    permalink."""
 
     uri: str
     task: object
     run_ids: list[str]
+    configs: dict
     arrays: dict[str, dict | None]
     labels: dict[str, str]
     groups: dict[str, str]
@@ -141,9 +143,14 @@ def text_view(selection: Selection) -> None:
     for row in range(0, len(runs), MAX_SIDE_BY_SIDE):
         for column, run_id in zip(st.columns(MAX_SIDE_BY_SIDE), runs[row : row + MAX_SIDE_BY_SIDE]):
             column.markdown(f"**{selection.labels[run_id]}**")
+            weights = data.weights(selection.uri, run_id, selection.labels.get)
+            if weights is None:
+                continue
+            model = selection.configs[run_id].model
             for temperature in temperatures:
                 try:
-                    text = _sample(selection.uri, run_id, task.alphabet, prompt, int(length), temperature, seed)
+                    text = _sample(selection.uri, run_id, model.cell_type, model.num_layers, task.alphabet, prompt,
+                                   int(length), temperature, seed, weights)
                 except ValueError as error:
                     st.error(str(error), icon=":material/edit_off:")
                     return
@@ -155,10 +162,10 @@ def text_view(selection: Selection) -> None:
 
 
 @st.cache_data(max_entries=64, show_spinner="Sampling…")
-def _sample(uri: str, run_id: str, alphabet: str, prompt: str, length: int, temperature: float, seed: int) -> str:
-    run_config = data.run_config(uri, run_id)
-    return predictions.sample_text(data.weights(uri, run_id), run_config.model.cell_type,
-                                   run_config.model.num_layers, alphabet, prompt, length, temperature, seed)
+def _sample(uri: str, run_id: str, cell_type: str, num_layers: int, alphabet: str, prompt: str, length: int,
+            temperature: float, seed: int, _weights: dict) -> str:
+    """Cached by run and settings; the run's weights (not hashed) come with it."""
+    return predictions.sample_text(_weights, cell_type, num_layers, alphabet, prompt, length, temperature, seed)
 
 
 def sequence_view(selection: Selection) -> None:
@@ -213,9 +220,11 @@ def _own_vector(selection: Selection, default: np.ndarray) -> None:
     x[0, 0] = vector
     outputs = {}
     for run_id in selection.run_ids:
-        run_config = data.run_config(selection.uri, run_id)
-        weights = data.weights(selection.uri, run_id)
-        traces = probes.model_traces(weights, run_config.model.cell_type, run_config.model.num_layers, x)
+        model = selection.configs[run_id].model
+        weights = data.weights(selection.uri, run_id, selection.labels.get)
+        if weights is None:
+            continue
+        traces = probes.model_traces(weights, model.cell_type, model.num_layers, x)
         outputs[selection.labels[run_id]] = probes.predictions(weights, traces, task)
     target = task.targets_for(x)
     frame = predictions.generated_frame(target if target is not None else np.full((1, task.sequence_length, 1),

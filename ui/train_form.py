@@ -75,7 +75,8 @@ def _run_settings(prefix: str, default_name: str) -> dict:
     truncations = left.text_input(
         "Truncations", "full, 10", key=f"{prefix}_truncations",
         help="Comma-separated: `full`, `k` (k1 = k2 = k), `k1/k2` (update every k1 steps, backpropagate k2), "
-        "`randN` (random lengths with mean N).")
+        "`randN` (random-length TBPTT: chunks of geometric length with mean N, a biased gradient like "
+        "fixed TBPTT).")
     clipnorm = middle.number_input("Clip global gradient norm at", 0.0, value=1.0, format="%g",
                                    key=f"{prefix}_clipnorm",
                                    help="0 disables clipping; the pre-clip norm is logged either way.")

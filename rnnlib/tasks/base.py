@@ -6,12 +6,14 @@ baselines without importing keras.
 
 import abc
 import dataclasses
+import typing
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import pydantic
+import pydantic_core
 
 # Seed of the validation set: fixed, so every run of an experiment (every cell, truncation and training seed)
 # is scored on the same sequences.
@@ -37,12 +39,40 @@ class Metric:
         return float(self.finish(mean)) if self.finish else float(mean)
 
 
-class TaskParams(pydantic.BaseModel):
-    """Base of every task's parameters; `name` is the registry key (the YAML's `task.name`)."""
+def is_number_field(model: type[pydantic.BaseModel], name: str) -> bool:
+    """Whether field `name` of `model` takes a number and not also a switch (bool)."""
+    annotation = model.model_fields[name].annotation
+    allowed = {annotation, *typing.get_args(annotation)}
+    return bool(allowed & {int, float}) and bool not in allowed
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+def refuse_boolean_number(model: type[pydantic.BaseModel], value, info):
+    """A field validator (`mode="before"`): YAML reads `true` as a boolean, which pydantic would take as the
+    number 1 (`units: true`); refuse it for a number field."""
+    if isinstance(value, bool) and is_number_field(model, info.field_name):
+        raise ValueError("expected a number, not a switch (true/false)")
+    return value
+
+
+class TaskParams(pydantic.BaseModel):
+    """Base of every task's parameters; `name` is the registry key (the YAML's `task.name`). Numbers must be
+    finite (`.inf` is refused) and not booleans."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data):
+        # a model validator, not a field one: `name` is the tasks' discriminator, which pydantic keeps unvalidated
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, bool) and key in cls.model_fields and is_number_field(cls, key):
+                    raise pydantic_core.PydanticCustomError(
+                        "boolean_number", "expected a number, not a switch (true/false)",
+                        {"field": key, "value": value})
+        return data
 
     @property
     def sequence_length(self) -> int:
@@ -107,7 +137,16 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def validation_data(self, num_sequences: int) -> tuple[np.ndarray, np.ndarray]:
-        """A fixed validation set of `num_sequences` sequences, the same for every run; shapes as `sample_batch`."""
+        """The first `num_sequences` sequences of the task's fixed validation set, the same for every run;
+        shapes as `sample_batch`. A generated task draws them from `VALIDATION_SEED`; a task on a data set
+        holds `validation_size` of them and refuses more."""
+
+    def validation_size(self, requested: int) -> int:
+        """How many sequences the validation set holds: `requested` (`training.num_validation_sequences`) for a
+        task that generates them; a data set's own count (every held-out window, origin or example once) for a
+        task on data, whatever was requested. Runs are scored on exactly these sequences, and so are the
+        baselines logged beside them."""
+        return requested
 
     def to_table(self, x: np.ndarray) -> pd.DataFrame:
         """One input sequence `[T, num_features]` as an editable table: a row per step, a column per feature."""
@@ -222,6 +261,17 @@ class Task(abc.ABC):
         values = metric.per_step(y_true, y_pred)
         weights = np.broadcast_to(self.metric_weights(values.shape[1]), values.shape)
         return metric.value(np.sum(values * weights) / np.sum(weights))
+
+
+def first_of(indices: np.ndarray, num_sequences: int) -> np.ndarray:
+    """The first `num_sequences` of a data set's validation `indices` (windows, origins, examples), each once.
+
+    Raises:
+        ValueError: when more are asked for than the set holds (ask `Task.validation_size` first).
+    """
+    if num_sequences > len(indices):
+        raise ValueError(f"The validation set holds {len(indices)} sequences; {num_sequences} were asked for.")
+    return indices[:num_sequences]
 
 
 # Per-step scores of single-output predictions: `[batch, steps, 1]` or `[batch, 1]` -> `[batch, steps]` / `[batch, 1]`.

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from rnnlib.tasks.base import Task, TaskParams
+from rnnlib.tasks.base import Task, TaskParams, first_of
 
 # Fixed split and permutation seeds: every run of an experiment sees the same train/validation digits and, for
 # the permuted variant, the same pixel order.
@@ -97,11 +97,12 @@ class DigitsTask(Task):
     def sample_batch(self, rng, batch_size):
         return self._sequences(rng.choice(self._split[0], size=batch_size))
 
+    def validation_size(self, requested):
+        return len(self._split[1])
+
     def validation_data(self, num_sequences):
-        """The held-out digits, repeated in order when more are asked for than there are (the metric is then
-        the same average)."""
-        validation = self._split[1]
-        return self._sequences(np.resize(validation, num_sequences))
+        """The first `num_sequences` held-out digits (all of them: each once)."""
+        return self._sequences(first_of(self._split[1], num_sequences))
 
     def prediction_arrays(self, predict):
         """Every validation digit's label and class probabilities (for the confusion matrix), and the first 16

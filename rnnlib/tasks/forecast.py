@@ -16,7 +16,7 @@ import pydantic
 
 from rnnlib import rollouts
 from rnnlib.tasks import sources
-from rnnlib.tasks.base import Metric, Task, TaskParams
+from rnnlib.tasks.base import Metric, Task, TaskParams, first_of
 
 MAX_ROLLOUT_STEPS = 64
 
@@ -320,9 +320,12 @@ class ForecastTask(Task):
     def sample_batch(self, rng, batch_size):
         return self._windows(rng.choice(self.train_starts, size=batch_size))
 
+    def validation_size(self, requested):
+        return len(self.validation_starts)
+
     def validation_data(self, num_sequences):
-        """Every validation window in time order, repeated in order when more are asked for."""
-        return self._windows(np.resize(self.validation_starts, num_sequences))
+        """The first `num_sequences` validation windows in time order (all of them: every origin once)."""
+        return self._windows(first_of(self.validation_starts, num_sequences))
 
     def to_original(self, y: np.ndarray) -> np.ndarray:
         """Standardised targets or predictions `[..., horizon * targets]` in the series' units

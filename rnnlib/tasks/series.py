@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from rnnlib.tasks.base import Task, TaskParams, absolute_error
+from rnnlib.tasks.base import Task, TaskParams, absolute_error, first_of
 
 
 class SeriesTask(Task):
@@ -63,15 +63,20 @@ class SeriesTask(Task):
         last_start = self.num_train_points - self.sequence_length - 1
         return self._windows(rng.integers(0, last_start + 1, size=batch_size))
 
+    @functools.cached_property
+    def validation_starts(self) -> np.ndarray:
+        """Every window that lies wholly in the held-out part: one starting at each of its steps."""
+        return np.arange(self.num_train_points, len(self._scaled[0]) - self.sequence_length)
+
+    def validation_size(self, requested):
+        return len(self.validation_starts)
+
     def validation_data(self, num_sequences):
-        first = self.num_train_points
-        last = len(self._scaled[0]) - self.sequence_length - 1
-        starts = np.linspace(first, last, num_sequences).round().astype(np.int64)
-        return self._windows(starts)
+        return self._windows(first_of(self.validation_starts, num_sequences))
 
     @functools.cached_property
     def baseline(self) -> float:
-        x, y = self.validation_data(256)
+        x, y = self.validation_data(self.validation_size(0))
         return float(np.mean((y - x) ** 2))
 
     def metric_per_step(self, y_true, y_pred):

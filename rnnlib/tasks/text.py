@@ -12,7 +12,8 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from rnnlib.tasks.base import CharacterTask, OneHotSequences, Task, TaskParams, sparse_categorical_crossentropy
+from rnnlib.tasks.base import (CharacterTask, OneHotSequences, Task, TaskParams, first_of,
+                               sparse_categorical_crossentropy)
 
 
 class TextParams(TaskParams):
@@ -30,6 +31,15 @@ class TextParams(TaskParams):
     @property
     def sequence_length(self) -> int:
         return self.length
+
+    @pydantic.model_validator(mode="after")
+    def _fits(self):
+        held_out = int(len(corpus()[0]) * self.validation_fraction)
+        if self.length + 1 > held_out:
+            raise ValueError(f"task.length ({self.length}) leaves no whole sequence in the held-out text "
+                             f"({held_out} characters at validation_fraction {self.validation_fraction:g}); "
+                             "use a shorter length or a larger validation_fraction")
+        return self
 
 
 @functools.cache
@@ -72,15 +82,24 @@ class TextTask(CharacterTask, Task):
     def sample_batch(self, rng, batch_size):
         return self._windows(rng.integers(0, self.num_train_chars - self.sequence_length - 1, size=batch_size))
 
+    @functools.cached_property
+    def validation_starts(self) -> np.ndarray:
+        """Consecutive windows tiling the held-out text: every held-out character after the first is a target
+        exactly once."""
+        length = self.sequence_length
+        return np.arange(self.num_train_chars, len(corpus()[0]) - length, length)
+
+    def validation_size(self, requested):
+        return len(self.validation_starts)
+
     def validation_data(self, num_sequences):
-        last = len(corpus()[0]) - self.sequence_length - 1
-        return self._windows(np.linspace(self.num_train_chars, last, num_sequences).round().astype(np.int64))
+        return self._windows(first_of(self.validation_starts, num_sequences))
 
     @functools.cached_property
     def baseline(self) -> float:
         ids = corpus()[0]
         counts = np.bincount(ids[: self.num_train_chars], minlength=self.num_features) + 1.0
-        _, targets = self.validation_data(256)
+        _, targets = self.validation_data(self.validation_size(0))
         return float(-np.mean(np.log(counts / counts.sum())[targets]))
 
     def metric_per_step(self, y_true, y_pred):

@@ -35,8 +35,8 @@ import pydantic
 import yaml
 
 from rnnlib import tasks
-from rnnlib.tasks.base import refuse_boolean_number
 from rnnlib.errors import ConfigError
+from rnnlib.tasks.base import refuse_boolean_number
 
 CELL_TYPES = ("rnn", "lstm", "gru")
 AR_MODELS = ("ar", "ar_mlp")  # autoregressive baselines: no state, a fixed look-back of `ar_order` steps
@@ -101,8 +101,8 @@ class Truncation(_Frozen):
       mean `mean`, k1 = k2 = the chunk length, and each update takes the mean loss of its chunk. This is *not*
       the unbiased estimator of Tallec & Ollivier (2017) / d2l.ai section 9.7, which reweights the gradient by
       the truncation probabilities: with plain chunks the expected update is biased towards short-range
-      dependencies, like fixed TBPTT (measured at fixed weights, tanh RNN, T = 30, mean chunk 10: cosine 0.95
-      with the full-BPTT gradient). Written `randomized` before schema version 2.
+      dependencies, like fixed TBPTT, and the per-chunk mean weighs the steps of short chunks more. Written
+      `randomized` before schema version 2.
 
     YAML accepts the short forms `full`, a bare integer k (k1 = k2 = k), `{k1: .., k2: ..}` and
     `{mode: random_length, mean: ..}`.
@@ -181,6 +181,10 @@ class TrainingConfig(_Frozen):
 
     `clipnorm` clips the global gradient norm (all weights together); null disables clipping. The pre-clip
     norm is logged either way.
+
+    `num_validation_sequences` sets how many sequences a task that generates them (adding, copy memory,
+    waveform, dates) draws for validation; a task on a data set (forecasts, sine, sunspots, digits, text) is
+    scored on all of its held-out data, each window once (`Task.validation_size`).
 
     Gradient flow over time (`rnnlib.gradients`) is probed at initialisation and then every `probe_every`
     batches (null: at the end of every epoch; 0: never) on `num_probe_sequences` fixed sequences, and logged as

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from rnnlib import divergence, tracking, workers
-from rnnlib.tracking import JOB_TAG
 from rnnlib.config import ExperimentConfig, expand_grid
+from rnnlib.tracking import JOB_TAG
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -135,12 +135,10 @@ def progress(job: Job, runs: pd.DataFrame, now: float | None = None) -> tuple[pd
     if runs.empty or tag not in runs or "params.training.epochs" not in runs:
         return pd.DataFrame(columns=PROGRESS_COLUMNS), 0.0, None
     mine = runs[(runs[tag] == job.job_id) & (runs["kind"] != "sweep")].sort_values("start_time")
-    metric = lambda name: pd.to_numeric(mine[f"metrics.{name}"], errors="coerce") if f"metrics.{name}" in mine \
-        else pd.Series(float("nan"), mine.index)  # noqa: E731
-    planned = pd.to_numeric(mine["params.training.epochs"], errors="coerce").fillna(0)
-    trained = metric("epoch").fillna(0.0)
-    diverged = pd.to_numeric(mine.get(f"tags.{divergence.TAG}", pd.Series(index=mine.index, dtype=float)),
-                             errors="coerce")
+    column = lambda name: pd.to_numeric(mine.get(name, pd.Series(np.nan, mine.index)), errors="coerce")  # noqa: E731
+    planned = column("params.training.epochs").fillna(0)
+    trained = column("metrics.epoch").fillna(0.0)
+    diverged = column(f"tags.{divergence.TAG}")
     done = trained.where(mine["status"] != "FINISHED", planned)
     total = job.num_epochs or int(planned.sum()) or 1
     fraction = min(float(done.sum()) / total, 1.0)
@@ -148,12 +146,14 @@ def progress(job: Job, runs: pd.DataFrame, now: float | None = None) -> tuple[pd
     if job.running and done.sum() > 0:
         per_epoch = ((now or time.time()) - job.started) / float(done.sum())
     eta = None if per_epoch is None else max(total - float(done.sum()), 0.0) * per_epoch
-    per_run_eta = (planned - trained) * (np.nan if per_epoch is None else per_epoch)
-    status = [divergence.describe(epoch) if np.isfinite(epoch) else state.lower()
-              for state, epoch in zip(mine["status"], diverged)]
+    running = mine["status"] == "RUNNING"
     table = pd.DataFrame({
-        "run": mine["run_name"], "status": status, "epoch": trained.astype(int), "of": planned.astype(int),
-        "val_loss": metric("val_loss").where(~np.isfinite(diverged)), "eta_s": per_run_eta.where(mine["status"] == "RUNNING"),
+        "run": mine["run_name"],
+        "status": [divergence.describe(epoch) if np.isfinite(epoch) else state.lower()
+                   for state, epoch in zip(mine["status"], diverged)],
+        "epoch": trained.astype(int), "of": planned.astype(int),
+        "val_loss": column("metrics.val_loss").where(~np.isfinite(diverged)),
+        "eta_s": ((planned - trained) * (per_epoch or np.nan)).where(running),
     })
     return table.reset_index(drop=True), fraction, eta
 

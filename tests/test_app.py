@@ -174,7 +174,7 @@ def test_train_page_job_shows_progress_and_cancel_ends_its_run_killed(tmp_path, 
         time.sleep(1)
     second_tab = open_page(uri, monkeypatch, "app_pages/train.py")  # a reload or another tab sees the same job
     assert any(f"job `{job.job_id}`" in m.value for m in second_tab.markdown)
-    assert "% done" in second_tab.get("progress")[0].proto.text
+    assert "% of 3000 epochs done, about" in second_tab.get("progress")[0].proto.text  # 6 runs x 500 epochs
     cancel = next(b for b in second_tab.button if b.label == "Cancel")
     cancel.click().run()
     deadline = time.time() + 60

@@ -195,3 +195,42 @@ def test_fuzzed_grids_expand_to_valid_configs_or_raise(grid):
         return
     runs = cfg.expand_grid(config)
     assert len(runs) == math.prod(len(v) for v in grid.values())
+
+
+def test_logged_configs_carry_the_schema_version_and_read_back_equal():
+    config = cfg.parse_config(MINIMAL)
+    text = config.to_yaml()
+    assert text.startswith(f"schema_version: {cfg.SCHEMA_VERSION}\n")
+    logged = cfg.read_logged_config(text)
+    assert logged.config == config and logged.schema_version == cfg.SCHEMA_VERSION and logged.unknown == {}
+
+
+def test_version_1_configs_are_migrated_by_the_table():
+    old = MINIMAL + ("training: {truncation: {mode: randomized, mean: 6}}\n"
+                     "grid: {training.truncation: [full, {mode: randomized, mean: 3}]}\n")
+    config = cfg.parse_config(old)  # no schema_version: written at version 1
+    assert config.training.truncation.mode == "random_length" and config.training.truncation.label == "rand6"
+    assert [c.training.truncation.label for _, c in cfg.expand_grid(config)] == ["full", "rand3"]
+    raw, version = cfg.migrate({"schema_version": 1, "training": {"truncation": {"mode": "randomized", "mean": 2}}})
+    assert version == 1 and raw == {"training": {"truncation": {"mode": "random_length", "mean": 2}}}
+    assert set(cfg.MIGRATIONS) == set(range(1, cfg.SCHEMA_VERSION))  # one step per version
+
+
+def test_a_config_from_a_later_version_is_read_leniently_and_says_what_it_sets_aside():
+    later = (f"schema_version: {cfg.SCHEMA_VERSION + 1}\nprecision: bfloat16\n" + MINIMAL
+             + "model: {cell_type: gru, units: 8, bidirectional: true}\ntraining: {epochs: 3, warmup: 2}\n")
+    logged = cfg.read_logged_config(later)
+    assert logged.config.model.cell_type == "gru" and logged.config.training.epochs == 3
+    assert logged.unknown == {"precision": "bfloat16", "model.bidirectional": True, "training.warmup": 2}
+    with pytest.raises(ConfigError, match="newer than this version of the lab reads"):
+        cfg.parse_config(later)  # to train, a config must be fully understood
+
+
+def test_a_logged_config_of_an_unknown_task_says_so():
+    with pytest.raises(ConfigError, match="unknown task; expected one of"):
+        cfg.read_logged_config("task: {name: teleport, distance: 3}\n")
+
+
+def test_truncation_messages_name_random_length_tbptt_for_what_it_is():
+    (problem,) = problems(MINIMAL + "training: {truncation: sometimes}\n").splitlines()
+    assert "{mode: random_length, mean: ..} (random-length TBPTT)" in problem

@@ -231,6 +231,14 @@ def test_unrolled_page_highlights_fewer_states_for_shorter_truncation():
     assert at.metric[1].value == "t=21"
 
 
+def test_unrolled_page_names_random_length_tbptt_a_biased_estimate():
+    at = open_page("unrolled")
+    at.radio(key="unrolled_mode").set_value("random_length").run()
+    text = " ".join(m.value for m in at.markdown)
+    assert at.radio(key="unrolled_mode").format_func("random_length") == "Random-length TBPTT"
+    assert "still a biased estimate of the full gradient" in text and "this mode does not" in text
+
+
 def test_unrolled_page_explains_k1_longer_than_k2_instead_of_failing():
     at = open_page("unrolled")
     at.radio(key="unrolled_mode").set_value("tbptt").run()

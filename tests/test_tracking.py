@@ -1,7 +1,6 @@
 """The CLI and sweeps against real MLflow stores: a temporary sqlite file and a real `mlflow server` on loopback."""
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -12,8 +12,14 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from rnnlib.tasks.base import (CharacterTask, OneHotSequences, Task, TaskParams, first_of,
-                               sparse_categorical_crossentropy)
+from rnnlib.tasks.base import (
+    CharacterTask,
+    OneHotSequences,
+    Task,
+    TaskParams,
+    first_of,
+    sparse_categorical_crossentropy,
+)
 
 
 class TextParams(TaskParams):

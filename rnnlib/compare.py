@@ -343,7 +343,8 @@ def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     Norms span many decades, so the mean and Student-t interval are taken of log10. Steps before the truncation
     window get no gradient at all and are left out, so a truncated group's curve ends where its gradient does;
     a norm that underflowed float32 elsewhere counts as `FLOAT32_FLOOR`, not as missing (dropping it would lift
-    the mean to the runs that had not underflowed yet). Returns `group`, `lag`, `mean`, `lower`, `upper`, `n`.
+    the mean to the runs that had not underflowed yet); a norm that is NaN or inf (a diverged network) is left
+    out and counted in `diverged`. Returns `group`, `lag`, `mean`, `lower`, `upper`, `n`, `diverged`.
     """
     reached = curves[curves["t"] >= curves["window_start"]]
     positive = reached.assign(log=lambda f: np.log10(f["value"].clip(lower=FLOAT32_FLOOR)))
@@ -351,6 +352,7 @@ def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame({
         "group": table["group"], "lag": table["lag"], "mean": 10 ** table["mean"],
         "lower": 10 ** (table["mean"] - table["ci"]), "upper": 10 ** (table["mean"] + table["ci"]), "n": table["n"],
+        "diverged": table["diverged"],
     })
 
 

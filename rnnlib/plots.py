@@ -191,7 +191,8 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
                                      line={"color": color, "width": 1.5, "dash": "dash"},
                                      name=f"{group} {reference_name}"))
         fig.add_trace(go.Scatter(x=rows["lag"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
-                                 legendgroup=group, name=f"{group} (n={int(rows['n'].max())})"))
+                                 legendgroup=group, name=legend_name(group, int((rows["n"] + rows["diverged"]).max()),
+                                                                     int(rows["diverged"].max()))))
     fig = _layout(fig, f"{quantity} vs lag T − t (geometric mean over runs, 95% band)", "lag T − t (steps back)",
                   quantity, log_y=True)
     # Fit the axis to the means, not the bands: with few seeds a Student-t band in log space can span dozens of

@@ -224,3 +224,14 @@ def test_the_sweep_summary_leaves_diverged_seeds_out_of_the_mean_and_counts_them
     table = sweep.summary_table(results)
     assert table.loc[0, "runs"] == 2 and table.loc[0, "diverged"] == 1
     assert table.loc[0, "best_val_loss"] == pytest.approx(0.1)  # seed 1's 0.05 came before it diverged
+
+
+def test_gradient_lag_curves_leave_a_diverged_runs_nan_norms_out_and_say_so():
+    rows = [{"run_id": run_id, "run_name": run_id, "group": "rnn", "probe": 1, "t": t, "lag": 4 - t,
+             "window_start": 0, "value": math.nan if run_id == "rnn1" else 0.5 ** (4 - t)}
+            for run_id in ("rnn0", "rnn1") for t in range(5)]
+    band = compare.lag_band(pd.DataFrame(rows))
+    assert band["n"].tolist() == [1] * 5 and band["diverged"].tolist() == [1] * 5
+    np.testing.assert_allclose(band["mean"], 0.5 ** band["lag"])  # the other run's norms, not dragged to NaN
+    figure = plots.gradient_lag_figure(band, "‖∂L_T/∂h_t‖")
+    assert "rnn (n=2, 1 diverged)" in {trace.name for trace in figure.data}

@@ -116,9 +116,10 @@ def test_a_classifier_that_answers_the_class_frequencies_scores_the_logged_basel
     task = build("digits", read=read)
     labels = tasks.classification._digits()[1][task._split[0]]
     prior = np.bincount(labels, minlength=10) / len(labels)
-    loss, _ = score(task, lambda x, y: np.tile(prior, (len(x), 1)), batch_size=64)
+    loss, metrics = score(task, lambda x, y: np.tile(prior, (len(x), 1)), batch_size=64)
     assert task.validation_size(256) == 359  # every held-out digit once, not 384 with repeats
     assert loss == pytest.approx(task.baseline, rel=1e-6)
+    assert metrics["accuracy"] == pytest.approx(task.metric_baselines["most frequent class"]["accuracy"])
 
 
 def test_a_language_model_that_is_the_unigram_scores_the_logged_baseline():
@@ -128,7 +129,7 @@ def test_a_language_model_that_is_the_unigram_scores_the_logged_baseline():
     unigram = counts / counts.sum()
     loss, metrics = score(task, lambda x, y: np.broadcast_to(unigram, (*y.shape[:2], len(unigram))), batch_size=64)
     assert loss == pytest.approx(task.baseline, rel=1e-6)
-    assert metrics["bits_per_char"] == pytest.approx(task.baseline / math.log(2), rel=1e-6)
+    assert metrics["bits_per_char"] == pytest.approx(task.metric_baselines["unigram"]["bits_per_char"], rel=1e-6)
     starts = task.validation_starts  # consecutive windows tiling the held-out text, no room for one more
     assert starts[0] == task.num_train_chars and set(np.diff(starts)) == {100}
     assert starts[-1] + 101 <= len(ids) < starts[-1] + 201 and task.validation_size(128) == len(starts)

@@ -94,6 +94,12 @@ class DigitsTask(Task):
         _, validation_labels = self._sequences(self._split[1])
         return float(-np.mean(np.log(prior[validation_labels[:, 0]])))
 
+    @functools.cached_property
+    def metric_baselines(self):
+        """Always answering the most frequent training class: its share of the validation digits (about 10%)."""
+        common = np.bincount(_digits()[1][self._split[0]], minlength=self.num_classes).argmax()
+        return {"most frequent class": {"accuracy": float(np.mean(_digits()[1][self._split[1]] == common))}}
+
     def sample_batch(self, rng, batch_size):
         return self._sequences(rng.choice(self._split[0], size=batch_size))
 

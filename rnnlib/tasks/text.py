@@ -108,6 +108,10 @@ class TextTask(CharacterTask, Task):
         _, targets = self.validation_data(self.validation_size(0))
         return float(-np.mean(np.log(counts / counts.sum())[targets]))
 
+    @property
+    def metric_baselines(self):
+        return {"unigram": {"bits_per_char": self.baseline / math.log(2)}}
+
     def metric_per_step(self, y_true, y_pred):
         """Cross-entropy in bits: the average number of bits an ideal coder using the model would spend."""
         return sparse_categorical_crossentropy(y_true, y_pred) / math.log(2)

@@ -1,7 +1,6 @@
 """Every validation metric is computed on exactly the validation set its baselines use: all of it, each sequence
 once, for any batch size. An oracle "model" that outputs a baseline's own prediction must score that baseline."""
 
-import math
 
 import numpy as np
 import pytest

@@ -176,6 +176,7 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
     colors = group_colors(band["group"])
     for group in colors:
         rows = band[band["group"] == group]
+        diverged = rows["diverged"] if "diverged" in rows else pd.Series(0, index=rows.index)
         color = colors[group]
         fig.add_trace(go.Scatter(
             x=np.concatenate([rows["lag"], rows["lag"][::-1]]), y=np.concatenate([rows["upper"], rows["lower"][::-1]]),
@@ -191,8 +192,8 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
                                      line={"color": color, "width": 1.5, "dash": "dash"},
                                      name=f"{group} {reference_name}"))
         fig.add_trace(go.Scatter(x=rows["lag"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
-                                 legendgroup=group, name=legend_name(group, int((rows["n"] + rows["diverged"]).max()),
-                                                                     int(rows["diverged"].max()))))
+                                 legendgroup=group, name=legend_name(group, int((rows["n"] + diverged).max()),
+                                                                     int(diverged.max()))))
     fig = _layout(fig, f"{quantity} vs lag T − t (geometric mean over runs, 95% band)", "lag T − t (steps back)",
                   quantity, log_y=True)
     # Fit the axis to the means, not the bands: with few seeds a Student-t band in log space can span dozens of

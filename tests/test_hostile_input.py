@@ -169,3 +169,21 @@ def test_the_train_pages_yaml_tab_refuses_a_bomb_with_one_message(fixture_store,
     (error,) = at.error
     assert "Nothing was launched" in error.value and "aliases (*name) are expanded" in error.value
     assert jobs.list_jobs() == []
+
+
+def test_a_full_disk_under_the_store_stops_the_sweep_with_one_message(tmp_path, monkeypatch):
+    from rnnlib import sweep
+
+    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = cfg.parse_config(MINIMAL + "model: {units: 2}\ntraining: {epochs: 1, steps_per_epoch: 1, batch_size: 4, "
+                              "num_validation_sequences: 4, probe_every: 0}\ngrid: {seed: [0, 1]}\n")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.client, "log_batch", full)
+    with pytest.raises(TrackingError, match="failed while writing .*No space left on device.*disk has room"):
+        sweep.run_experiment(config, store)
+    runs = tracking.runs_frame(store.uri, config.name)
+    assert runs["kind"].tolist() == ["sweep"]  # its config could not be logged: no trial was started
+    assert runs["status"].tolist() == ["FAILED"]  # ending a run needs no batch write: it is not left RUNNING

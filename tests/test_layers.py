@@ -10,8 +10,9 @@ from conftest import PROJECT_DIR
 
 LIGHT_MODULES = ["rnnlib.config", "rnnlib.tasks", "rnnlib.truncation", "rnnlib.probes", "rnnlib.tracking",
                  "rnnlib.sweep", "rnnlib.cli", "rnnlib.training", "rnnlib.compare", "rnnlib.plots", "rnnlib.views",
-                 "rnnlib.jobs", "rnnlib.lessons", "rnnlib.diagrams", "rnnlib.backend", "ui.data", "ui.sidebar",
-                 "ui.compare_controls", "ui.jobs_panel", "ui.train_form", "ui.scope"]
+                 "rnnlib.jobs", "rnnlib.lessons", "rnnlib.diagrams", "rnnlib.backend", "rnnlib.divergence",
+                 "rnnlib.workers", "rnnlib.bundles", "rnnlib.predictions", "rnnlib.rollouts", "ui.prediction_views",
+                 "ui.data", "ui.sidebar", "ui.compare_controls", "ui.jobs_panel", "ui.train_form", "ui.scope"]
 
 
 def imported_modules(path):
@@ -60,3 +61,18 @@ def test_light_modules_do_not_import_keras_or_tensorflow(module):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_the_shipped_streamlit_config_shows_no_tracebacks_and_watches_no_files():
+    import tomllib
+
+    settings = tomllib.loads((PROJECT_DIR / ".streamlit" / "config.toml").read_text())
+    assert settings["client"]["showErrorDetails"] in ("type", "none")  # "full" put server tracebacks in the page
+    assert settings["server"]["fileWatcherType"] == "none"  # the watcher flooded the log while jobs wrote
+    assert settings["client"]["toolbarMode"] == "viewer"
+
+
+def test_process_identity_lives_in_one_module():
+    importers = {p.relative_to(PROJECT_DIR).as_posix() for p in library_files()
+                 if any(m.split(".")[0] == "psutil" for m in imported_modules(p))}
+    assert importers == {"rnnlib/workers.py"}  # process identity lives in one place

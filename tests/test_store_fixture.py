@@ -138,3 +138,16 @@ def test_a_run_of_a_task_this_version_does_not_have_is_named_as_such(own_copy, m
     (warning,) = [w.value for w in at.warning if "left out" in w.value]
     assert "unknown task; expected one of" in warning and "teleport" in warning
     assert not at.error and not at.exception
+
+
+def test_each_per_run_read_keeps_a_cache_of_its_own(fixture_uri):
+    from ui import data
+
+    st.cache_data.clear()
+    runs = tracking.runs_frame(fixture_uri, "fx_forecast")
+    run_ids = tuple(runs[runs["kind"] == "trial"]["run_id"])
+    configs, arrays = data._configs(fixture_uri, run_ids), data._predictions(fixture_uri, run_ids)
+    flows = data._gradient_flows(fixture_uri, run_ids)
+    assert all(isinstance(value, config.LoggedConfig) for value in configs.values())
+    assert all(isinstance(value, dict) and "forecast" in value for value in arrays.values())
+    assert all(value is None or hasattr(value, "norms") for value in flows.values())

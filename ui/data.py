@@ -64,26 +64,32 @@ def _histories(uri: str, run_ids: tuple[str, ...], keys: tuple[str, ...]) -> pd.
     return tracking.metric_histories(uri, list(run_ids), list(keys))
 
 
-def _each_run(load):
-    """`load(uri, run_id)` over runs: `{run_id: value or the RunDataError that run raised}`."""
-
-    def load_all(uri: str, run_ids: tuple[str, ...]) -> dict:
-        loaded = {}
-        for run_id in run_ids:
-            try:
-                loaded[run_id] = load(uri, run_id)
-            except RunDataError as error:
-                loaded[run_id] = error
-        return loaded
-
-    return load_all
+def _each_run(load, uri: str, run_ids: tuple[str, ...]) -> dict:
+    """`load(uri, run_id)` over runs: `{run_id: value, or the RunDataError that run raised}`."""
+    loaded = {}
+    for run_id in run_ids:
+        try:
+            loaded[run_id] = load(uri, run_id)
+        except RunDataError as error:
+            loaded[run_id] = error
+    return loaded
 
 
-_gradient_flows = st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner="Reading gradient-flow records…")(
-    _each_run(tracking.load_gradient_flow))
-_predictions = st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the runs' predictions…")(
-    _each_run(tracking.load_predictions))
-_configs = st.cache_data(ttl=300, max_entries=64, show_spinner=False)(_each_run(tracking.load_config))
+# Three functions, not one made three times: Streamlit keys a cache by the function's name and source, so
+# copies of one nested function would share theirs.
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner="Reading gradient-flow records…")
+def _gradient_flows(uri: str, run_ids: tuple[str, ...]) -> dict:
+    return _each_run(tracking.load_gradient_flow, uri, run_ids)
+
+
+@st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the runs' predictions…")
+def _predictions(uri: str, run_ids: tuple[str, ...]) -> dict:
+    return _each_run(tracking.load_predictions, uri, run_ids)
+
+
+@st.cache_data(ttl=300, max_entries=64, show_spinner=False)
+def _configs(uri: str, run_ids: tuple[str, ...]) -> dict:
+    return _each_run(tracking.load_config, uri, run_ids)
 
 
 @st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the run's weights…")

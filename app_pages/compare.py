@@ -33,8 +33,9 @@ st.subheader("Learning curves")
 settings = controls.curve_settings(metrics)
 summary_metrics = compare.summary_metrics(metrics, settings.metric)
 histories = data.histories(uri, tuple(runs["run_id"]), tuple(summary_metrics))
-curve = compare.curves(histories, runs, settings.metric, group_by, settings.smoothing)
-notice = compare.divergence_notice(runs, compare.diverged_at(runs, histories))
+diverged = compare.diverged_at(runs, histories)
+curve = compare.curves(histories, runs, settings.metric, group_by, settings.smoothing, diverged)
+notice = compare.divergence_notice(runs, diverged)
 if notice:
     st.warning(notice, icon=":material/trending_up:")
 baselines = compare.baselines(runs, settings.metric)
@@ -49,7 +50,7 @@ st.plotly_chart(
 
 st.subheader("Summary")
 statistic, step = controls.statistic_picker(int(histories["step"].max()) if not histories.empty else 1)
-summary = compare.summary_table(histories, runs, summary_metrics, statistic, step, group_by)
+summary = compare.summary_table(histories, runs, summary_metrics, statistic, step, group_by, diverged)
 per_run = summary.set_index("run_id")[settings.metric]
 st.dataframe(compare.group_summary(per_run, runs, group_by), hide_index=True, width="stretch",
              column_config={"group": "group", "mean": f"{settings.metric} ({statistic}) mean",

@@ -82,7 +82,7 @@ st.plotly_chart(plots.gradient_heatmap_figure(curves[curves["run_id"] == run_id]
 
 st.subheader("Exploding gradients and clipping")
 clip = compare.clip_threshold(runs)
-norm_curves = compare.curves(histories, runs, "grad_norm_max", group_by)
+norm_curves = compare.curves(histories, runs, "grad_norm_max", group_by, diverged=diverged)
 if norm_curves.empty:
     st.info("These runs logged no gradient norms yet.")
 else:

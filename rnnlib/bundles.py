@@ -127,10 +127,11 @@ def import_bundle(folder: Path, uri: str | None) -> dict:
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
+    store = tracking.Store(uri)
     added = {}
     for experiment in manifest["experiments"]:
         name = experiment["name"]
-        known = tracking.imported_runs(uri, name)  # original id -> id in this store
+        known = tracking.imported_runs(store.uri, name)  # original id -> id in this store
         count = 0
         for run_id in experiment["runs"]:
             if run_id in known:
@@ -141,7 +142,7 @@ def import_bundle(folder: Path, uri: str | None) -> dict:
                 raise BundleError(f"Run {run_id} of {folder} cannot be read ({error}); the bundle is damaged.") \
                     from None
             parent = record["tags"].get("mlflow.parentRunId")
-            known[run_id] = tracking.write_run(uri, name, record, folder / "runs" / run_id / "artifacts",
+            known[run_id] = tracking.write_run(store, name, record, folder / "runs" / run_id / "artifacts",
                                                parent_run_id=known.get(parent) if parent else None)
             count += 1
         added[name] = count

@@ -142,16 +142,18 @@ def divergence_notice(runs: pd.DataFrame, epochs: pd.Series, limit: int = 6) -> 
 
 
 def curves(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, group_by: list[str],
-           smoothing: float = 0.0) -> pd.DataFrame:
+           smoothing: float = 0.0, diverged: pd.Series | None = None) -> pd.DataFrame:
     """Per-run curves of `metric`: `run_id`, `run_name`, `group`, `step`, `value`, `smoothed`, `diverged_at`.
 
     A value that is not a finite number (a diverged run) becomes NaN, a gap in the curve, and is never smoothed
-    into its neighbours; `diverged_at` is the run's divergence epoch (`diverged_at`), NaN for runs that did not."""
+    into its neighbours; `diverged_at` is the run's divergence epoch (`diverged`, computed by `diverged_at`
+    when not given), NaN for runs that did not."""
     data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
     labels = pd.Series(group_labels(runs, group_by).to_numpy(), index=runs["run_id"])
     names = pd.Series(runs["run_name"].to_numpy(), index=runs["run_id"])
     data = data.assign(group=data["run_id"].map(labels), run_name=data["run_id"].map(names),
-                       diverged_at=data["run_id"].map(diverged_at(runs, histories)),
+                       diverged_at=data["run_id"].map(diverged if diverged is not None
+                                                      else diverged_at(runs, histories)),
                        value=data["value"].where(np.isfinite(data["value"])))
     data = data.sort_values(["run_id", "step"])
     if smoothing > 0:  # pandas' adjusted EWM is exactly the debiased EMA of `smooth`, vectorised over runs
@@ -184,11 +186,12 @@ def confidence_band(curve: pd.DataFrame, column: str = "smoothed", level: float 
 
 
 def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statistic: str = "best",
-              step: int | None = None) -> pd.Series:
+              step: int | None = None, diverged: pd.Series | None = None) -> pd.Series:
     """One number per run (indexed by run_id): the best, last, or value at `step` (or the last before it).
 
     A run that diverged has none (NaN) for a statistic that covers its divergence: best and last, or a `step`
-    at or after it (`rnnlib.divergence`)."""
+    at or after it (`rnnlib.divergence`; `diverged`, the runs' divergence epochs, is `diverged_at`'s when not
+    given)."""
     if statistic not in STATISTICS:
         raise ValueError(f"Unknown statistic {statistic!r}; expected one of: {', '.join(STATISTICS)}.")
     data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
@@ -202,7 +205,7 @@ def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statisti
         values = values.last()
     values = values.reindex(runs["run_id"]).rename(metric)
     covered = np.inf if statistic != "at_step" else (step if step is not None else 0)
-    gone = diverged_at(runs, histories) <= covered
+    gone = (diverged if diverged is not None else diverged_at(runs, histories)).reindex(runs["run_id"]) <= covered
     return values.where(~gone.to_numpy() & np.isfinite(values))
 
 
@@ -284,16 +287,17 @@ def parallel_table(
 
 
 def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str], statistic: str,
-                  step: int | None, group_by: list[str]) -> pd.DataFrame:
+                  step: int | None, group_by: list[str], diverged: pd.Series | None = None) -> pd.DataFrame:
     """Per-run summary: name, group, status (`FINISHED · diverged at epoch 3` for a diverged run, whose
     statistics are then empty) and the chosen statistic of each metric."""
-    epochs = diverged_at(runs, histories).to_numpy()
+    diverged = diverged if diverged is not None else diverged_at(runs, histories)  # once, for every metric
+    epochs = diverged.reindex(runs["run_id"]).to_numpy()
     status = [f"{state} · {divergence.describe(epoch)}" if np.isfinite(epoch) else state
               for state, epoch in zip(runs["status"], epochs)]
     table = pd.DataFrame({"run_name": runs["run_name"].to_numpy(), "group": group_labels(runs, group_by).to_numpy(),
                           "status": status}, index=runs["run_id"])
     for metric in metrics:
-        table[metric] = summarize(histories, runs, metric, statistic, step)
+        table[metric] = summarize(histories, runs, metric, statistic, step, diverged)
     return table.reset_index()
 
 
@@ -384,10 +388,7 @@ def vanishing_summary(table: pd.DataFrame) -> pd.DataFrame:
     def median_text(values: pd.Series, length: int) -> str:
         finite = values.dropna()
         diverged = f" ({len(values) - len(finite)} diverged)" if len(finite) < len(values) else ""
-        if finite.empty:
-            return "diverged"
-        median = finite.median()
-        return (f"never (> {length - 1})" if np.isinf(median) else f"{median:g}") + diverged
+        return _lag_text(finite.median() if len(finite) else np.nan, length) + (diverged if len(finite) else "")
 
     rows = [{"group": group, "runs": len(rows), "at_init": median_text(rows["at_init"], rows["length"].max()),
              "trained": median_text(rows["trained"], rows["length"].max())}
@@ -397,15 +398,17 @@ def vanishing_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def vanishing_text(table: pd.DataFrame) -> pd.DataFrame:
     """`vanishing_table` as a reader sees it: lags as numbers, `never (> T-1)` and `diverged`."""
-    def text(lag, length):
-        if np.isnan(lag):
-            return "diverged"
-        return f"never (> {length - 1})" if np.isinf(lag) else f"{lag:g}"
-
     shown = table.copy()
     for column in ("at_init", "trained"):
-        shown[column] = [text(lag, length) for lag, length in zip(table[column], table["length"])]
+        shown[column] = [_lag_text(lag, length) for lag, length in zip(table[column], table["length"])]
     return shown
+
+
+def _lag_text(lag: float, length: int) -> str:
+    """A vanishing lag as text: the number, `never (> T-1)` (inf) or `diverged` (NaN)."""
+    if np.isnan(lag):
+        return "diverged"
+    return f"never (> {length - 1})" if np.isinf(lag) else f"{lag:g}"
 
 
 def clip_threshold(runs: pd.DataFrame) -> float | None:

@@ -731,12 +731,11 @@ def download_run_artifacts(uri: str | None, run_id: str, destination: Path) -> P
     return destination
 
 
-def write_run(uri: str | None, experiment: str, record: dict, artifacts: Path | None,
+def write_run(store: Store, experiment: str, record: dict, artifacts: Path | None,
               parent_run_id: str | None = None) -> str:
-    """Create a finished run in the store at `uri` from a `run_records` record (its start and end times,
-    params, tags, every metric point, and the files under `artifacts`); returns its new id. Its original id is
-    kept as the tag `rnnlib.imported_from`."""
-    store = Store(uri)
+    """Create a finished run in `store` from a `run_records` record (its start and end times, params, tags,
+    every metric point, and the files under `artifacts`); returns its new id. Its original id is kept as the
+    tag `rnnlib.imported_from`."""
     experiment_id = store.experiment_id(experiment)
     tags = {k: v for k, v in record["tags"].items() if k != "mlflow.parentRunId"}
     tags["rnnlib.imported_from"] = record["run_id"]

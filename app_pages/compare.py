@@ -1,6 +1,7 @@
 import streamlit as st
 
-from rnnlib import compare, plots
+from rnnlib.analysis import compare
+from rnnlib.viz import plots
 from ui import compare_controls as controls
 from ui import data, scope
 

@@ -1,7 +1,8 @@
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from rnnlib import diagrams, lessons
+from rnnlib.analysis import lessons
+from rnnlib.viz import diagrams
 
 
 def train_link(task_name: str) -> None:

@@ -1,6 +1,9 @@
 import streamlit as st
 
-from rnnlib import plots, probes, tasks
+from rnnlib import tasks
+from rnnlib.analysis import probes
+from rnnlib.core import cells
+from rnnlib.viz import plots
 from ui import data, scope
 
 # Longest stretch of a sequence drawn as heatmaps; longer sequences are traced in full and shown from the start.
@@ -48,12 +51,12 @@ if x.shape[1] > MAX_STEPS_SHOWN:
     st.warning(f"The sequence has {x.shape[1]} steps; the first {MAX_STEPS_SHOWN} are shown.")
     x = x[:, :MAX_STEPS_SHOWN]
 
-traces = probes.model_traces(weights, cell_type, num_layers, x)
+traces = cells.model_traces(weights, cell_type, num_layers, x)
 output = probes.predictions(weights, traces, task)
 if task.target_form == "final" and source == "task":
     st.markdown(f"This {cell_type.upper()} ({run_config.model.units} units) answers "
                 f"**{task.format_answer(output[0])}**; the target is **{task.format_target(y[0])}**.")
-quantities = [q for q in (*probes.GATES[cell_type], "candidate", "c", "h") if q in traces[layer]]
+quantities = [q for q in (*cells.GATES[cell_type], "candidate", "c", "h") if q in traces[layer]]
 tidy = probes.tidy_traces({layer: traces[layer]})
 st.plotly_chart(plots.gates_figure(tidy, task.to_table(x[0]), quantities,
                                    f"Layer {layer} of {cell_type.upper()} × {num_layers}: units × time"),
@@ -61,7 +64,7 @@ st.plotly_chart(plots.gates_figure(tidy, task.to_table(x[0]), quantities,
 
 batch, _ = probes.example_sequences(task, seed + 1, NUM_STATISTICS_SEQUENCES)
 batch = batch[:, :MAX_STEPS_SHOWN]
-batch_traces = probes.model_traces(weights, cell_type, num_layers, batch)
+batch_traces = cells.model_traces(weights, cell_type, num_layers, batch)
 signal = task.memory_signal(batch)
 memory_state = "c" if cell_type == "lstm" else "h"
 if signal is not None:

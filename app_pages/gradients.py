@@ -1,6 +1,8 @@
 import streamlit as st
 
-from rnnlib import compare, plots, probes
+from rnnlib.analysis import compare
+from rnnlib.core import records
+from rnnlib.viz import plots
 from ui import data, scope
 
 st.title("Gradient flow over time")
@@ -27,16 +29,16 @@ with right:
                             default=[p for p in ("model.cell_type", "training.truncation", "training.clipnorm")
                                      if p in varying] or varying[:1], placeholder="no grouping: one group")
 
-quantities = [q for q in probes.GRADIENT_QUANTITIES if any(q in flows[r].norms for r in runs["run_id"])]
+quantities = [q for q in records.GRADIENT_QUANTITIES if any(q in flows[r].norms for r in runs["run_id"])]
 num_layers = max(flows[r].num_layers for r in runs["run_id"])
 left, middle, right = st.columns([3, 1, 2])
 quantity = link.choice("Quantity", "quantity", quantities, widget=left.radio, horizontal=True,
-                       format_func=probes.GRADIENT_QUANTITIES.get,
+                       format_func=records.GRADIENT_QUANTITIES.get,
                        help="‖∂L_T/∂h_t‖ and ‖∂L_T/∂c_t‖: what the training update receives from the loss at the "
                             "last step, truncation included. ‖∂h_T/∂h_t‖₂: how strongly the final state depends on "
                             "the state t steps earlier (the product of step Jacobians, no truncation).")
 layer = link.choice("Layer", "layer", list(range(num_layers)), widget=middle.selectbox, disabled=num_layers == 1)
-label = probes.GRADIENT_QUANTITIES[quantity]
+label = records.GRADIENT_QUANTITIES[quantity]
 curves = compare.flow_curves(flows, runs, group_by, quantity, layer)
 if curves.empty:
     link.stop(f"{label} is not recorded for these runs (∂L/∂c exists for LSTMs only).")

@@ -2,7 +2,8 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from rnnlib import config, jobs
+from rnnlib.core import config, paths
+from rnnlib.run import jobs
 from ui import data, jobs_panel
 
 st.title("RNN Lab")
@@ -24,7 +25,7 @@ if experiments.empty:
     st.info("This store has no runs yet. Start the demo sweep (about 2 minutes on a laptop CPU): the adding "
             "problem with RNN, LSTM and GRU, full BPTT vs TBPTT(10), two seeds each.", icon=":material/science:")
     if st.button("Run the demo sweep", type="primary"):
-        jobs.launch(config.load_config(config.EXPERIMENTS_DIR / "demo.yaml"), uri)
+        jobs.launch(config.load_config(paths.EXPERIMENTS_DIR / "demo.yaml"), uri)
         data.refresh()
 else:
     st.subheader("Experiments in this store")

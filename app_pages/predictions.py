@@ -1,6 +1,7 @@
 import streamlit as st
 
-from rnnlib import compare, tasks
+from rnnlib import tasks
+from rnnlib.analysis import compare
 from ui import data, prediction_views, scope
 
 st.title("Predictions")

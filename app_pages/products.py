@@ -1,6 +1,7 @@
 import streamlit as st
 
-from rnnlib import compare, diagrams, lessons
+from rnnlib.analysis import compare, lessons
+from rnnlib.viz import diagrams
 from ui import data
 
 # The measured products take ~0.15 s per activation at 32 units; cache them across slider moves.

@@ -1,6 +1,7 @@
 import streamlit as st
 
-from rnnlib import config, jobs
+from rnnlib.core import config
+from rnnlib.run import jobs
 from ui import data, jobs_panel, train_form
 
 st.title("Train")

@@ -1,6 +1,7 @@
 import streamlit as st
 
-from rnnlib import diagrams, lessons
+from rnnlib.analysis import lessons
+from rnnlib.viz import diagrams
 
 MODES = {"full": "Full BPTT", "tbptt": "Truncated (TBPTT)", "random_length": "Random-length TBPTT"}
 

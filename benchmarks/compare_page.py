@@ -1,6 +1,6 @@
 """How fast the Compare page gets its data and figures, at 100 and 1,000 runs of 200 logged epochs.
 
-    .venv/bin/python benchmarks/compare_page.py [--runs 100 1000] [--steps 200]
+    .venv/bin/python benchmarks/compare_page.py [--runs 100 1000] [--steps 200] [--smoke]
 
 For each size it builds a fresh sqlite store with MLflow's own client (runs that look like a sweep: 3 cells x
 truncations x seeds, 4 metrics per epoch), then times:
@@ -8,24 +8,23 @@ truncations x seeds, 4 metrics per epoch), then times:
   - figures (warm): grouping, smoothing, confidence bands, summaries and the three figures built from the cached
     frames, i.e. what a warm rerun recomputes;
   - the whole Compare page under AppTest, first (cold) and second (warm) run.
+--smoke: 15 runs x 10 epochs, one timing repeat, without the page (a few seconds, to check it still runs).
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
-
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from rnnlib import compare, plots, tracking  # noqa: E402
+from rnnlib import tracking
+from rnnlib.analysis import compare
+from rnnlib.core.paths import PROJECT_DIR
+from rnnlib.viz import plots
 
 METRICS = ("train_loss", "val_loss", "val_mae", "grad_norm")
 
@@ -65,14 +64,15 @@ def time_it(function, repeats=3):
 
 def figures(runs, histories):
     group_by = list(compare.DEFAULT_GROUP_BY)
+    baselines = compare.baselines(runs, "val_loss")  # {label: value}, as the page passes them
     curve = compare.curves(histories, runs, "val_loss", group_by, 0.6)
-    plots.curves_figure(curve, compare.confidence_band(curve), "val_loss", 1 / 6,
+    plots.curves_figure(curve, compare.confidence_band(curve), "val_loss", baselines,
                         raw_band=compare.confidence_band(curve, "value"))
     summary = compare.summary_table(histories, runs, list(METRICS), "best", None, group_by)
     per_run = summary.set_index("run_id")["val_loss"]
     compare.group_summary(per_run, runs, group_by)
     plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, "training.truncation", "model.cell_type"),
-                                 "val_loss", "training.truncation", "model.cell_type", 1 / 6)
+                                 "val_loss", "training.truncation", "model.cell_type", baselines)
     differences = compare.diff_params(runs)
     table, dims = compare.parallel_table(differences, summary, list(METRICS))
     plots.parallel_coordinates_figure(table, dims, "val_loss")
@@ -99,13 +99,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, no page: checks it runs, in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.steps = [15], 10
     for num_runs in args.runs:
         with tempfile.TemporaryDirectory() as folder:
-            measure(f"sqlite:///{folder}/mlflow.db", num_runs, args.steps)
+            measure(f"sqlite:///{folder}/mlflow.db", num_runs, args.steps, smoke=args.smoke)
 
 
-def measure(uri: str, num_runs: int, steps: int) -> None:
+def measure(uri: str, num_runs: int, steps: int, smoke: bool = False) -> None:
     start = time.perf_counter()
     build_store(uri, num_runs, steps)
     built = time.perf_counter() - start
@@ -115,11 +118,13 @@ def measure(uri: str, num_runs: int, steps: int) -> None:
         return runs, tracking.metric_histories(uri, runs["run_id"].tolist(), list(METRICS))
 
     query_seconds, (runs, histories) = time_it(query, repeats=1)
-    compute_seconds, _ = time_it(lambda: figures(runs, histories))
-    cold, warm = page_times(uri)
-    print(f"{num_runs:>5} runs x {steps} epochs ({len(histories):,} points; store built in {built:.0f} s): "
-          f"query {query_seconds:.2f} s | stats+figures {compute_seconds:.2f} s | page cold {cold:.2f} s, "
-          f"warm {warm:.2f} s")
+    compute_seconds, _ = time_it(lambda: figures(runs, histories), repeats=1 if smoke else 3)
+    page = "page skipped (--smoke)"
+    if not smoke:
+        cold, warm = page_times(uri)
+        page = f"page cold {cold:.2f} s, warm {warm:.2f} s"
+    print(f"{num_runs:>5} runs x {steps} epochs ({len(histories):,} points; store built in {built:.1f} s): "
+          f"query {query_seconds:.2f} s | stats+figures {compute_seconds:.2f} s | {page}")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,24 @@
 """Cost of one gradient-flow probe (`rnnlib.gradients`), the first (tracing) one and the ones after it.
 
-    .venv/bin/python benchmarks/gradient_probe.py [--units 32] [--lengths 100 1000]
+    .venv/bin/python benchmarks/gradient_probe.py [--units 32] [--lengths 100 1000] [--smoke]
 
 A probe runs on `num_probe_sequences` (4) fixed sequences: ∂L_T/∂h_t for every layer and step, plus the
 Jacobian norms ‖∂h_T/∂h_t‖₂ (one replica of each sequence per unit). Training pays it once per epoch by
 default; compare with the epoch time of the same model (benchmarks/throughput.py).
+--smoke: 8 units, T = 20, one repeat (a few seconds, to check it still runs).
 """
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import keras  # noqa: E402
 
-from rnnlib import config as cfg  # noqa: E402
-from rnnlib import gradients, models, tasks  # noqa: E402
+from rnnlib import tasks  # noqa: E402
+from rnnlib.core import config as cfg  # noqa: E402
+from rnnlib.worker import gradients, models  # noqa: E402
 
 
 def main():
@@ -27,7 +26,10 @@ def main():
     parser.add_argument("--units", type=int, default=32)
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it runs, in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.units, args.lengths, args.repeats = 8, [20], 1
     print(f"backend {keras.backend.backend()}, units {args.units}, 4 probe sequences")
     print(f"{'cell':>5} {'T':>6} {'first probe s':>14} {'next probes s':>14}")
     for length in args.lengths:

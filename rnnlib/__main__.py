@@ -2,6 +2,6 @@
 
 import sys
 
-from rnnlib.cli import main
+from rnnlib.run.cli import main
 
 sys.exit(main())

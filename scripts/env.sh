@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 stamp=".venv/.installed-$(basename "$requirements")"
-wanted=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
+wanted=$(cat requirements*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "Installing $requirements into .venv (first time: a few minutes) ..." >&2
   .venv/bin/python -m pip install --quiet --upgrade pip

@@ -3,5 +3,4 @@
 # creating .venv first if needed. On an empty store it also starts the demo sweep, so the first page has
 # something to show. Extra arguments go to `streamlit run` (e.g. --server.port 8502).
 source "$(dirname "$0")/env.sh"
-.venv/bin/python -m rnnlib demo
-exec .venv/bin/python -m streamlit run app.py --server.address 127.0.0.1 --browser.gatherUsageStats false "$@"
+exec .venv/bin/rnnlab lab "$@"

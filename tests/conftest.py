@@ -28,7 +28,6 @@ def sqlite_uri(tmp_path):
 def cli_env(tmp_path):
     """Environment for running `python -m rnnlib` as a subprocess from the project folder."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(PROJECT_DIR)
     return env
 
 
@@ -47,7 +46,6 @@ def fixture_store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fixture-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(PROJECT_DIR)
     result = run_cli(["run", str(EXPERIMENTS_DIR / "smoke.yaml"), "--tracking-uri", uri, "--quiet",
                       "--set", "grid.seed=[0, 1]", "--set", "training.epochs=3", "--set", "training.steps_per_epoch=2",
                       "--set", "model.units=4", "--set", "training.num_validation_sequences=16"], env)
@@ -62,7 +60,6 @@ def predictions_store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("predictions-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(PROJECT_DIR)
     experiments = {
         "tiny_forecast": "task: {name: forecast, dataset: stocks, window: 12, horizon: 2}\n"
                          "model: {units: 4, ar_order: 3}\ngrid: {model.cell_type: [ar, gru]}\n",

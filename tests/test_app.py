@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from conftest import PROJECT_DIR
-from rnnlib import jobs, tracking
+from rnnlib import tracking
+from rnnlib.run import jobs
 
 pytestmark = pytest.mark.slow
 APP = str(PROJECT_DIR / "app.py")
@@ -468,3 +470,31 @@ def test_a_typed_vector_is_unrolled_by_each_run_from_its_weights_next_to_its_wav
     np.testing.assert_allclose(decoded(target["y"]), np.cos(2 * np.pi * 2 * np.arange(12) / 12), atol=1e-5)
     generated = [decoded(t["y"]) for t in own["data"] if t["name"] != "target"]
     assert len(generated) == 1 and len(generated[0]) == 12 and np.all(np.isfinite(generated[0]))
+
+
+PAGE_RENDER_SCRIPT = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({app!r}, default_timeout=120)
+at.run()
+for page in {pages!r}:
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+print(",".join(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules) or "none")
+"""
+
+
+def test_rendering_every_page_imports_no_framework(fixture_store):
+    """In a fresh interpreter (this one has keras from other tests): open every page, then look at sys.modules."""
+    import subprocess
+    import sys
+
+    pages = sorted(f"app_pages/{p.name}" for p in (PROJECT_DIR / "app_pages").glob("*.py"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_TRACKING_URI"] = fixture_store
+    result = subprocess.run([sys.executable, "-c", PAGE_RENDER_SCRIPT.format(app=APP, pages=pages)],
+                            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "none"
+    assert len(pages) >= 9

@@ -44,7 +44,7 @@ def server(fixture_store, tmp_path_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, MLFLOW_TRACKING_URI=fixture_store, PYTHONPATH=str(PROJECT_DIR),
+    env = dict(os.environ, MLFLOW_TRACKING_URI=fixture_store,
                RNNLAB_JOBS_DIR=str(tmp_path_factory.mktemp("browser-jobs")))
     log = open(tmp_path_factory.mktemp("streamlit") / "server.log", "w")
     process = subprocess.Popen(

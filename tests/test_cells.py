@@ -4,8 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from rnnlib import config as cfg
-from rnnlib import models, probes, tasks
+from rnnlib import tasks
+from rnnlib.core import cells
+from rnnlib.core import config as cfg
+from rnnlib.worker import models
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -22,7 +24,7 @@ def test_keras_layer_equals_the_reference_equations(cell_type):
                                         bias_initializer="random_normal")
     x = np.random.default_rng(1).normal(size=(3, 12, 4)).astype(np.float32)
     outputs, *states = layer(x)
-    expected, final_state, traces = probes.run_cell(cell_type, x, *layer_weights(layer))
+    expected, final_state, traces = cells.run_cell(cell_type, x, *layer_weights(layer))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), expected, atol=1e-5)
     for keras_state, reference_state in zip(states, final_state):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(keras_state), reference_state, atol=1e-5)
@@ -37,7 +39,7 @@ def test_rnn_reference_is_tanh_of_shared_weights_applied_at_every_step():
     for t in range(4):
         h = np.tanh(w_hh @ h + w_xh @ x[0, t] + b)
     # Keras stores the transposes: kernel = W_xh^T, recurrent_kernel = W_hh^T.
-    outputs, _, _ = probes.run_cell("rnn", x, w_xh.T, w_hh.T, b)
+    outputs, _, _ = cells.run_cell("rnn", x, w_xh.T, w_hh.T, b)
     np.testing.assert_allclose(outputs[0, -1], h)
 
 
@@ -46,7 +48,7 @@ def test_lstm_cell_state_follows_forget_and_input_gates():
     layer = keras.layers.LSTM(4, return_sequences=True)
     x = np.random.default_rng(3).normal(size=(2, 6, 3)).astype(np.float32)
     layer(x)
-    _, _, traces = probes.run_cell("lstm", x, *layer_weights(layer))
+    _, _, traces = cells.run_cell("lstm", x, *layer_weights(layer))
     c, f, i, g, o = (traces[k] for k in ("c", "forget_gate", "input_gate", "candidate", "output_gate"))
     np.testing.assert_allclose(c[:, 1:], f[:, 1:] * c[:, :-1] + i[:, 1:] * g[:, 1:], atol=1e-12)
     np.testing.assert_allclose(traces["h"], o * np.tanh(c), atol=1e-12)
@@ -70,7 +72,7 @@ def test_weights_exported_for_the_dashboard_reproduce_the_model_without_keras():
     hidden = x
     for name in ("lstm_0", "lstm_1"):
         kernel, recurrent, bias = (weights[f"{name}/lstm_cell/{w}"] for w in ("kernel", "recurrent_kernel", "bias"))
-        hidden, _, _ = probes.run_cell("lstm", hidden, kernel, recurrent, bias)
+        hidden, _, _ = cells.run_cell("lstm", hidden, kernel, recurrent, bias)
     prediction = hidden @ weights["head/kernel"] + weights["head/bias"]
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), prediction, atol=1e-5)
 

@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from rnnlib import compare, plots, tracking
-from rnnlib.views import CompareView
+from rnnlib import tracking
+from rnnlib.analysis import compare
+from rnnlib.analysis.views import CompareView
+from rnnlib.viz import plots
 
 
 def make_runs():
@@ -189,7 +191,7 @@ def test_groups_are_ordered_naturally_in_legends_and_axes():
 
 def make_flows(runs, length=10):
     """Synthetic gradient-flow records: norm = decay ** lag, the decay set by cell; TBPTT(5) zero beyond 5 steps."""
-    from rnnlib.probes import GradientFlow
+    from rnnlib.core.records import GradientFlow
 
     flows = {}
     for _, run in runs.iterrows():

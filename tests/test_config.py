@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import EXPERIMENTS_DIR
-from rnnlib import config as cfg
-from rnnlib.errors import ConfigError
+from rnnlib.core import config as cfg
+from rnnlib.core.errors import ConfigError
 
 MINIMAL = "task: {name: adding, length: 50}\n"
 

@@ -11,7 +11,12 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli, start_mlflow_server
-from rnnlib import compare, config, divergence, plots, sweep, tracking, training
+from rnnlib import tracking
+from rnnlib.analysis import compare
+from rnnlib.core import config, divergence
+from rnnlib.run import sweep
+from rnnlib.viz import plots
+from rnnlib.worker import training
 
 VALUES = [0.5, math.nan, math.inf, -math.inf, 1e300, -1e300, 0.0, 1.7e308]
 

@@ -8,9 +8,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
-from rnnlib import config as cfg
-from rnnlib import predictions, rollouts, tasks, tracking
-from rnnlib.errors import ConfigError
+from rnnlib import tasks, tracking
+from rnnlib.analysis import predictions
+from rnnlib.core import config as cfg
+from rnnlib.core import rollouts
+from rnnlib.core.errors import ConfigError
 from rnnlib.tasks import sources
 
 
@@ -223,7 +225,7 @@ def test_autoregressive_models_must_use_full_bptt_and_fit_the_window():
 
 
 def test_linear_ar_trained_on_a_noiseless_ar2_process_recovers_its_coefficients(data_dir):
-    from rnnlib import training
+    from rnnlib.worker import training
 
     omega, level = 1.0, 5.0  # x_t = 2 cos(ω) x_{t-1} - x_{t-2} + c: a sinusoid is an exact AR(2) process
     t = np.arange(600)

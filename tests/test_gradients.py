@@ -5,8 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from rnnlib import config as cfg
-from rnnlib import gradients, models, probes, tasks, training
+from rnnlib import tasks
+from rnnlib.core import callbacks, cells, records
+from rnnlib.core import config as cfg
+from rnnlib.worker import gradients, models, training
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -32,11 +34,11 @@ def reference_forward(weights, cell_type, num_layers, x, perturb=None):
     states after each step. Returns (prediction at T `[batch, 1]`, top-layer hidden states)."""
     hidden = np.asarray(x, np.float64)
     for layer in range(num_layers):
-        kernel, recurrent_kernel, bias = probes.layer_weights(weights, cell_type, layer)
-        states = [np.zeros((len(x), recurrent_kernel.shape[0])) for _ in range(probes.NUM_STATES[cell_type])]
+        kernel, recurrent_kernel, bias = cells.layer_weights(weights, cell_type, layer)
+        states = [np.zeros((len(x), recurrent_kernel.shape[0])) for _ in range(cells.NUM_STATES[cell_type])]
         outputs = []
         for t in range(hidden.shape[1]):
-            _, states, trace = probes.CELL_STEPS[cell_type](hidden[:, t], states, kernel, recurrent_kernel, bias)
+            _, states, trace = cells.CELL_STEPS[cell_type](hidden[:, t], states, kernel, recurrent_kernel, bias)
             if perturb:
                 states = perturb(layer, t, list(states), trace)
             outputs.append(states[0])
@@ -126,7 +128,7 @@ def test_training_records_gradient_flow_at_init_and_each_epoch_with_the_window_o
                         steps_per_epoch=3, num_validation_sequences=4)
     flows = []
 
-    class Collect(training.Callback):
+    class Collect(callbacks.Callback):
         def on_gradient_flow(self, flow):
             flows.append(len(flow.steps))
 
@@ -153,11 +155,11 @@ def test_probe_every_sets_the_probe_schedule_in_batches(probe_every, expected_st
 
 
 def test_gradient_flow_round_trips_through_bytes_and_a_tidy_frame():
-    flow = probes.GradientFlow.empty("lstm", 2, 5, "full")
+    flow = records.GradientFlow.empty("lstm", 2, 5, "full")
     rng = np.random.default_rng(0)
     for step in (0, 10):
         flow.append(step, step / 10, 0, 0.5, {q: rng.random((2, 5)) for q in flow.norms})
-    back = probes.GradientFlow.from_bytes(flow.to_bytes())
+    back = records.GradientFlow.from_bytes(flow.to_bytes())
     assert (back.cell_type, back.num_layers, back.sequence_length, back.truncation) == ("lstm", 2, 5, "full")
     np.testing.assert_array_equal(back.steps, [0, 10])
     for quantity in flow.norms:
@@ -174,7 +176,7 @@ def test_gradient_flow_round_trips_through_bytes_and_a_tidy_frame():
     ([0.0, 0.0, 2.0, 4.0], 2),  # truncated: exactly zero beyond the window
 ])
 def test_vanishing_lag_is_the_first_lag_below_the_threshold(norms, expected):
-    assert probes.vanishing_lag(np.array(norms)) == expected
+    assert records.vanishing_lag(np.array(norms)) == expected
 
 
 def test_a_diverged_network_is_probed_as_nan_without_stopping_training():

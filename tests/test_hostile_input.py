@@ -7,9 +7,9 @@ import time
 import pytest
 
 from conftest import EXPERIMENTS_DIR, run_cli
-from rnnlib import config as cfg
 from rnnlib import tracking
-from rnnlib.errors import ConfigError, TrackingError
+from rnnlib.core import config as cfg
+from rnnlib.core.errors import ConfigError, TrackingError
 
 MINIMAL = "task: {name: adding, length: 20}\n"
 LAUGHS = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9 if i else ['"lol"'] * 9) + "]\n"
@@ -154,7 +154,7 @@ def test_the_train_pages_yaml_tab_refuses_a_bomb_with_one_message(fixture_store,
     from streamlit.testing.v1 import AppTest
 
     from conftest import PROJECT_DIR
-    from rnnlib import jobs
+    from rnnlib.run import jobs
 
     monkeypatch.setenv("RNNLAB_JOBS_DIR", str(tmp_path / "jobs"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", fixture_store)
@@ -172,7 +172,7 @@ def test_the_train_pages_yaml_tab_refuses_a_bomb_with_one_message(fixture_store,
 
 
 def test_a_full_disk_under_the_store_stops_the_sweep_with_one_message(tmp_path, monkeypatch):
-    from rnnlib import sweep
+    from rnnlib.run import sweep
 
     store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     config = cfg.parse_config(MINIMAL + "model: {units: 2}\ntraining: {epochs: 1, steps_per_epoch: 1, batch_size: 4, "

@@ -14,8 +14,10 @@ from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from conftest import EXPERIMENTS_DIR, PROJECT_DIR
-from rnnlib import config as cfg
-from rnnlib import jobs, tracking, workers
+from rnnlib import tracking
+from rnnlib.core import config as cfg
+from rnnlib.core import workers
+from rnnlib.run import jobs
 
 pytestmark = pytest.mark.slow
 TINY = {"training.steps_per_epoch": 2, "training.batch_size": 8, "training.num_validation_sequences": 8,
@@ -111,7 +113,6 @@ def start_cli(uri, config, folder):
     path = folder / "experiment.yaml"
     path.write_text(config.to_yaml())
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(PROJECT_DIR)
     return subprocess.Popen([sys.executable, "-m", "rnnlib", "run", str(path), "--tracking-uri", uri, "--quiet"],
                             cwd=PROJECT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -203,7 +204,6 @@ def test_a_tracking_server_that_stops_mid_run_gives_one_message_and_the_run_ends
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     with start_mlflow_server(backend, tmp_path / "artifacts") as server:
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env["PYTHONPATH"] = str(PROJECT_DIR)
         path = tmp_path / "long.yaml"
         path.write_text(smoke(**{"grid": "{}", "training.epochs": 5000}).to_yaml())
         process = subprocess.Popen([sys.executable, "-m", "rnnlib", "run", str(path), "--tracking-uri", server,

@@ -1,4 +1,8 @@
-"""The house rules of shared/STYLE.md and DESIGN.md, checked on the source."""
+"""The house rules of shared/STYLE.md and DESIGN.md, checked on the source.
+
+The Keras boundary is a folder: only `rnnlib/worker/` may import keras, tensorflow, jax or torch, at any level
+(inside functions too), and only modules that run training import `rnnlib.worker`.
+"""
 
 import ast
 import subprocess
@@ -8,57 +12,95 @@ import pytest
 
 from conftest import PROJECT_DIR
 
-LIGHT_MODULES = ["rnnlib.config", "rnnlib.tasks", "rnnlib.truncation", "rnnlib.probes", "rnnlib.tracking",
-                 "rnnlib.sweep", "rnnlib.cli", "rnnlib.training", "rnnlib.compare", "rnnlib.plots", "rnnlib.views",
-                 "rnnlib.jobs", "rnnlib.lessons", "rnnlib.diagrams", "rnnlib.backend", "rnnlib.divergence",
-                 "rnnlib.workers", "rnnlib.bundles", "rnnlib.predictions", "rnnlib.rollouts", "ui.prediction_views",
-                 "ui.data", "ui.sidebar", "ui.compare_controls", "ui.jobs_panel", "ui.train_form", "ui.scope"]
+HEAVY = ("keras", "tensorflow", "jax", "torch")
+# The modules outside the worker package that may import it: the sweep is what a training process runs.
+WORKER_IMPORTERS = {"rnnlib/run/sweep.py"}
 
 
 def imported_modules(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
+    for node in ast.walk(tree):  # every level: module top, functions, methods
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
 
 
 def library_files():
     return sorted((PROJECT_DIR / "rnnlib").rglob("*.py"))
 
 
+def dashboard_files():
+    return [PROJECT_DIR / "app.py", *sorted((PROJECT_DIR / "app_pages").glob("*.py")),
+            *sorted((PROJECT_DIR / "ui").rglob("*.py"))]
+
+
+def relative(path):
+    return path.relative_to(PROJECT_DIR).as_posix()
+
+
+def is_worker(path):
+    return relative(path).startswith("rnnlib/worker/")
+
+
 def test_rnnlib_never_imports_streamlit():
-    offenders = [p.name for p in library_files() if any(m.split(".")[0] == "streamlit" for m in imported_modules(p))]
+    offenders = [relative(p) for p in library_files()
+                 if any(m.split(".")[0] == "streamlit" for m in imported_modules(p))]
     assert offenders == []
 
 
-def test_only_tracking_imports_mlflow():
-    importers = {p.relative_to(PROJECT_DIR).as_posix() for p in library_files()
-                 if any(m.split(".")[0] == "mlflow" for m in imported_modules(p))}
-    assert importers == {"rnnlib/tracking.py"}
+def test_only_the_tracking_package_imports_mlflow():
+    importers = {relative(p) for p in library_files() if any(m.split(".")[0] == "mlflow" for m in imported_modules(p))}
+    assert importers and all(p.startswith("rnnlib/tracking/") for p in importers), importers
 
 
-def test_training_code_is_written_against_keras_not_tf():
-    for name in ("training.py", "models.py"):
-        modules = set(imported_modules(PROJECT_DIR / "rnnlib" / name))
-        assert not any(m.split(".")[0] == "tensorflow" for m in modules), name
-
-
-def test_dashboard_files_never_import_keras_tensorflow_or_mlflow():
-    files = [PROJECT_DIR / "app.py", *sorted((PROJECT_DIR / "app_pages").glob("*.py")),
-             *sorted((PROJECT_DIR / "ui").glob("*.py"))]
-    offenders = {p.name: m for p in files for m in imported_modules(p)
-                 if m.split(".")[0] in ("keras", "tensorflow", "mlflow", "jax", "torch")}
+def test_no_module_outside_the_worker_package_imports_a_framework_at_any_level():
+    offenders = {relative(p): m for p in [*library_files(), *dashboard_files()] if not is_worker(p)
+                 for m in imported_modules(p) if m.split(".")[0] in HEAVY}
     assert offenders == {}
 
 
-@pytest.mark.parametrize("module", LIGHT_MODULES)
-def test_light_modules_do_not_import_keras_or_tensorflow(module):
-    code = (f"import sys, {module}; heavy = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules];"
-            "print(','.join(heavy))")
+def test_the_worker_package_is_imported_only_where_training_runs():
+    importers = {relative(p) for p in [*library_files(), *dashboard_files()] if not is_worker(p)
+                 and any(m.startswith("rnnlib.worker") for m in imported_modules(p))}
+    assert importers <= WORKER_IMPORTERS, importers - WORKER_IMPORTERS
+
+
+def test_training_code_is_written_against_keras_not_tf():
+    for path in (PROJECT_DIR / "rnnlib" / "worker").glob("*.py"):
+        if path.name == "backends.py":  # the one module that talks to each backend directly
+            continue
+        assert not any(m.split(".")[0] in ("tensorflow", "jax", "torch") for m in imported_modules(path)), path.name
+
+
+def test_dashboard_files_never_import_mlflow():
+    offenders = {relative(p): m for p in dashboard_files() for m in imported_modules(p) if m.split(".")[0] == "mlflow"}
+    assert offenders == {}
+
+
+def light_modules():
+    """Every module outside the worker package and the worker's importers, by dotted name."""
+    names = []
+    for path in [*library_files(), *sorted((PROJECT_DIR / "ui").rglob("*.py"))]:
+        if is_worker(path) or relative(path) in WORKER_IMPORTERS or path.name == "__main__.py":
+            continue
+        parts = path.relative_to(PROJECT_DIR).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_every_light_module_is_listed():
+    assert {"rnnlib.analysis.predictions", "rnnlib.core.rollouts", "ui.prediction_views", "rnnlib.run.jobs",
+            "rnnlib.run.cli", "rnnlib.tracking.bundles"} <= set(light_modules())
+
+
+def test_light_modules_do_not_import_a_framework():
+    """Import all of them in one fresh interpreter: none may pull keras, tensorflow, jax or torch in."""
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {light_modules()!r}];"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
 
@@ -73,6 +115,13 @@ def test_the_shipped_streamlit_config_shows_no_tracebacks_and_watches_no_files()
 
 
 def test_process_identity_lives_in_one_module():
-    importers = {p.relative_to(PROJECT_DIR).as_posix() for p in library_files()
-                 if any(m.split(".")[0] == "psutil" for m in imported_modules(p))}
-    assert importers == {"rnnlib/workers.py"}  # process identity lives in one place
+    importers = {relative(p) for p in library_files() if any(m.split(".")[0] == "psutil" for m in imported_modules(p))}
+    assert importers == {"rnnlib/core/workers.py"}  # process identity lives in one place
+
+
+@pytest.mark.parametrize("folder", ["core", "tasks", "analysis", "viz"])
+def test_pure_packages_import_neither_tracking_nor_run(folder):
+    """core, tasks, analysis and viz are numpy/pandas/plotly only: they never reach for the store or the jobs."""
+    offenders = {relative(p): m for p in (PROJECT_DIR / "rnnlib" / folder).rglob("*.py") for m in imported_modules(p)
+                 if m.startswith(("rnnlib.tracking", "rnnlib.run", "mlflow"))}
+    assert offenders == {}

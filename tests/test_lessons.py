@@ -11,7 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import PROJECT_DIR
-from rnnlib import config, diagrams, lessons, tasks, truncation
+from rnnlib import tasks
+from rnnlib.analysis import lessons
+from rnnlib.core import config, truncation
+from rnnlib.viz import diagrams
 
 
 def reach_for(length, short_form, step=None, seed=0):

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rnnlib import config as cfg
-from rnnlib import models, probes, tasks, tracking
+from rnnlib import tasks, tracking
+from rnnlib.analysis import probes
+from rnnlib.core import cells
+from rnnlib.core import config as cfg
+from rnnlib.worker import models
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
@@ -16,10 +19,10 @@ def test_traces_of_a_stacked_model_reproduce_its_keras_hidden_states(cell_type):
     keras.utils.set_random_seed(3)
     model = models.build_model(config.model, tasks.build(config.task))
     x = np.random.default_rng(0).normal(size=(4, 12, 1)).astype(np.float32)
-    traces = probes.model_traces(models.export_weights(model), cell_type, 2, x)
+    traces = cells.model_traces(models.export_weights(model), cell_type, 2, x)
     top = keras.Model(model.inputs, model.get_layer(f"{cell_type}_1").output)
     np.testing.assert_allclose(traces[1]["h"], keras.ops.convert_to_numpy(top(x)), atol=1e-5)
-    assert set(probes.GATES[cell_type]) <= set(traces[0])
+    assert set(cells.GATES[cell_type]) <= set(traces[0])
 
 
 def test_tidy_traces_and_saturation_have_one_row_per_step_and_unit():
@@ -27,7 +30,7 @@ def test_tidy_traces_and_saturation_have_one_row_per_step_and_unit():
     weights = {"lstm_0/lstm_cell/kernel": rng.normal(size=(2, 12)),
                "lstm_0/lstm_cell/recurrent_kernel": rng.normal(size=(3, 12)),
                "lstm_0/lstm_cell/bias": np.r_[np.zeros(3), np.full(3, 20.0), np.zeros(6)]}  # forget gate ~1
-    traces = probes.model_traces(weights, "lstm", 1, rng.normal(size=(2, 7, 2)))
+    traces = cells.model_traces(weights, "lstm", 1, rng.normal(size=(2, 7, 2)))
     tidy = probes.tidy_traces(traces, sequence=1)
     assert len(tidy[tidy["quantity"] == "c"]) == 7 * 3
     assert set(tidy["quantity"]) == {"input_gate", "forget_gate", "candidate", "output_gate", "c", "h"}
@@ -35,7 +38,7 @@ def test_tidy_traces_and_saturation_have_one_row_per_step_and_unit():
     forget = saturation[saturation["gate"] == "forget_gate"]
     assert (forget["open"] == 1.0).all() and (forget["closed"] == 0.0).all()
     with pytest.raises(ValueError, match="No weights for layer gru_0; these weights hold: lstm_0"):
-        probes.model_traces(weights, "gru", 1, rng.normal(size=(1, 2, 2)))
+        cells.model_traces(weights, "gru", 1, rng.normal(size=(1, 2, 2)))
 
 
 @pytest.mark.slow
@@ -48,7 +51,7 @@ def test_weights_logged_by_a_run_replay_its_model_without_keras(fixture_store, t
     model = keras.saving.load_model(path)
     config = cfg.parse_config(tracking.load_artifact_text(fixture_store, run["run_id"], "config.yaml"))
     x, _ = tasks.build(config.task).validation_data(3)
-    traces = probes.model_traces(weights, "gru", config.model.num_layers, x)
+    traces = cells.model_traces(weights, "gru", config.model.num_layers, x)
     final = traces[config.model.num_layers - 1]["h"][:, -1]
     prediction = final @ weights["head/kernel"] + weights["head/bias"]
     np.testing.assert_allclose(prediction, keras.ops.convert_to_numpy(model(x)), atol=1e-5)
@@ -72,7 +75,7 @@ def test_numpy_predictions_from_logged_weights_equal_the_keras_model():
         keras.utils.set_random_seed(0)
         model = models.build_model(config.model, task)
         x, _ = probes.example_sequences(task, seed=1, num_sequences=3)
-        traces = probes.model_traces(models.export_weights(model), cell_type, 2, x)
+        traces = cells.model_traces(models.export_weights(model), cell_type, 2, x)
         expected = keras.ops.convert_to_numpy(model(x.astype(np.float32)))
         np.testing.assert_allclose(probes.predictions(models.export_weights(model), traces, task), expected,
                                    atol=1e-5)

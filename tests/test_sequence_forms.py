@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from rnnlib import config as cfg
-from rnnlib import lessons, tasks, training
+from rnnlib import tasks
+from rnnlib.analysis import lessons
+from rnnlib.core import config as cfg
 from rnnlib.tasks.dates import EOS, FORMATS, GO, PAD
+from rnnlib.worker import training
 
 # ---- vec2seq: a waveform from one vector
 
@@ -143,7 +145,7 @@ def test_exact_match_needs_every_character_and_the_end_while_char_accuracy_count
 def tiny_fixed_decoder(task):
     """A real Keras SimpleRNN whose weights make it say, at every step, the character after the one it reads
     (alphabet order, cyclic): no memory, so greedy decoding from ▶ must walk the alphabet from ■ on."""
-    from rnnlib import models
+    from rnnlib.worker import models
 
     run = cfg.validate({"task": {"name": "dates", "formats": ["compact"]},
                         "model": {"cell_type": "rnn", "units": task.num_features}})

@@ -15,7 +15,9 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from conftest import PROJECT_DIR
-from rnnlib import bundles, config, tracking
+from rnnlib import tracking
+from rnnlib.core import config
+from rnnlib.tracking import bundles
 
 pytestmark = pytest.mark.slow
 BUNDLE = Path(__file__).resolve().parent / "fixtures" / "store-v2"

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from rnnlib import config as cfg
 from rnnlib import tasks
+from rnnlib.core import config as cfg
 from rnnlib.tasks.text import corpus
 
 

@@ -14,8 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import EXPERIMENTS_DIR, PROJECT_DIR, run_cli, start_mlflow_server
-from rnnlib import config as cfg
-from rnnlib import sweep, tracking, training
+from rnnlib import tracking
+from rnnlib.core import callbacks
+from rnnlib.core import config as cfg
+from rnnlib.run import sweep
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +138,7 @@ def test_sigterm_ends_the_open_run_killed(sqlite_uri, cli_env):
     assert "interrupted" in runs[0].data.tags["rnnlib.error"]
 
 
-class Explodes(training.Callback):
+class Explodes(callbacks.Callback):
     def on_epoch_end(self, epoch, logs):
         raise RuntimeError("disk full")
 

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rnnlib import config as cfg
-from rnnlib import models, tasks, training, truncation
-from rnnlib.truncation import Window
+from rnnlib import tasks
+from rnnlib.core import config as cfg
+from rnnlib.core import truncation
+from rnnlib.core.truncation import Window
+from rnnlib.worker import models, training
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -5,8 +5,9 @@ once, for any batch size. An oracle "model" that outputs a baseline's own predic
 import numpy as np
 import pytest
 
-from rnnlib import config as cfg
-from rnnlib import tasks, training
+from rnnlib import tasks
+from rnnlib.core import config as cfg
+from rnnlib.worker import training
 
 
 class Oracle:
@@ -163,7 +164,7 @@ def test_a_trained_forecasts_logged_mae_is_the_mae_of_its_forecasts_on_the_predi
     config = cfg.validate({"task": {"name": "forecast", "dataset": "stocks", "window": 12, "horizon": 2},
                            "model": {"cell_type": "gru", "units": 4},
                            "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "probe_every": 0}})
-    from rnnlib import models
+    from rnnlib.worker import models
 
     result = training.train(config)
     portable = models.portable_copy(result.model, config.model, result.task)

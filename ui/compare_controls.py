@@ -6,8 +6,8 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from rnnlib import compare
-from rnnlib.views import CompareView
+from rnnlib.analysis import compare
+from rnnlib.analysis.views import CompareView
 
 PREFIX = "compare_"
 NOTICES = PREFIX + "notices"

@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from rnnlib import tracking
-from rnnlib.config import SCHEMA_VERSION
-from rnnlib.errors import RunDataError, TrackingError
+from rnnlib.core.config import SCHEMA_VERSION
+from rnnlib.core.errors import RunDataError, TrackingError
 
 CACHE_SECONDS = 15
 tracking.apply_http_policy("dashboard")  # a page waits on the store: fail in seconds, not minutes
@@ -149,7 +149,7 @@ def weights(uri: str, run_id: str, labels=None) -> dict | None:
 
 @st.cache_data(ttl=10, max_entries=4, show_spinner=False)
 def _reconcile(uri: str) -> list[dict]:
-    from rnnlib import jobs
+    from rnnlib.run import jobs
 
     return jobs.reconcile(uri)
 

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from rnnlib import jobs, tracking
+from rnnlib import tracking
+from rnnlib.run import jobs
 from ui import data
 
 FINISHED_SHOWN = 5  # ended jobs listed below the running ones; older ones behind an expander

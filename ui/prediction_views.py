@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from rnnlib import plots, predictions, probes, rollouts
+from rnnlib.analysis import predictions, probes
+from rnnlib.core import cells, rollouts
+from rnnlib.viz import plots
 from ui import data
 from ui.scope import Permalink
 
@@ -224,7 +226,7 @@ def _own_vector(selection: Selection, default: np.ndarray) -> None:
         weights = data.weights(selection.uri, run_id, selection.labels.get)
         if weights is None:
             continue
-        traces = probes.model_traces(weights, model.cell_type, model.num_layers, x)
+        traces = cells.model_traces(weights, model.cell_type, model.num_layers, x)
         outputs[selection.labels[run_id]] = probes.predictions(weights, traces, task)
     target = task.targets_for(x)
     frame = predictions.generated_frame(target if target is not None else np.full((1, task.sequence_length, 1),

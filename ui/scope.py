@@ -9,7 +9,7 @@ experiment renamed) fall back to the default with a notice instead of an error.
 import pandas as pd
 import streamlit as st
 
-from rnnlib.config import CELL_TYPES
+from rnnlib.core.config import CELL_TYPES
 
 
 class Permalink:

@@ -2,12 +2,13 @@
 
 import streamlit as st
 
-from rnnlib import backend, tracking
+from rnnlib import tracking
+from rnnlib.core import machine
 
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _device() -> str:
-    return backend.device_without_framework()
+    return machine.device_without_framework()
 
 
 def render(uri: str) -> None:
@@ -21,5 +22,5 @@ def render(uri: str) -> None:
         if description != uri:
             st.caption(f"`{uri}`")
         st.markdown("### Training")
-        st.markdown(f"Keras backend: **{backend.backend_name()}**  \nDevice: **{_device()}**")
+        st.markdown(f"Keras backend: **{machine.backend_name()}**  \nDevice: **{_device()}**")
         st.caption("Training runs in worker processes; this dashboard never loads Keras.")

@@ -9,8 +9,10 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from rnnlib import config, plots, tasks
+from rnnlib import tasks
+from rnnlib.core import config, paths
 from rnnlib.tasks import sources
+from rnnlib.viz import plots
 
 
 def _parse_list(text: str) -> list:
@@ -200,7 +202,7 @@ def _preview(series, file_name: str) -> None:
 
 def from_yaml() -> tuple[str, str] | None:
     """Pick a bundled experiment and edit it; returns (name, YAML text) on submit."""
-    files = sorted(config.EXPERIMENTS_DIR.glob("*.yaml"))
+    files = sorted(paths.EXPERIMENTS_DIR.glob("*.yaml"))
     chosen = st.selectbox("Experiment file", files, format_func=lambda p: p.name, key="train_yaml_file")
     with st.form("train_yaml"):
         text = st.text_area("YAML (edit freely; this file is not changed)", chosen.read_text(encoding="utf-8"),

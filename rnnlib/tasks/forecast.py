@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pydantic
 
-from rnnlib import rollouts
+from rnnlib.core import rollouts
 from rnnlib.tasks import sources
 from rnnlib.tasks.base import Metric, Task, TaskParams, first_of
 

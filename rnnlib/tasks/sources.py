@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+from rnnlib.core.paths import PROJECT_DIR
+
 ENV_DATA_DIR = "RNNLAB_DATA_DIR"
 MAX_CSV_BYTES = 50 * 2**20
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}

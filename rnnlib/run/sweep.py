@@ -13,9 +13,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from rnnlib import divergence, tracking, training
-from rnnlib.config import ExperimentConfig, expand_grid
-from rnnlib.errors import RnnLabError, TrackingError
+from rnnlib import tracking
+from rnnlib.core import divergence
+from rnnlib.core.config import ExperimentConfig, expand_grid
+from rnnlib.core.errors import RnnLabError, TrackingError
+from rnnlib.worker import training
 
 
 class SweepError(RnnLabError):
@@ -46,7 +48,7 @@ def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list
     """Train every grid point of `config`, logging each run to `store` (a `rnnlib.tracking.Store`).
 
     Args:
-        make_callbacks: optional `(index, total, config) -> list[training.Callback]`, e.g. progress bars.
+        make_callbacks: optional `(index, total, config) -> list[callbacks.Callback]`, e.g. progress bars.
 
     Raises:
         SweepError: after all trials ran, when one or more of them failed.

@@ -5,7 +5,7 @@ from logged weights. Numpy and pandas only: the dashboard imports this, never ke
 import numpy as np
 import pandas as pd
 
-from rnnlib import probes, rollouts
+from rnnlib.core import cells, rollouts
 
 # ---- Forecasts
 
@@ -150,7 +150,7 @@ def _step_logits(weights, cell_type, inputs, states) -> np.ndarray:
     logits after the last step."""
     hidden = inputs
     for layer in range(len(states)):
-        hidden, states[layer], _ = probes.run_cell(cell_type, hidden, *probes.layer_weights(weights, cell_type, layer),
+        hidden, states[layer], _ = cells.run_cell(cell_type, hidden, *cells.layer_weights(weights, cell_type, layer),
                                                    initial_state=states[layer])
     return hidden[0, -1] @ weights["head/kernel"] + weights["head/bias"]
 

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from rnnlib import backend
 from rnnlib.tasks import Task
+from rnnlib.worker import backends
 
 CELLS = {
     "rnn": keras.layers.SimpleRNN,
@@ -90,14 +90,14 @@ def build_recurrent_model(model_config, task: Task, batch_size: int | None = Non
             stateful=stateful,
             recurrent_initializer=keras.initializers.Orthogonal(gain=model_config.recurrent_gain),
             name=f"{model_config.cell_type}_{index}",
-            **backend.recurrent_layer_options(keras.backend.backend(), model_config.cell_type, stateful),
+            **backends.recurrent_layer_options(keras.backend.backend(), model_config.cell_type, stateful),
         )(hidden)
         if model_config.dropout and not is_last:
             hidden = keras.layers.Dropout(model_config.dropout, name=f"dropout_{index}")(hidden)
     activation = "softmax" if task.loss == "sparse_categorical_crossentropy" else None
     outputs = keras.layers.Dense(task.num_outputs, activation=activation, name="head")(hidden)
     model = keras.Model(inputs, outputs, name=f"{model_config.cell_type}_x{model_config.num_layers}")
-    if stateful and backend.tracks_rnn_state(keras.backend.backend()):
+    if stateful and backends.tracks_rnn_state(keras.backend.backend()):
         for layer in recurrent_layers(model):
             layer._tracker.unlock()
             for variable in layer.states:

@@ -1,4 +1,6 @@
-"""Command line: `python -m rnnlib run experiments/NAME.yaml [--set key=value ...] [--tracking-uri URI]`.
+"""Command line: `rnnlab run experiments/NAME.yaml [--set key=value ...] [--tracking-uri URI]` (or `python -m rnnlib`).
+
+`rnnlab validate FILE` checks a YAML, `rnnlab lab` starts the dashboard, `rnnlab export` / `import` move runs.
 
 Exit codes: 0 all runs finished, 1 some runs failed, 2 invalid config or arguments, 3 tracking store
 unusable, 130 interrupted (the open run ends KILLED).
@@ -11,14 +13,14 @@ import sys
 
 from tqdm import tqdm
 
-from rnnlib.errors import ConfigError, RnnLabError, TrackingError
-from rnnlib.training import Callback
+from rnnlib.core.callbacks import Callback
+from rnnlib.core.errors import ConfigError, RnnLabError, TrackingError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_TRACKING, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rnnlib", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rnnlab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "train an experiment (every point of its grid) and log it to MLflow"),
                             ("validate", "check an experiment YAML and list the runs it would start")):
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     load = commands.add_parser("import", help="load a bundle folder's runs into a store")
     load.add_argument("bundle", help="a folder written by `export`")
     load.add_argument("--tracking-uri", default=None)
+    lab = commands.add_parser("lab", help="start the dashboard (and the demo sweep on an empty store)")
+    lab.add_argument("--tracking-uri", default=None)
+    lab.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="passed to `streamlit run` (--server.port 8502)")
     run = commands.choices["run"]
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
@@ -50,12 +55,14 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        from rnnlib.config import expand_grid, load_config
+        from rnnlib.core.config import expand_grid, load_config
 
         if args.command in BUNDLE_COMMANDS:
             return BUNDLE_COMMANDS[args.command](args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "lab":
+            return _lab(args)
         config = load_config(args.experiment, args.overrides)
         if args.command == "validate":
             points = expand_grid(config)
@@ -77,7 +84,8 @@ def main(argv=None) -> int:
 
 
 def _run(config, args) -> int:
-    from rnnlib import sweep, tracking
+    from rnnlib import tracking
+    from rnnlib.run import sweep
 
     tracking.apply_http_policy("training")
     signal.signal(signal.SIGTERM, _request_stop)  # `kill` ends the open run KILLED, like Ctrl-C
@@ -104,8 +112,10 @@ def _run(config, args) -> int:
 
 def _demo(args) -> int:
     """Give a first open something to show: the demo sweep, as a dashboard job, when the store is empty."""
-    from rnnlib import jobs, tracking
-    from rnnlib.config import EXPERIMENTS_DIR, load_config
+    from rnnlib import tracking
+    from rnnlib.core.config import load_config
+    from rnnlib.core.paths import EXPERIMENTS_DIR
+    from rnnlib.run import jobs
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_store(uri)
@@ -118,8 +128,23 @@ def _demo(args) -> int:
     return 0
 
 
+def _lab(args) -> int:
+    """`streamlit run app.py` on loopback, after `_demo` gave an empty store something to show."""
+    import subprocess
+
+    from rnnlib.core.paths import PROJECT_DIR
+
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    _demo(args)
+    command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_DIR / "app.py"), "--server.address",
+               "127.0.0.1", "--browser.gatherUsageStats", "false", *args.streamlit_args]
+    return subprocess.call(command, cwd=PROJECT_DIR)
+
+
 def _export(args) -> int:
-    from rnnlib import bundles, tracking
+    from rnnlib import tracking
+    from rnnlib.tracking import bundles
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_store(uri)
@@ -133,7 +158,8 @@ def _export(args) -> int:
 
 
 def _import(args) -> int:
-    from rnnlib import bundles, tracking
+    from rnnlib import tracking
+    from rnnlib.tracking import bundles
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_store(uri)

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import signal, stats
 
-from rnnlib import divergence
-from rnnlib.probes import vanishing_lag
+from rnnlib.core import divergence
+from rnnlib.core.records import vanishing_lag
 
 STATISTICS = ("best", "last", "at_step")
 DEFAULT_GROUP_BY = ("model.cell_type", "training.truncation")

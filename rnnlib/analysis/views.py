@@ -7,7 +7,7 @@ store holds as they draw the widget for it (unknown or stale values are dropped 
 
 import dataclasses
 
-from rnnlib import compare
+from rnnlib.analysis import compare
 
 FILTER_PREFIX = "f."
 

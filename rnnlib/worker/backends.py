@@ -1,13 +1,7 @@
-"""The one place that talks to a specific Keras backend (TensorFlow, JAX or PyTorch) directly."""
-
-import os
+"""The one place that talks to a specific Keras backend (TensorFlow, JAX or PyTorch) directly: layer options a
+backend needs, the device it trains on, and autodiff for the gradient probes."""
 
 import numpy as np
-
-
-def backend_name() -> str:
-    """The Keras backend that `import keras` will pick, read without importing keras."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 def recurrent_layer_options(backend: str, cell_type: str, stateful: bool) -> dict:
@@ -30,21 +24,6 @@ def tracks_rnn_state(backend: str) -> bool:
     trace time and their updates are dropped, so truncated BPTT would silently restart from a stale state.
     """
     return backend == "jax"
-
-
-def device_without_framework() -> str:
-    """The GPU training would use, asked of `nvidia-smi` (no framework import), else `cpu`."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi") is None or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
-        return "cpu"
-    try:
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=5, check=True).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "cpu"
-    return names[0].strip() or "cpu"
 
 
 def device_name() -> str:

@@ -35,7 +35,7 @@ import pydantic
 import yaml
 
 from rnnlib import tasks
-from rnnlib.errors import ConfigError
+from rnnlib.core.errors import ConfigError
 from rnnlib.tasks.base import refuse_boolean_number
 
 CELL_TYPES = ("rnn", "lstm", "gru")
@@ -43,7 +43,6 @@ AR_MODELS = ("ar", "ar_mlp")  # autoregressive baselines: no state, a fixed look
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 TRUNCATION_MODES = ("full", "tbptt", "random_length")
 MAX_GRID_POINTS = 10_000
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 # The version of the config schema this code writes. Every logged `config.yaml` carries it as `schema_version`
 # (and every run as the tag `rnnlib.schema_version`); text without one was written at version 1. Reading brings

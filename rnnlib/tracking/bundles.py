@@ -24,8 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlflow.entities import Metric, Param
+
 from rnnlib import tracking
-from rnnlib.errors import RnnLabError
+from rnnlib.core.errors import RnnLabError
+from rnnlib.tracking.queries import restore_infinities, runs_frame
+from rnnlib.tracking.store import Store, open_client, writes
 
 FORMAT, VERSION = "rnnlab-bundle", 1
 MODEL_FILE = "model/model.keras"  # what only Keras reads; the pages read the plain .npz files
@@ -53,7 +57,7 @@ def export_bundle(uri: str | None, experiments: list[str], out: Path, with_model
     try:
         summary, listed, skipped = {}, [], []
         for name in experiments:
-            records = tracking.run_records(uri, name)
+            records = run_records(uri, name)
             if not records:
                 raise BundleError(f"The store {tracking.resolve_tracking_uri(uri)} has no experiment {name!r} "
                                   "with runs.")
@@ -84,7 +88,7 @@ def _write_run(folder: Path, uri, experiment: str, record: dict, with_models: bo
         writer.writerow(METRIC_COLUMNS)
         for point in record["metrics"]:
             writer.writerow([point["key"], point["step"], point["timestamp"], repr(float(point["value"]))])
-    artifacts = tracking.download_run_artifacts(uri, record["run_id"], folder / "artifacts")
+    artifacts = download_run_artifacts(uri, record["run_id"], folder / "artifacts")
     model = artifacts / MODEL_FILE
     if model.exists() and not with_models:
         model.unlink()
@@ -110,7 +114,7 @@ def read_manifest(folder: Path) -> dict:
 
 
 def read_run(folder: Path) -> dict:
-    """One run of a bundle as a `tracking.run_records` record."""
+    """One run of a bundle as a `run_records` record."""
     info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     with open(folder / "metrics.csv", newline="", encoding="utf-8") as handle:
         info["metrics"] = [{"key": row["key"], "step": int(row["step"]), "timestamp": int(row["timestamp"]),
@@ -131,7 +135,7 @@ def import_bundle(folder: Path, uri: str | None) -> dict:
     added = {}
     for experiment in manifest["experiments"]:
         name = experiment["name"]
-        known = tracking.imported_runs(store.uri, name)  # original id -> id in this store
+        known = imported_runs(store.uri, name)  # original id -> id in this store
         count = 0
         for run_id in experiment["runs"]:
             if run_id in known:
@@ -142,9 +146,72 @@ def import_bundle(folder: Path, uri: str | None) -> dict:
                 raise BundleError(f"Run {run_id} of {folder} cannot be read ({error}); the bundle is damaged.") \
                     from None
             parent = record["tags"].get("mlflow.parentRunId")
-            known[run_id] = tracking.write_run(store, name, record, folder / "runs" / run_id / "artifacts",
+            known[run_id] = write_run(store, name, record, folder / "runs" / run_id / "artifacts",
                                                parent_run_id=known.get(parent) if parent else None)
             count += 1
         added[name] = count
     return added
 
+
+# ---- Whole runs, as plain data: what `rnnlib.bundles` writes to and reads from a portable folder.
+
+def run_records(uri: str | None, experiment: str) -> list[dict]:
+    """Every run of `experiment` as plain data: `run_id`, `run_name`, `status`, `start_time`, `end_time` (ms),
+    `params`, `tags` and `metrics` (every logged point: `key`, `step`, `timestamp`, `value`, NaN and inf as
+    logged). Parents come before their children. Empty when the experiment does not exist."""
+    client = open_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    records = []
+    for run in client.search_runs([found.experiment_id], max_results=50_000):
+        points = [{"key": key, "step": m.step, "timestamp": m.timestamp, "value": float(restore_infinities(m.value))}
+                  for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+        records.append({"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+                        "start_time": run.info.start_time, "end_time": run.info.end_time,
+                        "params": dict(run.data.params), "tags": dict(run.data.tags), "metrics": points})
+    return sorted(records, key=lambda r: ("mlflow.parentRunId" in r["tags"], r["start_time"] or 0))
+
+
+def download_run_artifacts(uri: str | None, run_id: str, destination: Path) -> Path:
+    """Every artifact of a run, copied into `destination` (created)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    client = open_client(uri)
+    for item in client.list_artifacts(run_id):
+        client.download_artifacts(run_id, item.path, str(destination))
+    return destination
+
+
+def write_run(store: Store, experiment: str, record: dict, artifacts: Path | None,
+              parent_run_id: str | None = None) -> str:
+    """Create a finished run in `store` from a `run_records` record (its start and end times, params, tags,
+    every metric point, and the files under `artifacts`); returns its new id. Its original id is kept as the
+    tag `rnnlib.imported_from`."""
+    experiment_id = store.experiment_id(experiment)
+    tags = {k: v for k, v in record["tags"].items() if k != "mlflow.parentRunId"}
+    tags["rnnlib.imported_from"] = record["run_id"]
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with writes(store.uri):
+        run_id = store.client.create_run(experiment_id, start_time=record["start_time"], tags=tags,
+                                         run_name=record["run_name"]).info.run_id
+        params = [Param(k, v) for k, v in record["params"].items()]
+        metrics = [Metric(m["key"], float(m["value"]), int(m["timestamp"]), int(m["step"])) for m in record["metrics"]]
+        for first in range(0, len(params), 100):
+            store.client.log_batch(run_id, params=params[first : first + 100])
+        for first in range(0, len(metrics), 1000):
+            store.client.log_batch(run_id, metrics=metrics[first : first + 1000])
+        if artifacts is not None and artifacts.is_dir() and any(artifacts.iterdir()):
+            store.client.log_artifacts(run_id, str(artifacts))
+        store.client.set_terminated(run_id, record["status"], end_time=record["end_time"])
+    return run_id
+
+
+def imported_runs(uri: str | None, experiment: str) -> dict[str, str]:
+    """{original id: id here} of the runs of `experiment` that were imported (`write_run`)."""
+    runs = runs_frame(uri, experiment)
+    column = "tags.rnnlib.imported_from"
+    if column not in runs:
+        return {}
+    known = runs.dropna(subset=[column])
+    return dict(zip(known[column], known["run_id"]))

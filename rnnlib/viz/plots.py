@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative, unlabel_rgb
 
-from rnnlib.compare import FLOAT32_FLOOR, group_runs, group_sort_key, natural_key
+from rnnlib.analysis.compare import FLOAT32_FLOOR, group_runs, group_sort_key, natural_key
 
 PALETTE = qualitative.D3 + qualitative.Set2
 BASELINE_STYLE = {"color": "#555555", "dash": "dash", "width": 1.5}

@@ -14,9 +14,10 @@ Jacobian view ∂h_T/∂h_t is a property of the dynamics and is computed withou
 import numpy as np
 from keras import ops
 
-from rnnlib import backend, models, probes, truncation
-from rnnlib.config import ExperimentConfig
+from rnnlib.core import cells, records, truncation
+from rnnlib.core.config import ExperimentConfig
 from rnnlib.tasks import Task
+from rnnlib.worker import backends, models
 
 # Jacobians are taken row by row, one replica of a sequence per unit of h_T: cap the replicated batch.
 MAX_JACOBIAN_ROWS = 1024
@@ -75,12 +76,12 @@ class GradientProbe:
         self.head = model.get_layer("head")
         self.task = task
         loss = keras.losses.get(task.loss)
-        self._loss_gradients = backend.gradient_function(
+        self._loss_gradients = backends.gradient_function(
             lambda x, target, cut, *flat: ops.sum(loss(target, self.head(
                 unroll(self.cells, x, self._nest(flat), cut)[:, -1])))
         )
         self._state_gradients = {
-            index: backend.gradient_function(
+            index: backends.gradient_function(
                 lambda x, selector, *flat, index=index: ops.sum(
                     unroll(self.cells[: index + 1], x, self._nest(flat)[: index + 1])[:, -1] * selector)
             )
@@ -111,7 +112,7 @@ class GradientProbe:
         nested = self._nest(grads)  # per layer: ∂L/∂h_t (and ∂L/∂c_t through the carried cell state only)
         result = {"loss_hidden": np.stack([_mean_norm(layer[0]) for layer in nested])}
         if self.cell_type == "lstm":
-            traces = probes.model_traces(models.export_weights(self.model), "lstm", len(self.cells), x)
+            traces = cells.model_traces(models.export_weights(self.model), "lstm", len(self.cells), x)
             result["loss_cell"] = np.stack([
                 _mean_norm(carried + from_hidden * trace["output_gate"] * (1.0 - np.tanh(trace["c"]) ** 2))
                 for (from_hidden, carried), trace in zip(nested, traces.values())
@@ -155,7 +156,7 @@ class GradientProbe:
 
 
 class FlowRecorder:
-    """Probes a training model's gradient flow on fixed sequences and keeps every probe (`probes.GradientFlow`)."""
+    """Probes a training model's gradient flow on fixed sequences and keeps every probe (`records.GradientFlow`)."""
 
     def __init__(self, model, task: Task, config: ExperimentConfig):
         self.task, self.truncation = task, config.training.truncation
@@ -163,10 +164,10 @@ class FlowRecorder:
         self.rng = np.random.default_rng(config.seed + PROBE_SEED_OFFSET)
         x, self.y = task.sample_batch(self.rng, config.training.num_probe_sequences)
         self.x = np.asarray(x, np.float32)
-        self.flow = probes.GradientFlow.empty(config.model.cell_type, config.model.num_layers, task.sequence_length,
+        self.flow = records.GradientFlow.empty(config.model.cell_type, config.model.num_layers, task.sequence_length,
                                               self.truncation.label)
 
-    def record(self, step: int, epoch: float) -> probes.GradientFlow:
+    def record(self, step: int, epoch: float) -> records.GradientFlow:
         """Probe now; returns the record of all probes so far."""
         length = self.task.sequence_length
         window_start = truncation.gradient_reach(truncation.schedule(length, self.truncation, self.rng), length - 1)

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pydantic
 
-from rnnlib import config, tasks
-from rnnlib.truncation import Window, gradient_reach, schedule
+from rnnlib import tasks
+from rnnlib.core import config
+from rnnlib.core.truncation import Window, gradient_reach, schedule
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:

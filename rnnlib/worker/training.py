@@ -12,31 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnlib import divergence, tasks, truncation
-from rnnlib.config import ExperimentConfig
+from rnnlib import tasks
+from rnnlib.core import divergence, truncation
+from rnnlib.core.config import ExperimentConfig
+from rnnlib.core.records import GradientFlow
+from rnnlib.worker import backends
 
 # Longest stretch of timesteps run forward in one call when no gradient is needed (advancing the carried state,
 # evaluating): bounds activation memory independently of the sequence length.
 FORWARD_CHUNK = 1000
-
-
-class Callback:
-    """Hooks into `train`. Override what you need; every method is a no-op by default."""
-
-    def on_train_begin(self, info: dict) -> None:
-        """`info`: backend, device, num_parameters, baseline, ..."""
-
-    def on_batch_end(self, epoch: int, batch: int) -> None:
-        """After each batch of sequences (all its truncation windows); `batch` counts from 1 within the epoch."""
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        """`logs`: train_loss, val_loss, val_<metric>, grad_norm, grad_norm_max, sequences_per_second, ..."""
-
-    def on_gradient_flow(self, flow: "probes.GradientFlow") -> None:  # noqa: F821
-        """After each gradient-flow probe (`rnnlib.gradients`), with the record of every probe so far."""
-
-    def on_train_end(self, result: "TrainResult") -> None:
-        """After the last epoch, with the trained model."""
 
 
 @dataclasses.dataclass
@@ -45,7 +29,7 @@ class TrainResult:
     task: tasks.Task
     model: "keras.Model"  # noqa: F821
     history: list[dict[str, float]]
-    gradient_flow: "probes.GradientFlow | None" = None  # noqa: F821
+    gradient_flow: GradientFlow | None = None
 
     @property
     def diverged_epoch(self) -> int | None:
@@ -55,7 +39,7 @@ class TrainResult:
     def save(self, directory: str | Path) -> list[Path]:
         """Write `model.keras` (batch-size-free, stateless), `weights.npz` (plain arrays) and `predictions.npz`
         (the task's `prediction_arrays`, what the Predictions page shows) into `directory`."""
-        from rnnlib import models
+        from rnnlib.worker import models
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -95,7 +79,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
         raise ValueError("train() takes a single configuration; expand the sweep grid first (rnnlib.sweep).")
     import keras
 
-    from rnnlib import backend, models
+    from rnnlib.worker import models
 
     keras.utils.set_random_seed(config.seed)
     task = tasks.build(config.task)
@@ -109,7 +93,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
 
     info = {
         "backend": keras.backend.backend(),
-        "device": backend.device_name(),
+        "device": backends.device_name(),
         "num_parameters": int(model.count_params()),
         "baseline": task.baseline,
         "baseline_name": task.baseline_name,
@@ -147,7 +131,7 @@ class _Prober:
         self.recorder = None
         self.seconds = 0.0  # spent probing, kept out of the training throughput
         if self.every != 0 and not config.model.is_autoregressive:  # an AR(τ) model has no state to probe
-            from rnnlib import gradients
+            from rnnlib.worker import gradients
 
             self.recorder = gradients.FlowRecorder(model, task, config)
 
@@ -197,7 +181,7 @@ class _WindowStepper:
     """Runs one batch of sequences through a truncation schedule on a stateful model."""
 
     def __init__(self, model, task, warmup: int = 0):
-        from rnnlib import models
+        from rnnlib.worker import models
 
         self.model = model
         self.task = task
@@ -255,7 +239,7 @@ class _WindowStepper:
         return to
 
     def _reset(self):
-        from rnnlib import models
+        from rnnlib.worker import models
 
         models.reset_states(self.layers)
 
@@ -283,7 +267,7 @@ def evaluate(model, task, x, y, batch_size, warmup: int = 0) -> tuple[float, dic
     A task that scores free-running outputs (`Task.generate`, e.g. greedy decoding) has its metrics computed on
     those; the loss is always that of the outputs for `x` as given (teacher forcing).
     """
-    from rnnlib import models
+    from rnnlib.worker import models
 
     layers = models.recurrent_layers(model)
     length = x.shape[1]
@@ -325,7 +309,7 @@ def _predict_rows(model, x, batch_size: int) -> np.ndarray:
 
 def _from_fresh_state(model, layers, batch_size: int):
     """`model` on whole sequences, each call from a zero state (what `Task.generate` expects)."""
-    from rnnlib import models
+    from rnnlib.worker import models
 
     def predict(x):
         models.reset_states(layers)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnnlib import divergence, tracking, workers
-from rnnlib.config import ExperimentConfig, expand_grid
+from rnnlib import tracking
+from rnnlib.core import divergence, workers
+from rnnlib.core.config import ExperimentConfig, expand_grid
+from rnnlib.core.paths import PROJECT_DIR
 from rnnlib.tracking import JOB_TAG
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def jobs_dir() -> Path:
@@ -68,8 +68,7 @@ def launch(config: ExperimentConfig, tracking_uri: str) -> Job:
     config_path.write_text(config.to_yaml(), encoding="utf-8")
     command = [sys.executable, "-m", "rnnlib", "run", str(config_path), "--tracking-uri", tracking_uri, "--quiet",
                "--job-id", job_id]
-    env = dict(tracking.worker_environment(),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])))
+    env = tracking.worker_environment()  # rnnlib is installed (`pip install -e .`): no PYTHONPATH
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)

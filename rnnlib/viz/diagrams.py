@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative
 
-from rnnlib.lessons import IO_FORM_INFO
+from rnnlib.analysis.lessons import IO_FORM_INFO
 
 PALETTE = qualitative.D3
 GRADIENT = "#d62728"  # what the followed loss reaches

@@ -1,0 +1,1 @@
+"""Numpy and pandas statistics the pages show: Compare's groups and bands, predictions, lessons, gate traces."""

@@ -1,0 +1,103 @@
+"""Records a training worker writes and the dashboard reads without keras: `GradientFlow`, the gradient flow over
+time that `rnnlib.worker.gradients` probes and logs as `gradient_flow.npz`."""
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pandas as pd
+
+# What `GradientFlow.norms` holds, each `[probe, layer, timestep]`, averaged over the probe sequences.
+GRADIENT_QUANTITIES = {
+    "loss_hidden": "‖∂L_T/∂h_t‖",  # what the update receives from the loss at the last step (under truncation)
+    "loss_cell": "‖∂L_T/∂c_t‖",  # the same for the LSTM cell state
+    "jacobian": "‖∂h_T/∂h_t‖₂",  # spectral norm of the product of step Jacobians (no truncation)
+}
+
+
+@dataclasses.dataclass
+class GradientFlow:
+    """Gradient flow over time, probed at several points of training on the same fixed sequences.
+
+    Attributes:
+        cell_type, num_layers, sequence_length (T), truncation: what was probed (`truncation` as its label).
+        steps: `<int>[num_probes]` batches trained before each probe (0: at initialisation).
+        epochs: `<float>[num_probes]` the same in epochs.
+        window_starts: `<int>[num_probes]` first timestep the loss at the last step sends gradient to under
+            the run's truncation (0 for full BPTT, T - k2 for TBPTT).
+        losses: `<float>[num_probes]` mean loss at the last step over the probe sequences.
+        norms: quantity (see `GRADIENT_QUANTITIES`) -> `<float>[num_probes, num_layers, T]`.
+    """
+
+    cell_type: str
+    num_layers: int
+    sequence_length: int
+    truncation: str
+    steps: np.ndarray
+    epochs: np.ndarray
+    window_starts: np.ndarray
+    losses: np.ndarray
+    norms: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls, cell_type: str, num_layers: int, sequence_length: int, truncation: str) -> "GradientFlow":
+        quantities = [q for q in GRADIENT_QUANTITIES if q != "loss_cell" or cell_type == "lstm"]
+        return cls(cell_type, num_layers, sequence_length, truncation, np.zeros(0, np.int64), np.zeros(0),
+                   np.zeros(0, np.int64), np.zeros(0),
+                   {q: np.zeros((0, num_layers, sequence_length)) for q in quantities})
+
+    def append(self, step: int, epoch: float, window_start: int, loss: float,
+               norms: dict[str, np.ndarray]) -> None:
+        """Add one probe; `norms` maps each quantity to `[num_layers, T]`."""
+        self.steps = np.append(self.steps, step)
+        self.epochs = np.append(self.epochs, epoch)
+        self.window_starts = np.append(self.window_starts, window_start)
+        self.losses = np.append(self.losses, loss)
+        for quantity in self.norms:
+            self.norms[quantity] = np.concatenate([self.norms[quantity], norms[quantity][None]])
+
+    def to_bytes(self) -> bytes:
+        """The `.npz` artifact: float32 norms, metadata as JSON (about 1 KB per probe for T = 100)."""
+        meta = {"cell_type": self.cell_type, "num_layers": self.num_layers,
+                "sequence_length": self.sequence_length, "truncation": self.truncation}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), steps=self.steps, epochs=self.epochs,
+                            window_starts=self.window_starts, losses=self.losses,
+                            **{f"norms_{q}": v.astype(np.float32) for q, v in self.norms.items()})
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "GradientFlow":
+        with np.load(io.BytesIO(data)) as archive:
+            meta = json.loads(str(archive["meta"]))
+            norms = {name.removeprefix("norms_"): archive[name].astype(np.float64)
+                     for name in archive.files if name.startswith("norms_")}
+            return cls(**meta, steps=archive["steps"], epochs=archive["epochs"],
+                       window_starts=archive["window_starts"], losses=archive["losses"], norms=norms)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format: `step`, `epoch`, `window_start`, `quantity`, `layer`, `t`, `lag` (T - 1 - t), `value`."""
+        frames = []
+        length = self.sequence_length
+        for quantity, values in self.norms.items():
+            num_probes, num_layers, _ = values.shape
+            index = np.indices(values.shape).reshape(3, -1)
+            frames.append(pd.DataFrame({
+                "step": self.steps[index[0]], "epoch": self.epochs[index[0]],
+                "window_start": self.window_starts[index[0]], "quantity": quantity, "layer": index[1],
+                "t": index[2], "lag": length - 1 - index[2], "value": values.reshape(-1),
+            }))
+        return pd.concat(frames, ignore_index=True)
+
+
+def vanishing_lag(norms: np.ndarray, threshold: float = 1e-3) -> int | None:
+    """The first lag (T - 1 - t) at which `norms[t]` `[T]` falls below `threshold` times its value at the last
+    step, or None when it never does (the gradient reaches all the way back)."""
+    norms = np.asarray(norms, np.float64)[::-1]
+    if not norms[0] > 0:
+        return 0
+    below = np.flatnonzero(norms / norms[0] < threshold)
+    return int(below[0]) if len(below) else None
+
+

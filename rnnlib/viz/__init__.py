@@ -1,0 +1,1 @@
+"""Figures as pure functions: DataFrame -> plotly Figure, no Streamlit calls."""

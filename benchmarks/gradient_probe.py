@@ -1,4 +1,4 @@
-"""Cost of one gradient-flow probe (`rnnlib.gradients`), the first (tracing) one and the ones after it.
+"""Cost of one gradient-flow probe (`rnnlib.worker.gradients`), the first (tracing) one and the ones after it.
 
     .venv/bin/python benchmarks/gradient_probe.py [--units 32] [--lengths 100 1000] [--smoke]
 

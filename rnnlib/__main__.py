@@ -1,4 +1,4 @@
-"""`python -m rnnlib ...`: see `rnnlib.cli`."""
+"""`python -m rnnlib ...`: see `rnnlib.run.cli`."""
 
 import sys
 

@@ -1,5 +1,5 @@
 """NaN and infinity stay what they are from the store to the page, and a diverged run is said to be one: never a
-zero, never ranked best, never averaged in as a number (`rnnlib.divergence`)."""
+zero, never ranked best, never averaged in as a number (`rnnlib.core.divergence`)."""
 
 import logging
 import math

@@ -1,4 +1,5 @@
-"""The "how RNNs learn" pages: rnnlib.lessons numbers, rnnlib.diagrams figures, and the pages under AppTest."""
+"""The "how RNNs learn" pages: rnnlib.analysis.lessons numbers, rnnlib.viz.diagrams figures, and the pages under
+AppTest."""
 
 import base64
 import json
@@ -180,7 +181,7 @@ def test_io_form_figure_has_the_inputs_and_outputs_of_its_form(form, inputs, out
 
 
 def test_lessons_and_diagrams_do_not_import_keras_or_tensorflow():
-    code = ("import sys, rnnlib.lessons, rnnlib.diagrams; "
+    code = ("import sys, rnnlib.analysis.lessons, rnnlib.viz.diagrams; "
             "print(','.join(m for m in ('keras', 'tensorflow', 'jax', 'torch', 'streamlit') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True,
                             timeout=120)

@@ -155,7 +155,7 @@ def _reconcile(uri: str) -> list[dict]:
 
 
 def reconcile(uri: str) -> list[dict]:
-    """End the runs whose worker is gone (`rnnlib.jobs.reconcile`), at most every 10 s; a store that cannot be
+    """End the runs whose worker is gone (`rnnlib.run.jobs.reconcile`), at most every 10 s; a store that cannot be
     reached is left for the page to report."""
     try:
         _check_store(uri)

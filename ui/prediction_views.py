@@ -1,6 +1,7 @@
 """The Predictions page's views, one per kind of task output (`Task.prediction_view`): a registry, so the page
 has no task-specific branches. Each view draws from the arrays runs logged (`Task.prediction_arrays`) or, for
-text, samples from the logged weights; the figures and numbers come from `rnnlib.plots` / `rnnlib.predictions`.
+text, samples from the logged weights; the figures and numbers come from `rnnlib.viz.plots` /
+`rnnlib.analysis.predictions`.
 """
 
 import dataclasses

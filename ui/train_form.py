@@ -1,4 +1,4 @@
-"""The Train page's two forms. Both return plain data for `rnnlib.config` to validate, or None until submitted."""
+"""The Train page's two forms. Both return plain data for `rnnlib.core.config` to validate, or None until submitted."""
 
 import hashlib
 import re

@@ -1,7 +1,7 @@
 """Statistics for comparing runs: grouping, smoothing, confidence bands over seeds, summaries. Pure pandas.
 
 Inputs are the frames of `rnnlib.tracking`: `runs` (one row per run, `params.*` columns) and `histories`
-(long: `run_id`, `key`, `step`, `value`). Diverged runs follow `rnnlib.divergence`: a value that is not a finite
+(long: `run_id`, `key`, `step`, `value`). Diverged runs follow `rnnlib.core.divergence`: a value that is not a finite
 number never enters a mean, a band or a ranking, and every group says how many of its runs diverged.
 """
 
@@ -113,7 +113,7 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
 
 
 def diverged_at(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.Series:
-    """The epoch each run diverged at (`rnnlib.divergence`), NaN for runs that did not, indexed by run_id.
+    """The epoch each run diverged at (`rnnlib.core.divergence`), NaN for runs that did not, indexed by run_id.
 
     Read from the run's `rnnlib.diverged_epoch` tag and, where `histories` hold its losses, from the first
     epoch whose loss is not finite (runs logged before the tag existed)."""
@@ -190,7 +190,7 @@ def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statisti
     """One number per run (indexed by run_id): the best, last, or value at `step` (or the last before it).
 
     A run that diverged has none (NaN) for a statistic that covers its divergence: best and last, or a `step`
-    at or after it (`rnnlib.divergence`; `diverged`, the runs' divergence epochs, is `diverged_at`'s when not
+    at or after it (`rnnlib.core.divergence`; `diverged`, the runs' divergence epochs, is `diverged_at`'s when not
     given)."""
     if statistic not in STATISTICS:
         raise ValueError(f"Unknown statistic {statistic!r}; expected one of: {', '.join(STATISTICS)}.")
@@ -246,7 +246,7 @@ def group_sort_key(label: str):
 def _mean_and_ci(frame: pd.DataFrame, keys: list[str], column: str, level: float, sort: bool = True) -> pd.DataFrame:
     """Per group of `keys`: mean, std (0 for a single run), n and `ci`, the half-width of the Student-t interval
     of the mean, over the finite values of `column`; `diverged` counts the values that are not (NaN, inf:
-    `rnnlib.divergence`)."""
+    `rnnlib.core.divergence`)."""
     values = frame[column].where(np.isfinite(frame[column]))
     grouped = values.groupby([frame[key] for key in keys], sort=sort)
     table = grouped.agg(mean="mean", std="std", n="count", size="size").reset_index()
@@ -301,7 +301,7 @@ def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str
     return table.reset_index()
 
 
-# Gradient flow over time (`rnnlib.probes.GradientFlow`, one per run).
+# Gradient flow over time (`rnnlib.core.records.GradientFlow`, one per run).
 
 # The smallest positive float32: gradient norms are computed in float32 and underflow to 0 below it.
 FLOAT32_FLOOR = float(np.finfo(np.float32).smallest_subnormal)

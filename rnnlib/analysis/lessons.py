@@ -15,11 +15,8 @@ import pydantic
 
 from rnnlib import tasks
 from rnnlib.core import config
+from rnnlib.core.cells import sigmoid
 from rnnlib.core.truncation import Window, gradient_reach, schedule
-
-
-def sigmoid(a: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * a))  # the same function as 1 / (1 + exp(-a)), without overflow warnings
 
 
 def tanh_derivative(a: np.ndarray) -> np.ndarray:
@@ -159,7 +156,7 @@ def make_truncation(mode: str, k1: int | None = None, k2: int | None = None,
 
 
 def truncation_windows(length: int, truncation: config.Truncation, seed: int = 0) -> list[Window]:
-    """`rnnlib.truncation.schedule` for one sequence of `length` steps; `seed` draws random lengths."""
+    """`rnnlib.core.truncation.schedule` for one sequence of `length` steps; `seed` draws random lengths."""
     return schedule(length, truncation, np.random.default_rng(seed))
 
 
@@ -167,7 +164,7 @@ def unrolled_gradient_reach(length: int, windows: list[Window], step: int) -> pd
     """Which hidden states the loss at `step` sends gradient to, and how the updates tile the sequence.
 
     Args:
-        windows: a schedule over `length` steps (`truncation_windows` / `rnnlib.truncation.schedule`).
+        windows: a schedule over `length` steps (`truncation_windows` / `rnnlib.core.truncation.schedule`).
         step: the loss (output) to follow, 0 <= step < length.
 
     Returns:

@@ -17,7 +17,8 @@ import numpy as np
 
 
 def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    """The logistic function 1 / (1 + exp(-x)), written with tanh so that large |x| gives no overflow warning."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def rnn_step(x_t, state, kernel, recurrent_kernel, bias):
@@ -95,7 +96,7 @@ GATES = {
 
 
 def layer_weights(weights: dict[str, np.ndarray], cell_type: str, layer: int) -> tuple[np.ndarray, ...]:
-    """(kernel, recurrent_kernel, bias) of stacked layer `layer` from `rnnlib.models.export_weights` output."""
+    """(kernel, recurrent_kernel, bias) of stacked layer `layer` from `rnnlib.worker.models.export_weights` output."""
     prefix = [k for k in weights if k.startswith(f"{cell_type}_{layer}/") and k.endswith("/kernel")
               and not k.endswith("recurrent_kernel")]
     if not prefix:

@@ -185,7 +185,7 @@ class TrainingConfig(_Frozen):
     waveform, dates) draws for validation; a task on a data set (forecasts, sine, sunspots, digits, text) is
     scored on all of its held-out data, each window once (`Task.validation_size`).
 
-    Gradient flow over time (`rnnlib.gradients`) is probed at initialisation and then every `probe_every`
+    Gradient flow over time (`rnnlib.worker.gradients`) is probed at initialisation and then every `probe_every`
     batches (null: at the end of every epoch; 0: never) on `num_probe_sequences` fixed sequences, and logged as
     the run's `gradient_flow.npz` artifact.
     """

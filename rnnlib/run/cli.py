@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="override a config key; VALUE is YAML (task.length=200, grid.seed=[0], 'grid={}')")
     demo = commands.add_parser("demo", help="start the demo sweep as a background job if the store has no runs")
     demo.add_argument("--tracking-uri", default=None)
-    export = commands.add_parser("export", help="write experiments to a portable bundle folder (rnnlib.bundles)")
+    export = commands.add_parser("export", help="write experiments to a portable bundle folder")
     export.add_argument("--experiment", action="append", required=True, metavar="NAME",
                         help="an experiment to export; repeat for several")
     export.add_argument("--out", required=True, help="the new folder to write the bundle into")

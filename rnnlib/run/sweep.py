@@ -36,7 +36,7 @@ class TrialResult:
 
     @property
     def best_val_loss(self) -> float:
-        """NaN when the run diverged (`rnnlib.divergence`) or failed before its first epoch."""
+        """NaN when the run diverged (`rnnlib.core.divergence`) or failed before its first epoch."""
         return divergence.best_val_loss(self.history)
 
     @property
@@ -90,7 +90,7 @@ def _run_trial(store, experiment_id, config, point, parent_id, callbacks) -> Tri
 
 def summary_table(results: list[TrialResult]) -> pd.DataFrame:
     """Best validation loss per cell type x truncation (and the sweep's other axes): mean and std over the
-    seeds that did not diverge, how many did (`rnnlib.divergence`), and the ratio to the baseline.
+    seeds that did not diverge, how many did (`rnnlib.core.divergence`), and the ratio to the baseline.
 
     Rows are sorted by mean best loss, groups whose runs all diverged last; `vs_baseline` below 1 means the
     model beat the trivial predictor.

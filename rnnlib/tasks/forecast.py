@@ -409,7 +409,7 @@ class ForecastTask(Task):
 
     def prediction_arrays(self, predict):
         """At every validation origin: the direct `horizon`-step forecast, the truth and the trivial forecasts;
-        and, when the model forecasts all of its inputs (no extra features), k-step rollouts (`rnnlib.rollouts`).
+        and, when the model forecasts all of its inputs (no extra features), k-step rollouts (`rnnlib.core.rollouts`).
         All in the series' units; `times` labels every step of the series."""
         x, _ = self.validation_data(len(self.validation_starts))
         baselines = self.baseline_forecasts()

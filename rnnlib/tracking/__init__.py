@@ -6,7 +6,7 @@ Run schema (what the dashboard and outside tools may rely on):
 - experiment: one MLflow experiment per YAML experiment (its `name`). A sweep is a parent run (tag
   `rnnlib.run_kind=sweep`) with one child run per grid point (`mlflow.parentRunId`, `rnnlib.run_kind=trial`);
   a YAML without a grid gives one run of kind `single`.
-- params: the flattened config with dotted keys (`rnnlib.config.flatten_params`): `task.name`, `task.length`,
+- params: the flattened config with dotted keys (`rnnlib.core.config.flatten_params`): `task.name`, `task.length`,
   `model.cell_type`, `model.units`, `training.truncation` (full, 20, 10/20, rand20),
   `training.truncation.mode/k1/k2/mean`, `training.clipnorm`, `seed`, ...
 - metrics, with step = epoch (1-based): `epoch`, `train_loss`, `val_loss`, `val_<m>` for each of the task's
@@ -15,7 +15,7 @@ Run schema (what the dashboard and outside tools may rely on):
   `updates`; at step 0: `baseline` (the task's trivial-predictor loss); at the end: `best_val_loss`. Every
   validation metric and baseline is computed on the task's whole validation set, each sequence once
   (`Task.validation_size`). NaN and +-inf are logged as they are and read back as they are (MLflow stores
-  them as `is_nan` / +-1.797e308); a run whose loss became one is diverged (`rnnlib.divergence`): training
+  them as `is_nan` / +-1.797e308); a run whose loss became one is diverged (`rnnlib.core.divergence`): training
   stopped there, it carries the tag `rnnlib.diverged_epoch`, and its `best_val_loss` is NaN.
 - tags: `rnnlib.backend`, `rnnlib.device`, `mlflow.source.git.commit`, `rnnlib.task`, `rnnlib.metric`,
   `rnnlib.baseline_name`, `rnnlib.metric_baselines` (JSON `{predictor: {metric: value}}`, e.g. persistence and
@@ -24,11 +24,11 @@ Run schema (what the dashboard and outside tools may rely on):
   started it), `rnnlib.worker` (JSON host, pid and start time of the process training it) and
   `rnnlib.heartbeat` (unix seconds, refreshed every 30 s while it trains; see `reconcile`).
 - artifacts: `config.yaml` (the resolved single-run config, with its `schema_version`; read back leniently by
-  `rnnlib.config.read_logged_config`, so runs logged by older and newer versions stay readable),
+  `rnnlib.core.config.read_logged_config`, so runs logged by older and newer versions stay readable),
   `model/model.keras`, `model/weights.npz`,
   `model/predictions.npz` (the task's `prediction_arrays`: validation predictions next to the truth, forecasts
   and k-step rollouts), `data/<file>` (a user's CSV the run trained on, so it can be reproduced), and
-  `gradient_flow.npz` (`rnnlib.probes.GradientFlow`: per probe, layer and timestep the norms of ∂L_T/∂h_t,
+  `gradient_flow.npz` (`rnnlib.core.records.GradientFlow`: per probe, layer and timestep the norms of ∂L_T/∂h_t,
   ∂L_T/∂c_t and ∂h_T/∂h_t; rewritten at every epoch end while training, absent when `probe_every` is 0).
 
 A run that raises ends FAILED, one interrupted (Ctrl-C, SIGTERM) ends KILLED; one whose worker died without

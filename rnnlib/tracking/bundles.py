@@ -153,7 +153,7 @@ def import_bundle(folder: Path, uri: str | None) -> dict:
     return added
 
 
-# ---- Whole runs, as plain data: what `rnnlib.bundles` writes to and reads from a portable folder.
+# ---- Whole runs, as plain data: what `rnnlib.tracking.bundles` writes to and reads from a portable folder.
 
 def run_records(uri: str | None, experiment: str) -> list[dict]:
     """Every run of `experiment` as plain data: `run_id`, `run_name`, `status`, `start_time`, `end_time` (ms),

@@ -227,7 +227,7 @@ def load_weights(uri: str | None, run_id: str) -> dict:
 
 
 def load_gradient_flow(uri: str | None, run_id: str):
-    """A run's `gradient_flow.npz` as a `rnnlib.probes.GradientFlow`, or None when the run logged none."""
+    """A run's `gradient_flow.npz` as a `rnnlib.core.records.GradientFlow`, or None when the run logged none."""
     from rnnlib.core.records import GradientFlow
 
     with run_artifact(uri, run_id, f"gradient-flow record ({GRADIENT_FLOW_ARTIFACT})"):

@@ -359,7 +359,7 @@ class RunLogger(Callback):
         self.gradient_flow = None
 
 
-JOB_TAG = "rnnlib.job_id"  # the dashboard job that started a run (`rnnlib.jobs`)
+JOB_TAG = "rnnlib.job_id"  # the dashboard job that started a run (`rnnlib.run.jobs`)
 
 
 def reconcile(uri: str | None, cancelled_jobs: frozenset[str] = frozenset(), now: float | None = None) -> list[dict]:

@@ -1,6 +1,6 @@
-"""Teaching pictures as pure functions: `rnnlib.lessons` frames in, `plotly.graph_objects.Figure` out.
+"""Teaching pictures as pure functions: `rnnlib.analysis.lessons` frames in, `plotly.graph_objects.Figure` out.
 
-Like `rnnlib.plots`: no Streamlit, no template (Streamlit themes the chart). Diagrams are drawn with a fixed
+Like `rnnlib.viz.plots`: no Streamlit, no template (Streamlit themes the chart). Diagrams are drawn with a fixed
 number of traces plus layout shapes, so an unrolled graph of 60 steps stays a handful of traces.
 """
 
@@ -9,21 +9,17 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import hex_to_rgb, qualitative
+from plotly.colors import qualitative
 
 from rnnlib.analysis.lessons import IO_FORM_INFO
+from rnnlib.viz.colors import PALETTE, rgba
 
-PALETTE = qualitative.D3
 GRADIENT = "#d62728"  # what the followed loss reaches
 FORWARD = "#9aa0a6"  # the forward graph
 MUTED = "#d0d4d9"
 STOPPED = "#111111"
 ROLE_COLORS = {"input": "#ef9a9a", "cell": "#a5d6a7", "context": "#ffe082", "output": "#90caf9"}
 
-
-def _rgba(color: str, alpha: float) -> str:
-    r, g, b = hex_to_rgb(color)
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 def _segments(pairs) -> tuple[list, list]:
@@ -62,10 +58,10 @@ def _window_shapes(reach: pd.DataFrame) -> list[dict]:
         line = {"color": GRADIENT, "width": 2, "dash": "dot"} if followed else {"width": 0}
         shapes.append({"type": "rect", "name": f"update {update} unrolled", "layer": "below",
                        "x0": start - 0.42, "x1": stop - 0.58, "y0": HIDDEN_ROW - pad, "y1": HIDDEN_ROW + pad,
-                       "fillcolor": _rgba(color, 0.14), "line": line})
+                       "fillcolor": rgba(color, 0.14), "line": line})
         shapes.append({"type": "rect", "name": f"update {update} scored", "layer": "below",
                        "x0": loss_start - 0.42, "x1": stop - 0.58, "y0": LOSS_ROW - 0.3, "y1": LOSS_ROW + 0.3,
-                       "fillcolor": _rgba(color, 0.14), "line": line})
+                       "fillcolor": rgba(color, 0.14), "line": line})
     return shapes
 
 
@@ -73,7 +69,7 @@ def unrolled_bptt_figure(reach: pd.DataFrame, title: str | None = None) -> go.Fi
     """The unrolled graph of one sequence: inputs x_t, hidden states h_t, losses L_t, one column per step.
 
     Args:
-        reach: `rnnlib.lessons.unrolled_gradient_reach` (one row per timestep).
+        reach: `rnnlib.analysis.lessons.unrolled_gradient_reach` (one row per timestep).
         title: defaults to a sentence about how far the followed loss reaches.
 
     Hidden states that receive gradient from the followed loss are red, the path it flows along is drawn in
@@ -98,7 +94,7 @@ def unrolled_bptt_figure(reach: pd.DataFrame, title: str | None = None) -> go.Fi
     backward += [((step, HIDDEN_ROW), (step, LOSS_ROW))]
     xs, ys = _segments(backward)
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="gradient path (backward)", hoverinfo="skip",
-                             line={"color": _rgba(GRADIENT, 0.75), "width": 3}))
+                             line={"color": rgba(GRADIENT, 0.75), "width": 3}))
     heads_x = [*(t[1:] - 0.5), *t, *t]  # arrowheads mid-edge, pointing the forward way
     heads_y = [HIDDEN_ROW] * (length - 1) + [0.5] * length + [1.5] * length
     symbols = ["triangle-right"] * (length - 1) + ["triangle-up"] * (2 * length)
@@ -112,7 +108,7 @@ def unrolled_bptt_figure(reach: pd.DataFrame, title: str | None = None) -> go.Fi
                               size, "h"))
     others = reach[~reach["followed"]]
     fig.add_trace(_node_trace(others[others["scored_with_step"]], LOSS_ROW, "loss in the same update",
-                              _rgba(GRADIENT, 0.45), "diamond", size * 0.8, "L"))
+                              rgba(GRADIENT, 0.45), "diamond", size * 0.8, "L"))
     fig.add_trace(_node_trace(others[~others["scored_with_step"]], LOSS_ROW, "loss of another update", MUTED,
                               "diamond", size * 0.8, "L"))
     fig.add_trace(_node_trace(reach[reach["followed"]], LOSS_ROW, f"followed loss L_{step}", GRADIENT, "star",
@@ -165,8 +161,8 @@ def products_figure(bounds: Mapping[str, pd.DataFrame], measured: Mapping[str, p
     """||dh_T / dh_{T-lag}|| against lag on a log axis, one colour per label.
 
     Args:
-        bounds: label -> `rnnlib.lessons.derivative_bound_curve` (lag, bound); dashed.
-        measured: label -> `rnnlib.lessons.jacobian_product_norms` (lag, median, lower, upper); the median
+        bounds: label -> `rnnlib.analysis.lessons.derivative_bound_curve` (lag, bound); dashed.
+        measured: label -> `rnnlib.analysis.lessons.jacobian_product_norms` (lag, median, lower, upper); the median
             with the lower-upper band. A label in both mappings gets one colour.
         runs: measured gradient flow of real runs, long format: label, lag, value (normalised to 1 at lag 0);
             a solid line with markers per label.
@@ -180,7 +176,7 @@ def products_figure(bounds: Mapping[str, pd.DataFrame], measured: Mapping[str, p
         fig.add_trace(go.Scatter(
             x=np.concatenate([frame["lag"], frame["lag"][::-1]]),
             y=np.concatenate([frame["upper"], frame["lower"][::-1]]), fill="toself", mode="lines", hoverinfo="skip",
-            fillcolor=_rgba(color, 0.2), line={"width": 0}, legendgroup=label, showlegend=False,
+            fillcolor=rgba(color, 0.2), line={"width": 0}, legendgroup=label, showlegend=False,
             name=f"{label} measured band",
         ))
         fig.add_trace(go.Scatter(x=frame["lag"], y=frame["median"], mode="lines", legendgroup=label,

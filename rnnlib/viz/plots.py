@@ -3,11 +3,10 @@
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import hex_to_rgb, qualitative, unlabel_rgb
 
 from rnnlib.analysis.compare import FLOAT32_FLOOR, group_runs, group_sort_key, natural_key
+from rnnlib.viz.colors import PALETTE, rgba
 
-PALETTE = qualitative.D3 + qualitative.Set2
 BASELINE_STYLE = {"color": "#555555", "dash": "dash", "width": 1.5}
 
 
@@ -16,11 +15,6 @@ def group_colors(groups) -> dict[str, str]:
     ordered = sorted(set(groups), key=group_sort_key)
     return {group: PALETTE[i % len(PALETTE)] for i, group in enumerate(ordered)}
 
-
-def _rgba(color: str, alpha: float) -> str:
-    """`#rrggbb` or `rgb(r, g, b)` with an alpha channel."""
-    r, g, b = hex_to_rgb(color) if color.startswith("#") else unlabel_rgb(color)
-    return f"rgba({int(r)},{int(g)},{int(b)},{alpha})"
 
 
 def _run_lines(runs: pd.DataFrame, x: str, y: str, group: str, color: str) -> go.Scatter:
@@ -60,7 +54,7 @@ def _decades(fig: go.Figure) -> float:
 
 def legend_name(group: str, runs: int, diverged: int = 0) -> str:
     """`lstm · 5 (n=3)`, or `rnn · full (n=3, 1 diverged)`: how many runs a group holds and how many of them
-    diverged (those are left out of its mean: `rnnlib.divergence`)."""
+    diverged (those are left out of its mean: `rnnlib.core.divergence`)."""
     return f"{group} (n={runs}, {diverged} diverged)" if diverged else f"{group} (n={runs})"
 
 
@@ -69,11 +63,11 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
     """Learning curves: per group the mean (smoothed) with its confidence band over seeds.
 
     Args:
-        curve: per-run curves (`rnnlib.compare.curves`): group, run_name, step, value, smoothed.
-        band: `rnnlib.compare.confidence_band` of the smoothed values.
+        curve: per-run curves (`rnnlib.analysis.compare.curves`): group, run_name, step, value, smoothed.
+        band: `rnnlib.analysis.compare.confidence_band` of the smoothed values.
         raw_band: the same of the raw values; drawn as a faint shadow when smoothing is on.
         show_runs: draw every run's smoothed curve, thin, under the means.
-        baselines: dashed reference lines by label (`rnnlib.compare.baselines`: the trivial predictors).
+        baselines: dashed reference lines by label (`rnnlib.analysis.compare.baselines`: the trivial predictors).
     """
     fig = go.Figure()
     colors = group_colors(band["group"])
@@ -87,15 +81,15 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
         fig.add_trace(go.Scatter(
             x=np.concatenate([rows["step"], rows["step"][::-1]]),
             y=np.concatenate([rows["upper"], lower[::-1]]),
-            fill="toself", mode="lines", fillcolor=_rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
+            fill="toself", mode="lines", fillcolor=rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
             legendgroup=group, showlegend=False, name=f"{group} 95% CI",
         ))
         if show_runs:
-            fig.add_trace(_run_lines(curve[curve["group"] == group], "step", "smoothed", group, _rgba(color, 0.45)))
+            fig.add_trace(_run_lines(curve[curve["group"] == group], "step", "smoothed", group, rgba(color, 0.45)))
         if raw_band is not None:
             raw = raw_band[raw_band["group"] == group]
             fig.add_trace(go.Scatter(x=raw["step"], y=raw["mean"], mode="lines", hoverinfo="skip",
-                                     line={"color": _rgba(color, 0.3), "width": 1}, legendgroup=group,
+                                     line={"color": rgba(color, 0.3), "width": 1}, legendgroup=group,
                                      showlegend=False, name=f"{group} raw"))
         runs, diverged = counts.get(group, (int(rows["n"].max()), 0))
         fig.add_trace(go.Scatter(x=rows["step"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
@@ -105,7 +99,7 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
 
 
 def compare_group_runs(curve: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """{group: (runs, diverged)} of a `rnnlib.compare.curves` frame."""
+    """{group: (runs, diverged)} of a `rnnlib.analysis.compare.curves` frame."""
     if "diverged_at" not in curve:
         return {}
     table = group_runs(curve)
@@ -122,7 +116,7 @@ def _baseline_lines(fig: go.Figure, baselines: dict[str, float] | None) -> None:
 
 def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_param: str | None,
                            baselines: dict[str, float] | None = None, log_y: bool = False) -> go.Figure:
-    """A per-run statistic against a hyperparameter (`rnnlib.compare.metric_vs_param`): one line per value
+    """A per-run statistic against a hyperparameter (`rnnlib.analysis.compare.metric_vs_param`): one line per value
     of `line_param`, error bars = 95% confidence interval over seeds."""
     fig = go.Figure()
     colors = group_colors(table["line"])
@@ -166,11 +160,11 @@ def parallel_coordinates_figure(table: pd.DataFrame, dimensions: list[str], colo
 
 def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFrame | None = None,
                         reference_name: str = "at initialisation", seeds: pd.DataFrame | None = None) -> go.Figure:
-    """Gradient norm vs lag T - t on a log axis, one curve per group (`rnnlib.compare.lag_band`).
+    """Gradient norm vs lag T - t on a log axis, one curve per group (`rnnlib.analysis.compare.lag_band`).
 
     Args:
         reference: the same groups at another moment (e.g. initialisation), drawn dashed.
-        seeds: per-run curves (`rnnlib.compare.flow_curves` rows of one probe), thin lines under the means.
+        seeds: per-run curves (`rnnlib.analysis.compare.flow_curves` rows of one probe), thin lines under the means.
     """
     fig = go.Figure()
     colors = group_colors(band["group"])
@@ -180,12 +174,12 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
         color = colors[group]
         fig.add_trace(go.Scatter(
             x=np.concatenate([rows["lag"], rows["lag"][::-1]]), y=np.concatenate([rows["upper"], rows["lower"][::-1]]),
-            fill="toself", mode="lines", fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
+            fill="toself", mode="lines", fillcolor=rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
             legendgroup=group, showlegend=False, name=f"{group} 95% CI",
         ))
         if seeds is not None:
             runs = seeds[(seeds["group"] == group) & (seeds["value"] > 0)]
-            fig.add_trace(_run_lines(runs, "lag", "value", group, _rgba(color, 0.4)))
+            fig.add_trace(_run_lines(runs, "lag", "value", group, rgba(color, 0.4)))
         if reference is not None:
             before = reference[reference["group"] == group]
             fig.add_trace(go.Scatter(x=before["lag"], y=before["mean"], mode="lines", legendgroup=group,
@@ -243,7 +237,7 @@ def gates_figure(tidy: pd.DataFrame, inputs: pd.DataFrame, quantities: list[str]
     the same time axis (LSTMVis / Karpathy style).
 
     Args:
-        tidy: one layer of `rnnlib.probes.tidy_traces`: quantity, t, unit, value.
+        tidy: one layer of `rnnlib.analysis.probes.tidy_traces`: quantity, t, unit, value.
         inputs: the sequence as `Task.to_table` gives it: a row per step, a column per feature (lines for up to
             `MAX_INPUT_LINES` features, a grey heatmap beyond).
     """
@@ -308,7 +302,7 @@ def unit_lines_figure(tidy: pd.DataFrame, units: list[int], quantities: list[str
 
 def saturation_figure(saturation: pd.DataFrame) -> go.Figure:
     """Per gate and unit, the share of steps spent nearly closed (< 0.1) and nearly open (> 0.9)
-    (`rnnlib.probes.gate_saturation`), as stacked bars."""
+    (`rnnlib.analysis.probes.gate_saturation`), as stacked bars."""
     fig = go.Figure()
     labels = saturation["gate"].str.replace("_", " ") + " · unit " + saturation["unit"].astype(str)
     for column, name, color in (("closed", "closed (< 0.1)", "#1f77b4"), ("open", "open (> 0.9)", "#ff7f0e")):
@@ -356,7 +350,7 @@ def _is_trivial(predictor: str) -> bool:
 
 
 def horizon_error_figure(errors: pd.DataFrame, y_title: str) -> go.Figure:
-    """MAE by horizon step k: one line per predictor (`rnnlib.predictions.horizon_errors`, runs labelled)."""
+    """MAE by horizon step k: one line per predictor (`rnnlib.analysis.predictions.horizon_errors`, runs labelled)."""
     fig = go.Figure()
     models = [p for p in errors["predictor"].unique() if not _is_trivial(p)]
     colors = group_colors(models)
@@ -371,15 +365,15 @@ def horizon_error_figure(errors: pd.DataFrame, y_title: str) -> go.Figure:
 
 def rollout_error_figure(errors: pd.DataFrame, y_title: str, trivial: pd.DataFrame | None = None) -> go.Figure:
     """MAE of k-step-ahead predictions (the model fed its own forecasts) against k: the mean per group, every
-    run thin underneath (`rnnlib.predictions.rollout_errors`), the trivial forecasts grey and dashed
-    (`rnnlib.predictions.trivial_rollout_errors`)."""
+    run thin underneath (`rnnlib.analysis.predictions.rollout_errors`), the trivial forecasts grey and dashed
+    (`rnnlib.analysis.predictions.trivial_rollout_errors`)."""
     fig = go.Figure()
     colors = group_colors(errors["group"])
     for group in colors:
         rows = errors[errors["group"] == group]
         mean = rows.groupby("k", as_index=False)["mae"].mean()
         if rows["run_id"].nunique() > 1:
-            fig.add_trace(_run_lines(rows, "k", "mae", group, _rgba(colors[group], 0.4)))
+            fig.add_trace(_run_lines(rows, "k", "mae", group, rgba(colors[group], 0.4)))
         fig.add_trace(go.Scatter(x=mean["k"], y=mean["mae"], mode="lines", legendgroup=group,
                                  name=f"{group} (n={rows['run_id'].nunique()})",
                                  line={"color": colors[group], "width": 2.5}))

@@ -61,7 +61,7 @@ class GradientProbe:
     """Per-timestep gradients of one model, its differentiated functions built (and on TensorFlow traced) once.
 
     Args:
-        model: a model from `rnnlib.models.build_model` (its recurrent layers' cells and its `head` are used;
+        model: a model from `rnnlib.worker.models.build_model` (its recurrent layers' cells and its `head` are used;
             dropout between layers is left out, as at inference).
         task: decides the loss and which target is the last step's.
     """
@@ -101,7 +101,7 @@ class GradientProbe:
             `loss_cell` for the LSTM): each sequence's gradient norm, averaged over the sequences. The LSTM's
             ∂L/∂c_t is the total derivative, through h_t = o_t ⊙ tanh(c_t) as well as through the carried cell
             state: the perturbation added after the step only sees the latter, so the former is added with the
-            gate values of the reference equations (`rnnlib.probes`).
+            gate values of the reference equations (`rnnlib.core.cells`).
         """
         x = np.asarray(x, np.float32)
         batch, length = x.shape[:2]

@@ -1,6 +1,6 @@
 """`train(config, callbacks)`: the one training seam used by the CLI, sweeps and the dashboard's jobs.
 
-Every batch of sequences is cut into windows by the truncation schedule (`rnnlib.truncation`). Recurrent
+Every batch of sequences is cut into windows by the truncation schedule (`rnnlib.core.truncation`). Recurrent
 layers are stateful: a window starts from the state the previous window left, read from a variable, so no
 gradient crosses the window boundary; states are reset between batches of sequences. Each update is Keras'
 own compiled train step (`train_on_batch`), so every backend trains and nothing here calls `tf.*`.
@@ -69,14 +69,14 @@ def _batched_predict(model):
 def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     """Train one configuration (no grid) and return the trained model and its per-epoch history.
 
-    Training stops after the first epoch whose loss is NaN or infinite (`rnnlib.divergence`): the run has
+    Training stops after the first epoch whose loss is NaN or infinite (`rnnlib.core.divergence`): the run has
     diverged, and its weights will not come back.
 
     Raises:
         ValueError: when `config` still holds a sweep grid (expand it with `config.expand_grid` first).
     """
     if config.grid:
-        raise ValueError("train() takes a single configuration; expand the sweep grid first (rnnlib.sweep).")
+        raise ValueError("train() takes a single configuration; expand the sweep grid first (rnnlib.run.sweep).")
     import keras
 
     from rnnlib.worker import models
@@ -122,7 +122,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
 
 
 class _Prober:
-    """Probes gradient flow (`rnnlib.gradients`) on the schedule `training.probe_every` asks for."""
+    """Probes gradient flow (`rnnlib.worker.gradients`) on the schedule `training.probe_every` asks for."""
 
     def __init__(self, model, task, config, callbacks):
         self.every = config.training.probe_every
@@ -193,7 +193,7 @@ class _WindowStepper:
 
         Args:
             x: `[batch, time, features]`; y: `[batch, 1]` (final target) or `[batch, time, 1]` (per step).
-            windows: the truncation schedule for this batch (`rnnlib.truncation.schedule`).
+            windows: the truncation schedule for this batch (`rnnlib.core.truncation.schedule`).
         """
         length = x.shape[1]
         self._reset()

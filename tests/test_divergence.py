@@ -59,14 +59,14 @@ def test_every_reader_gives_back_nan_and_infinity_as_logged(odd_store, tmp_path,
     assert np.isnan(fast["value"]).sum() == 4 and np.isposinf(fast["value"]).sum() == 4  # not zeros, not 1.8e308
 
     with monkeypatch.context() as patched:  # MLflow's client API, one call per run and key: the slowest reader
-        patched.setattr(tracking, "_database_history_bulk",
-                        lambda uri, runs, keys: ("client", tracking._client_histories(uri, runs, keys)))
+        patched.setattr(tracking.queries, "_database_history_bulk",
+                        lambda uri, runs, keys: ("client", tracking.queries._client_histories(uri, runs, keys)))
         same_history(tracking.metric_histories(uri, run_ids, keys), expected)
 
     with monkeypatch.context() as patched:  # the SQL fast path breaks: MLflow's bulk call answers, and says why
         def broken(*args):
             raise RuntimeError("no such column: is_nan")
-        patched.setattr(tracking, "_read_metrics_table", broken)
+        patched.setattr(tracking.queries, "_read_metrics_table", broken)
         fallback = tracking.metric_histories(uri, run_ids, keys)
     assert fallback.attrs["reader"] == "mlflow-bulk"
     assert any("no such column" in r.getMessage() and "20x slower" in r.getMessage() for r in caplog.records)
@@ -77,7 +77,7 @@ def test_every_reader_gives_back_nan_and_infinity_as_logged(odd_store, tmp_path,
         served = tracking.metric_histories(server, run_ids, keys)
         assert served.attrs["reader"] == "server-bulk" and not caplog.records
         same_history(served, expected)
-        monkeypatch.setattr(tracking, "SERVER_BULK_LIMIT", 10)  # a full answer may be cut: asked again in halves
+        monkeypatch.setattr(tracking.queries, "SERVER_BULK_LIMIT", 10)  # a full answer may be cut: asked again in halves
         same_history(tracking.metric_histories(server, run_ids, keys), expected)
         latest = tracking.runs_frame(server, "odd").set_index("run_id")["metrics.val_loss"]
     assert sorted(latest.tolist()) == [1.7e308, math.inf]  # the latest values, inf included

@@ -77,7 +77,7 @@ def test_every_reader_gives_back_nan_and_infinity_as_logged(odd_store, tmp_path,
         served = tracking.metric_histories(server, run_ids, keys)
         assert served.attrs["reader"] == "server-bulk" and not caplog.records
         same_history(served, expected)
-        monkeypatch.setattr(tracking.queries, "SERVER_BULK_LIMIT", 10)  # a full answer may be cut: asked again in halves
+        monkeypatch.setattr(tracking.queries, "SERVER_BULK_LIMIT", 10)  # a full answer may be cut: asked in halves
         same_history(tracking.metric_histories(server, run_ids, keys), expected)
         latest = tracking.runs_frame(server, "odd").set_index("run_id")["metrics.val_loss"]
     assert sorted(latest.tolist()) == [1.7e308, math.inf]  # the latest values, inf included

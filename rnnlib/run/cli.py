@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     load = commands.add_parser("import", help="load a bundle folder's runs into a store")
     load.add_argument("bundle", help="a folder written by `export`")
     load.add_argument("--tracking-uri", default=None)
-    lab = commands.add_parser("lab", help="start the dashboard (and the demo sweep on an empty store)")
+    lab = commands.add_parser("lab",
+                              help="start the dashboard (the demo sweep first on an empty store); other arguments "
+                                   "go to `streamlit run`")
     lab.add_argument("--tracking-uri", default=None)
-    lab.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="passed to `streamlit run` (--server.port 8502)")
     run = commands.choices["run"]
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "lab":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.streamlit_args = extra  # `rnnlab lab --server.port 8502`
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:

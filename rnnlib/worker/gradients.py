@@ -14,7 +14,8 @@ Jacobian view ∂h_T/∂h_t is a property of the dynamics and is computed withou
 import numpy as np
 from keras import ops
 
-from rnnlib.core import cells, records, truncation
+from rnnlib.core import records, truncation
+from rnnlib.core.cells import model_traces
 from rnnlib.core.config import ExperimentConfig
 from rnnlib.tasks import Task
 from rnnlib.worker import backends, models
@@ -112,7 +113,7 @@ class GradientProbe:
         nested = self._nest(grads)  # per layer: ∂L/∂h_t (and ∂L/∂c_t through the carried cell state only)
         result = {"loss_hidden": np.stack([_mean_norm(layer[0]) for layer in nested])}
         if self.cell_type == "lstm":
-            traces = cells.model_traces(models.export_weights(self.model), "lstm", len(self.cells), x)
+            traces = model_traces(models.export_weights(self.model), "lstm", len(self.cells), x)
             result["loss_cell"] = np.stack([
                 _mean_norm(carried + from_hidden * trace["output_gate"] * (1.0 - np.tanh(trace["c"]) ** 2))
                 for (from_hidden, carried), trace in zip(nested, traces.values())

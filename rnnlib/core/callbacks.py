@@ -16,7 +16,7 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """`logs`: train_loss, val_loss, val_<metric>, grad_norm, grad_norm_max, sequences_per_second, ..."""
 
-    def on_gradient_flow(self, flow: "GradientFlow") -> None:
+    def on_gradient_flow(self, flow: GradientFlow) -> None:
         """After each gradient-flow probe (`rnnlib.worker.gradients`), with the record of every probe so far."""
 
     def on_train_end(self, result) -> None:

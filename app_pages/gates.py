@@ -21,7 +21,7 @@ link = scope.Permalink("gates_", ("experiment", "run", "source", "seed", "layer"
 names = scope.experiment_names(uri, "No runs yet. Train something first.")
 left, right = st.columns([1, 2])
 experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
-runs = scope.recurrent_runs(scope.finished_runs(data.runs(uri, experiment)))
+runs = scope.with_param(scope.finished_runs(data.runs(uri, experiment)), "model.kind", "recurrent")
 if runs.empty:
     link.stop("No finished run of a recurrent cell in this experiment: a run logs its weights when it ends (AR(τ) "
               "baselines have no gates or state to show).", icon=":material/info:")
@@ -56,7 +56,8 @@ output = probes.predictions(weights, traces, task)
 if task.target_form == "final" and source == "task":
     st.markdown(f"This {cell_type.upper()} ({run_config.model.units} units) answers "
                 f"**{task.format_answer(output[0])}**; the target is **{task.format_target(y[0])}**.")
-quantities = [q for q in (*cells.GATES[cell_type], "candidate", "c", "h") if q in traces[layer]]
+cell = cells.get_cell(cell_type)
+quantities = [q for q in ("pre_activation", *cell.gates, "candidate", *cell.states[::-1]) if q in traces[layer]]
 tidy = probes.tidy_traces({layer: traces[layer]})
 st.plotly_chart(plots.gates_figure(tidy, task.to_table(x[0]), quantities,
                                    f"Layer {layer} of {cell_type.upper()} × {num_layers}: units × time"),
@@ -66,7 +67,7 @@ batch, _ = probes.example_sequences(task, seed + 1, NUM_STATISTICS_SEQUENCES)
 batch = batch[:, :MAX_STEPS_SHOWN]
 batch_traces = cells.model_traces(weights, cell_type, num_layers, batch)
 signal = task.memory_signal(batch)
-memory_state = "c" if cell_type == "lstm" else "h"
+memory_state = cell.memory_state
 if signal is not None:
     ranking = probes.memory_units(batch_traces[layer], signal, memory_state)
     default_units = ranking["unit"].head(3).tolist()

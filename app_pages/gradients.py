@@ -26,7 +26,7 @@ if runs.empty:
 with right:
     varying = compare.varying_params(runs)
     group_by = link.choices("Group by", "group_by", compare.param_names(runs),
-                            default=[p for p in ("model.cell_type", "training.truncation", "training.clipnorm")
+                            default=[p for p in ("model.label", "training.truncation", "training.clipnorm")
                                      if p in varying] or varying[:1], placeholder="no grouping: one group")
 
 quantities = [q for q in records.GRADIENT_QUANTITIES if any(q in flows[r].norms for r in runs["run_id"])]

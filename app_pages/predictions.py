@@ -41,7 +41,7 @@ varying = [p for p in compare.varying_params(chosen) if p != "seed"]
 prediction_views.VIEWS[task.prediction_view](prediction_views.Selection(
     uri=uri, task=task, run_ids=run_ids, configs=configs, arrays=arrays,
     labels={r: labels(r) for r in run_ids},
-    groups=dict(zip(chosen["run_id"], compare.group_labels(chosen, varying or ["model.cell_type"]))),
+    groups=dict(zip(chosen["run_id"], compare.group_labels(chosen, varying or ["model.label"]))),
     link=link,
 ))
 link.save()

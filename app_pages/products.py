@@ -42,7 +42,7 @@ with st.expander("Overlay real runs: ‖∂h_T/∂h_t‖₂ measured on networks
     if experiment != "(none)":
         runs = data.runs(uri, experiment)
         runs = runs[runs["kind"] != "sweep"]
-        curves = compare.flow_curves(data.gradient_flows(uri, tuple(runs["run_id"])), runs, ["model.cell_type"],
+        curves = compare.flow_curves(data.gradient_flows(uri, tuple(runs["run_id"])), runs, ["model.label"],
                                      "jacobian")
         if curves.empty:
             st.caption("These runs logged no gradient flow.")

@@ -18,6 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rnnlib import tasks  # noqa: E402
+from rnnlib.core import cells  # noqa: E402
 from rnnlib.core import config as cfg  # noqa: E402
 from rnnlib.worker import models, training  # noqa: E402
 
@@ -66,7 +67,7 @@ def keras_fit_throughput(config):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", default="lstm", choices=list(models.CELLS))
+    parser.add_argument("--cell", default="lstm", choices=list(cells.CELLS))
     parser.add_argument("--length", type=int, default=100)
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)

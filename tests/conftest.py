@@ -62,7 +62,7 @@ def predictions_store(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     experiments = {
         "tiny_forecast": "task: {name: forecast, dataset: stocks, window: 12, horizon: 2}\n"
-                         "model: {units: 4, ar_order: 3}\ngrid: {model.cell_type: [ar, gru]}\n",
+                         "model: {cell_type: gru, units: 4, ar_order: 3}\ngrid: {model.kind: [ar, recurrent]}\n",
         "tiny_text": "task: {name: text, length: 20}\nmodel: {cell_type: gru, units: 8}\n",
         "tiny_digits": "task: {name: digits, read: rows}\nmodel: {units: 8}\ngrid: {model.cell_type: [rnn, gru]}\n",
         "tiny_waveform": "task: {name: waveform, length: 12}\nmodel: {units: 4}\ngrid: {model.cell_type: [rnn, gru]}\n",

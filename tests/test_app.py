@@ -101,7 +101,7 @@ def test_statistic_and_metric_vs_hyperparameter(fixture_store, monkeypatch):
     at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
     vs = figure(at, 1)
     assert vs["layout"]["xaxis"]["categoryarray"] == ["5", "full"]
-    assert {t["name"] for t in vs["data"]} == {"model.cell_type=gru", "model.cell_type=lstm", "model.cell_type=rnn"}
+    assert {t["name"] for t in vs["data"]} == {"model.label=gru", "model.label=lstm", "model.label=rnn"}
     best = at.dataframe[0].value["mean"].tolist()
     at.radio(key="compare_statistic").set_value("at_step").run()
     at.number_input(key="compare_step").set_value(2).run()
@@ -152,7 +152,7 @@ def test_train_page_yaml_errors_name_the_key(fixture_store, monkeypatch):
     area.set_value(area.value.replace("cell_type: lstm", "cell_type: elman"))
     next(b for b in at.button if b.proto.form_id == "train_yaml").click()
     at.run()
-    assert "model.cell_type: Input should be 'rnn', 'lstm', 'gru', 'ar' or 'ar_mlp' (got 'elman')" in at.error[0].value
+    assert "model.cell_type: unknown cell; expected one of: rnn, lstm, gru (got 'elman')" in at.error[0].value
     assert jobs.list_jobs() == []
 
 

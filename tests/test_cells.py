@@ -17,7 +17,7 @@ def layer_weights(layer):
     return kernel, recurrent_kernel, bias
 
 
-@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell_type", list(cells.CELLS))
 def test_keras_layer_equals_the_reference_equations(cell_type):
     keras.utils.set_random_seed(0)
     layer = models.get_cell(cell_type)(5, return_sequences=True, return_state=True,
@@ -25,6 +25,7 @@ def test_keras_layer_equals_the_reference_equations(cell_type):
     x = np.random.default_rng(1).normal(size=(3, 12, 4)).astype(np.float32)
     outputs, *states = layer(x)
     expected, final_state, traces = cells.run_cell(cell_type, x, *layer_weights(layer))
+    assert len(states) == len(final_state) == len(cells.get_cell(cell_type).states)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), expected, atol=1e-5)
     for keras_state, reference_state in zip(states, final_state):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(keras_state), reference_state, atol=1e-5)
@@ -101,6 +102,19 @@ def test_stacked_model_returns_sequences_between_layers_and_one_output_for_seq2v
 
 
 def test_unknown_cell_type_lists_the_registered_ones():
-    with pytest.raises(ValueError, match="expected one of: rnn, lstm, gru"):
+    with pytest.raises(ValueError, match="Unknown cell_type 'elman'; expected one of: rnn, lstm, gru"):
         models.get_cell("elman")
-    assert tuple(models.CELLS) == cfg.CELL_TYPES
+    with pytest.raises(cfg.ConfigError, match="model.cell_type: unknown cell; expected one of: rnn, lstm, gru"):
+        cfg.validate({"task": {"name": "adding"}, "model": {"cell_type": "elman"}})
+
+
+@pytest.mark.parametrize("cell_type", list(cells.CELLS))
+def test_every_registered_cell_builds_its_keras_layer_and_traces_its_gates(cell_type):
+    spec = cells.get_cell(cell_type)
+    config = cfg.validate({"task": {"name": "adding", "length": 6}, "model": {"cell_type": cell_type, "units": 3}})
+    model = models.build_model(config.model, tasks.build(config.task))
+    (layer,) = models.recurrent_layers(model)
+    assert type(layer).__name__ == spec.keras_layer and models.cell_type_of(layer) == cell_type
+    x = np.zeros((1, 6, 2), np.float32)
+    traces = cells.model_traces(models.export_weights(model), cell_type, 1, x)[0]
+    assert set(spec.gates) | set(spec.states) <= set(traces) and spec.memory_state in traces

@@ -94,9 +94,10 @@ def test_flattened_params_use_dotted_keys_and_the_truncation_label():
     ("text", "expected"),
     [
         (MINIMAL + "model: {cell_type: lstmm}",
-         "model.cell_type: Input should be 'rnn', 'lstm', 'gru', 'ar' or 'ar_mlp' (got 'lstmm')"),
+         "model.cell_type: unknown cell; expected one of: rnn, lstm, gru (got 'lstmm')"),
         (MINIMAL + "model: {units: many}", "model.units"),
-        (MINIMAL + "model: {unit: 3}", "model.unit: unknown key; allowed here: cell_type, units, num_layers, dropout"),
+        (MINIMAL + "model: {unit: 3}",
+         "model.unit: unknown key; allowed here: kind, cell_type, units, num_layers, dropout"),
         (MINIMAL + "colour: blue", "colour: unknown key"),
         ("task: {name: addin}", "task.name: unknown task; expected one of: adding, copy_memory, sine, sunspots"),
         ("task: {length: 3}", "task: missing `name`"),
@@ -214,6 +215,42 @@ def test_version_1_configs_are_migrated_by_the_table():
     raw, version = cfg.migrate({"schema_version": 1, "training": {"truncation": {"mode": "randomized", "mean": 2}}})
     assert version == 1 and raw == {"training": {"truncation": {"mode": "random_length", "mean": 2}}}
     assert set(cfg.MIGRATIONS) == set(range(1, cfg.SCHEMA_VERSION))  # one step per version
+
+
+FORECAST = "task: {name: forecast, dataset: co2, window: 20}\n"
+
+
+def test_version_2_ar_cell_types_become_model_kinds_and_run_the_same_models():
+    old = (FORECAST + "schema_version: 2\nmodel: {cell_type: ar, ar_order: 4}\n"
+           "grid: {model.cell_type: [ar_mlp, gru, ar, lstm]}\n")
+    config = cfg.parse_config(old)
+    assert config.model.kind == "ar" and config.model.cell_type is None and config.model.label == "ar"
+    assert config.grid == {"model.kind": ["recurrent", "ar_mlp", "ar"], "model.cell_type": ["gru", "lstm"]}
+    runs = cfg.expand_grid(config)  # 3 x 2 points, each AR model once: the four models the old grid named
+    assert sorted(c.model.label for _, c in runs) == ["ar", "ar_mlp", "gru", "lstm"]
+    assert [p for p, c in runs if c.model.kind == "ar"] == [{"model.kind": "ar"}]  # no cell in an AR point
+    only_ar = cfg.parse_config(FORECAST + "schema_version: 2\ngrid: {model.cell_type: [ar, ar_mlp]}\n")
+    assert only_ar.grid == {"model.kind": ["ar", "ar_mlp"]}
+    recurrent = cfg.parse_config(FORECAST + "schema_version: 2\ngrid: {model.cell_type: [rnn, gru]}\n")
+    assert recurrent.grid == {"model.cell_type": ["rnn", "gru"]}  # nothing to migrate
+    assert cfg.parse_config(config.to_yaml()) == config  # written back at version 3, read back equal
+
+
+def test_logged_params_of_older_runs_gain_the_model_kind_and_label():
+    assert cfg.upgrade_params({"model.cell_type": "ar_mlp", "seed": "0"}) == {
+        "model.cell_type": "", "model.kind": "ar_mlp", "model.label": "ar_mlp", "seed": "0"}
+    assert cfg.upgrade_params({"model.cell_type": "gru"}) == {
+        "model.cell_type": "gru", "model.kind": "recurrent", "model.label": "gru"}
+    current = cfg.flatten_params(cfg.parse_config(FORECAST + "model: {kind: ar}\n"))
+    assert current["model.kind"] == "ar" and current["model.cell_type"] == "" and current["model.label"] == "ar"
+    assert cfg.upgrade_params(current) == current
+
+
+def test_a_cell_type_of_ar_in_a_current_config_points_to_model_kind():
+    text = f"schema_version: {cfg.SCHEMA_VERSION}\n" + FORECAST + "model: {cell_type: ar}\n"
+    assert "unknown cell; expected one of: rnn, lstm, gru (an AR(τ) baseline is model.kind: ar or ar_mlp)" \
+        in problems(text)
+    assert "a recurrent model needs a cell" in problems(FORECAST + "model: {cell_type: null}\n")
 
 
 def test_a_config_from_a_later_version_is_read_leniently_and_says_what_it_sets_aside():

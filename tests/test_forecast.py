@@ -215,13 +215,13 @@ def test_a_rejected_csv_writes_nothing_to_the_store(data_dir, cli_env, sqlite_ur
 
 
 def test_autoregressive_models_must_use_full_bptt_and_fit_the_window():
-    base = {"task": {"name": "forecast", "dataset": "co2", "window": 20}, "model": {"cell_type": "ar"}}
+    base = {"task": {"name": "forecast", "dataset": "co2", "window": 20}, "model": {"kind": "ar"}}
     with pytest.raises(ConfigError, match="nothing to truncate; use training.truncation: full"):
         cfg.validate({**base, "training": {"truncation": 5}})
     with pytest.raises(ConfigError, match="ar_order \\(30\\) is longer than the task's sequence \\(20 steps\\)"):
-        cfg.validate({**base, "model": {"cell_type": "ar_mlp", "ar_order": 30}})
+        cfg.validate({**base, "model": {"kind": "ar_mlp", "ar_order": 30}})
     with pytest.raises(ConfigError, match="answers once per sequence"):
-        cfg.validate({"task": {"name": "digits"}, "model": {"cell_type": "ar", "ar_order": 2}})
+        cfg.validate({"task": {"name": "digits"}, "model": {"kind": "ar", "ar_order": 2}})
 
 
 def test_linear_ar_trained_on_a_noiseless_ar2_process_recovers_its_coefficients(data_dir):
@@ -232,7 +232,7 @@ def test_linear_ar_trained_on_a_noiseless_ar2_process_recovers_its_coefficients(
     name = write_series(data_dir, "ar2.csv", {"x": level + np.sin(omega * t + 0.4)})
     config = cfg.validate({
         "task": {"name": "forecast", "dataset": "csv", "path": name, "time_column": "date", "window": 16},
-        "model": {"cell_type": "ar", "ar_order": 2},
+        "model": {"kind": "ar", "ar_order": 2},
         "training": {"epochs": 6, "steps_per_epoch": 100, "batch_size": 32, "learning_rate": 0.02,
                      "clipnorm": None},
     })
@@ -273,12 +273,13 @@ def test_forecast_runs_log_metrics_baselines_and_predictions_with_rollouts(cli_e
         "task: {name: forecast, dataset: stocks, window: 12, horizon: 2}\n"
         "model: {units: 4, ar_order: 3}\n"
         "training: {epochs: 1, steps_per_epoch: 2, batch_size: 8, num_validation_sequences: 16}\n"
-        "grid: {model.cell_type: [ar, gru]}\n")
+        "grid: {model.kind: [ar, recurrent], model.cell_type: [gru, lstm]}\n")
     result = run_cli(["run", str(experiment), "--tracking-uri", sqlite_uri, "--quiet"], cli_env)
     assert result.returncode == 0, result.stderr
     runs = tracking.runs_frame(sqlite_uri, "tiny_forecast")
     runs = runs[runs["kind"] != "sweep"]
-    assert set(runs["params.model.cell_type"]) == {"ar", "gru"}
+    assert sorted(runs["params.model.label"]) == ["ar", "gru", "lstm"]  # the AR point ran once, not once per cell
+    assert sorted(runs["run_name"]) == ["ar-full-s0", "gru-full-s0", "lstm-full-s0"]
     assert runs[["metrics.val_mae", "metrics.val_rmse"]].notna().all().all()
     assert (runs["metrics.val_rmse"] >= runs["metrics.val_mae"]).all()
     baselines = json.loads(runs["tags.rnnlib.metric_baselines"].iloc[0])

@@ -35,10 +35,10 @@ def reference_forward(weights, cell_type, num_layers, x, perturb=None):
     hidden = np.asarray(x, np.float64)
     for layer in range(num_layers):
         kernel, recurrent_kernel, bias = cells.layer_weights(weights, cell_type, layer)
-        states = [np.zeros((len(x), recurrent_kernel.shape[0])) for _ in range(cells.NUM_STATES[cell_type])]
+        states = [np.zeros((len(x), recurrent_kernel.shape[0])) for _ in cells.get_cell(cell_type).states]
         outputs = []
         for t in range(hidden.shape[1]):
-            _, states, trace = cells.CELL_STEPS[cell_type](hidden[:, t], states, kernel, recurrent_kernel, bias)
+            _, states, trace = cells.get_cell(cell_type).step(hidden[:, t], states, kernel, recurrent_kernel, bias)
             if perturb:
                 states = perturb(layer, t, list(states), trace)
             outputs.append(states[0])

@@ -22,7 +22,7 @@ def test_traces_of_a_stacked_model_reproduce_its_keras_hidden_states(cell_type):
     traces = cells.model_traces(models.export_weights(model), cell_type, 2, x)
     top = keras.Model(model.inputs, model.get_layer(f"{cell_type}_1").output)
     np.testing.assert_allclose(traces[1]["h"], keras.ops.convert_to_numpy(top(x)), atol=1e-5)
-    assert set(cells.GATES[cell_type]) <= set(traces[0])
+    assert set(cells.get_cell(cell_type).gates) <= set(traces[0])
 
 
 def test_tidy_traces_and_saturation_have_one_row_per_step_and_unit():

@@ -116,7 +116,7 @@ def test_impossible_date_settings_are_refused_with_the_fix():
     with pytest.raises(cfg.ConfigError, match="task.formats is empty"):
         cfg.validate({"task": {"name": "dates", "formats": []}})
     with pytest.raises(cfg.ConfigError, match="task dates is encoder_decoder"):
-        cfg.validate({"task": {"name": "dates"}, "model": {"cell_type": "ar", "ar_order": 3}})
+        cfg.validate({"task": {"name": "dates"}, "model": {"kind": "ar", "ar_order": 3}})
 
 
 def oracle(task, y, wrong=()):

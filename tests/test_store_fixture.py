@@ -71,7 +71,7 @@ def test_the_imported_store_holds_exactly_what_the_bundle_does(fixture_uri):
             record = original[run["tags.rnnlib.imported_from"]]
             assert run["status"] == record["status"] and run["run_name"] == record["run_name"]
             assert {k.removeprefix("params."): v for k, v in run.items() if k.startswith("params.")
-                    and isinstance(v, str)} == record["params"]
+                    and isinstance(v, str)} == config.upgrade_params(record["params"])
             if not record["metrics"]:  # a sweep's parent run logs none
                 continue
             logged = pd.DataFrame(record["metrics"]).sort_values(["key", "step"]).drop_duplicates(
@@ -80,6 +80,22 @@ def test_the_imported_store_holds_exactly_what_the_bundle_does(fixture_uri):
             np.testing.assert_array_equal(read["value"].to_numpy(), logged.sort_values(["key", "step"])["value"])
         parents = runs[runs["kind"] == "sweep"]["run_id"].tolist()
         assert set(runs[runs["kind"] == "trial"]["parent_run_id"]) <= set(parents)  # children linked to new ids
+
+
+def test_an_ar_baseline_logged_as_a_cell_type_reads_as_its_own_model_kind(fixture_uri, monkeypatch):
+    runs = tracking.runs_frame(fixture_uri, "fx_forecast").set_index("run_name")
+    assert runs.loc["ar-full-s0", "params.model.kind"] == "ar" and runs.loc["ar-full-s0", "params.model.label"] == "ar"
+    assert runs.loc["ar-full-s0", "params.model.cell_type"] == ""  # logged as `ar` at schema version 2
+    assert runs.loc["gru-full-s0", "params.model.kind"] == "recurrent"
+    assert runs.loc["gru-full-s0", "params.model.label"] == "gru"
+    read = tracking.load_config(fixture_uri, runs.loc["ar-full-s0", "run_id"])
+    assert read.schema_version == 2 and read.config.model.kind == "ar" and read.config.model.cell_type is None
+    at = open_page(fixture_uri, monkeypatch, "gates", {"experiment": "fx_forecast"})
+    (option,) = at.selectbox(key="gates_run").options  # the AR run has no gates to show
+    assert option.startswith("gru-full-s0")
+    at = open_page(fixture_uri, monkeypatch, "compare", {"experiment": "fx_forecast"})
+    names = {trace["name"] for trace in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if trace.get("name")}
+    assert any(name.startswith("ar") for name in names) and any(name.startswith("gru") for name in names)
 
 
 def test_importing_the_same_bundle_twice_adds_nothing(fixture_uri):

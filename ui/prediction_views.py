@@ -150,6 +150,10 @@ def text_view(selection: Selection) -> None:
             if weights is None:
                 continue
             model = selection.configs[run_id].model
+            if model.cell_type is None:
+                column.info(f"An AR(τ) model ({model.kind}) keeps no state to carry a prompt; sampling here "
+                            "unrolls recurrent cells.", icon=":material/info:")
+                continue
             for temperature in temperatures:
                 try:
                     text = _sample(selection.uri, run_id, model.cell_type, model.num_layers, task.alphabet, prompt,

@@ -9,8 +9,6 @@ experiment renamed) fall back to the default with a notice instead of an error.
 import pandas as pd
 import streamlit as st
 
-from rnnlib.core.config import CELL_TYPES
-
 
 class Permalink:
     """`fields` hold one value each, `list_fields` several (repeated in the URL: `?group_by=a&group_by=b`)."""
@@ -108,11 +106,10 @@ def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return trained[trained["status"] == "FINISHED"]
 
 
-def recurrent_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs of recurrent cells (rnn, lstm, gru), leaving out AR(τ) baselines, which have no state to show."""
-    if "params.model.cell_type" not in runs:
-        return runs
-    return runs[runs["params.model.cell_type"].isin(CELL_TYPES)]
+def with_param(runs: pd.DataFrame, key: str, value: str) -> pd.DataFrame:
+    """The runs whose param `key` (dotted, as logged) is `value`; none when no run has the param."""
+    column = f"params.{key}"
+    return runs[runs[column] == value] if column in runs else runs.iloc[:0]
 
 
 def run_label(runs: pd.DataFrame):

@@ -11,6 +11,7 @@ import yaml
 
 from rnnlib import tasks
 from rnnlib.core import config, paths
+from rnnlib.core.cells import CELLS
 from rnnlib.tasks import sources
 from rnnlib.viz import plots
 
@@ -71,7 +72,8 @@ def _run_settings(prefix: str, default_name: str) -> dict:
     """Inputs (inside a form) for everything but the task: cells, size, truncations, clipping, seeds, schedule;
     the config's `name`, `model`, `training` and `grid`. `prefix` keys the widgets (one set per form)."""
     left, middle, right = st.columns(3)
-    cells = left.multiselect("Cells", list(config.CELL_TYPES), default=["rnn", "lstm", "gru"], key=f"{prefix}_cells")
+    cells = left.multiselect("Cells", list(CELLS), default=list(CELLS), key=f"{prefix}_cells",
+                             format_func=lambda name: CELLS[name].title)
     units = middle.number_input("Units per layer", 1, 4096, 32, key=f"{prefix}_units")
     num_layers = right.number_input("Layers", 1, 16, 1, key=f"{prefix}_layers")
     truncations = left.text_input(

@@ -14,9 +14,10 @@ from scipy import signal, stats
 
 from rnnlib.core import divergence
 from rnnlib.core.records import vanishing_lag
+from rnnlib.core.registry import lookup
 
 STATISTICS = ("best", "last", "at_step")
-DEFAULT_GROUP_BY = ("model.cell_type", "training.truncation")
+DEFAULT_GROUP_BY = ("model.label", "training.truncation")
 
 
 def param_names(runs: pd.DataFrame) -> list[str]:
@@ -30,9 +31,17 @@ def summary_metrics(metrics: list[str], shown: str) -> list[str]:
     return keep + [shown] if shown not in keep else keep
 
 
+# Params that name their parts in one word (`rnnlib.core.config.flatten_params`): where one varies, its parts
+# are left out of the varying params, so that runs are told apart as `gru` and `ar`, not `gru · recurrent`.
+SUMMARY_PARAMS = {"model.label": ("model.kind", "model.cell_type")}
+
+
 def varying_params(runs: pd.DataFrame) -> list[str]:
-    """Params whose value differs between the runs (missing counts as a value)."""
-    return [name for name in param_names(runs) if runs[f"params.{name}"].fillna("").nunique() > 1]
+    """Params whose value differs between the runs (missing counts as a value), a summary param standing for
+    its parts (`SUMMARY_PARAMS`)."""
+    varying = [name for name in param_names(runs) if runs[f"params.{name}"].fillna("").nunique() > 1]
+    implied = {part for name, parts in SUMMARY_PARAMS.items() if name in varying for part in parts}
+    return [name for name in varying if name not in implied]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -192,8 +201,7 @@ def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statisti
     A run that diverged has none (NaN) for a statistic that covers its divergence: best and last, or a `step`
     at or after it (`rnnlib.core.divergence`; `diverged`, the runs' divergence epochs, is `diverged_at`'s when not
     given)."""
-    if statistic not in STATISTICS:
-        raise ValueError(f"Unknown statistic {statistic!r}; expected one of: {', '.join(STATISTICS)}.")
+    lookup(STATISTICS, statistic, "statistic")
     data = histories[(histories["key"] == metric) & histories["run_id"].isin(runs["run_id"])]
     data = data.sort_values(["run_id", "step"], kind="stable")
     if statistic == "best":

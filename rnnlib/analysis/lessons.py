@@ -16,6 +16,7 @@ import pydantic
 from rnnlib import tasks
 from rnnlib.core import config
 from rnnlib.core.cells import sigmoid
+from rnnlib.core.registry import lookup
 from rnnlib.core.truncation import Window, gradient_reach, schedule
 
 
@@ -35,8 +36,7 @@ ACTIVATION_DERIVATIVE_BOUNDS = {"tanh": 1.0, "sigmoid": 0.25}
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"Unknown activation {activation!r}; expected one of: {', '.join(ACTIVATIONS)}.")
+    lookup(ACTIVATIONS, activation, "activation")
 
 
 # --- Vanishing and exploding gradients -------------------------------------------------------------------------
@@ -145,10 +145,8 @@ def make_truncation(mode: str, k1: int | None = None, k2: int | None = None,
     """
     values = {"full": {"mode": "full"}, "tbptt": {"mode": "tbptt", "k1": k1, "k2": k2},
               "random_length": {"mode": "random_length", "mean": mean}}
-    if mode not in values:
-        raise ValueError(f"Unknown truncation mode {mode!r}; expected one of: {', '.join(values)}.")
     try:
-        return config.Truncation.model_validate(values[mode])
+        return config.Truncation.model_validate(lookup(values, mode, "truncation mode"))
     except pydantic.ValidationError as error:  # keep only the sentences meant for the user
         problems = [": ".join([*map(str, e["loc"][:1]), e["msg"].removeprefix("Value error, ")])
                     for e in error.errors()]

@@ -31,9 +31,7 @@ def gate_saturation(traces: dict[int, dict[str, np.ndarray]], cell_type: str, lo
     """
     rows = []
     for layer, quantities in traces.items():
-        for gate in cells.GATES[cell_type]:
-            if gate == "pre_activation":
-                continue  # not a gate: the tanh RNN has none
+        for gate in cells.get_cell(cell_type).gates:  # none for the tanh RNN
             values = quantities[gate]
             for unit in range(values.shape[-1]):
                 column = values[..., unit]

@@ -26,7 +26,7 @@ class CompareView:
     show_runs: bool = False
     selected: tuple[str, ...] = ()  # run ids; empty = all runs that pass the filters
     x_param: str = ""  # "" = truncation if it varies, else the first param that varies
-    line_param: str = "model.cell_type"
+    line_param: str = "model.label"
 
     @classmethod
     def from_query(cls, query: dict[str, str]) -> tuple["CompareView", list[str]]:

@@ -13,7 +13,12 @@ concatenated in Keras' order (LSTM: i, f, c, o; GRU: z, r, h), `bias` `[g * unit
 `reset_after=True`: `[2, 3 * units]`, input and recurrent biases).
 """
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
+
+from rnnlib.core.registry import lookup
 
 
 def sigmoid(x):
@@ -62,8 +67,46 @@ def gru_step(x_t, state, kernel, recurrent_kernel, bias):
     return h, [h], {"update_gate": z, "reset_gate": r, "candidate": candidate, "h": h}
 
 
-CELL_STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
-NUM_STATES = {"rnn": 1, "lstm": 2, "gru": 1}
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """One recurrent cell the lab knows.
+
+    Attributes:
+        name: the `model.cell_type` value, the prefix of its layers' names (`lstm_0`) and weight paths.
+        keras_layer: the `keras.layers` class that trains it (built by `rnnlib.worker.models`).
+        step: its equations in numpy, `(x_t, state, kernel, recurrent_kernel, bias) -> (h_t, state, trace)`;
+            tests check the Keras layer against it, the dashboard traces gates with it.
+        states: what it carries from step to step, `h` first (the LSTM also carries its cell state `c`).
+        gates: the gates its `step` traces (the Gates page's heatmaps and saturation table).
+        cudnn: whether Keras runs it on a fused cuDNN kernel, which the torch backend cannot make stateful.
+        title: how pages and tables name it.
+    """
+
+    name: str
+    keras_layer: str
+    step: Callable
+    states: tuple[str, ...]
+    gates: tuple[str, ...]
+    cudnn: bool
+    title: str
+
+    @property
+    def memory_state(self) -> str:
+        """The state that carries memory over long spans: the LSTM's cell state `c`, else `h`."""
+        return self.states[-1]
+
+
+CELLS = {spec.name: spec for spec in (
+    CellSpec("rnn", "SimpleRNN", rnn_step, ("h",), (), cudnn=False, title="Elman RNN"),
+    CellSpec("lstm", "LSTM", lstm_step, ("h", "c"), ("input_gate", "forget_gate", "output_gate"), cudnn=True,
+             title="LSTM"),
+    CellSpec("gru", "GRU", gru_step, ("h",), ("update_gate", "reset_gate"), cudnn=True, title="GRU"),
+)}
+
+
+def get_cell(cell_type: str) -> CellSpec:
+    """The registered cell `cell_type`, or a `ValueError` that lists the known ones."""
+    return lookup(CELLS, cell_type, "cell_type")
 
 
 def run_cell(cell_type, inputs, kernel, recurrent_kernel, bias, initial_state=None):
@@ -77,22 +120,15 @@ def run_cell(cell_type, inputs, kernel, recurrent_kernel, bias, initial_state=No
         outputs `[batch, time, units]` (h_t for every t), the final state list, and a dict of per-step traces
         (each `[batch, time, units]`) named after the cell's gates and states.
     """
-    step = CELL_STEPS[cell_type]
+    spec = get_cell(cell_type)
     units = recurrent_kernel.shape[0]
-    state = initial_state or [np.zeros((inputs.shape[0], units)) for _ in range(NUM_STATES[cell_type])]
+    state = initial_state or [np.zeros((inputs.shape[0], units)) for _ in spec.states]
     traces = []
     for t in range(inputs.shape[1]):
-        _, state, trace = step(inputs[:, t].astype(np.float64), state, kernel, recurrent_kernel, bias)
+        _, state, trace = spec.step(inputs[:, t].astype(np.float64), state, kernel, recurrent_kernel, bias)
         traces.append(trace)
     stacked = {name: np.stack([trace[name] for trace in traces], axis=1) for name in traces[0]}
     return stacked["h"], state, stacked
-
-
-GATES = {
-    "rnn": ("pre_activation",),
-    "lstm": ("input_gate", "forget_gate", "output_gate"),
-    "gru": ("update_gate", "reset_gate"),
-}
 
 
 def layer_weights(weights: dict[str, np.ndarray], cell_type: str, layer: int) -> tuple[np.ndarray, ...]:

@@ -4,7 +4,7 @@ An experiment YAML looks like::
 
     name: adding_cells
     task: {name: adding, length: 100}
-    model: {cell_type: lstm, units: 64, num_layers: 1, dropout: 0.0}
+    model: {kind: recurrent, cell_type: lstm, units: 64, num_layers: 1, dropout: 0.0}
     training:
       epochs: 10
       steps_per_epoch: 50
@@ -35,11 +35,11 @@ import pydantic
 import yaml
 
 from rnnlib import tasks
+from rnnlib.core import cells
 from rnnlib.core.errors import ConfigError
 from rnnlib.tasks.base import refuse_boolean_number
 
-CELL_TYPES = ("rnn", "lstm", "gru")
-AR_MODELS = ("ar", "ar_mlp")  # autoregressive baselines: no state, a fixed look-back of `ar_order` steps
+AR_KINDS = ("ar", "ar_mlp")  # model kinds without state: a fixed look-back of `ar_order` steps
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 TRUNCATION_MODES = ("full", "tbptt", "random_length")
 MAX_GRID_POINTS = 10_000
@@ -47,7 +47,7 @@ MAX_GRID_POINTS = 10_000
 # The version of the config schema this code writes. Every logged `config.yaml` carries it as `schema_version`
 # (and every run as the tag `rnnlib.schema_version`); text without one was written at version 1. Reading brings
 # older versions up to this one through `MIGRATIONS`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_KEY = "schema_version"
 
 # What a YAML file may hold before it is refused unread (an alias bomb expands 453 bytes into billions of values).
@@ -66,28 +66,63 @@ class _Frozen(pydantic.BaseModel):
 
 
 class ModelConfig(_Frozen):
-    """The recurrent network: `num_layers` stacked layers of `units` cells of `cell_type`.
+    """The network: a model family (`kind`) and its size.
 
-    `dropout` is applied between stacked layers (never on the recurrent connection, which would rule out
-    cuDNN). `recurrent_gain` scales the orthogonal initial recurrent weights (Keras' default, gain 1): above 1
-    a tanh RNN starts with a spectral radius above 1, the setting where gradients explode (Pascanu et al. 2013).
+    `kind: recurrent` (the default) stacks `num_layers` layers of `units` cells of `cell_type`, a cell of the
+    registry `rnnlib.core.cells.CELLS`. `dropout` is applied between stacked layers (never on the recurrent
+    connection, which would rule out cuDNN). `recurrent_gain` scales the orthogonal initial recurrent weights
+    (Keras' default, gain 1): above 1 a tanh RNN starts with a spectral radius above 1, the setting where
+    gradients explode (Pascanu et al. 2013).
 
-    `cell_type` may also name an AR(τ) baseline (d2l.ai "Sequence models"), which predicts from the last
-    τ = `ar_order` inputs only and keeps no state: `ar`, linear in them, or `ar_mlp`, a multilayer perceptron
-    with `num_layers` hidden layers of `units` ReLU units. Comparing them with the recurrent cells on one series
-    asks whether a latent state beats a fixed look-back.
+    `kind: ar` and `kind: ar_mlp` are the AR(τ) baselines (d2l.ai "Sequence models"), which predict from the last
+    τ = `ar_order` inputs only and keep no state: `ar`, linear in them, or `ar_mlp`, a multilayer perceptron with
+    `num_layers` hidden layers of `units` ReLU units. Comparing them with the recurrent cells on one series asks
+    whether a latent state beats a fixed look-back. They have no cell: `cell_type` is none for them (a grid over
+    `model.kind` and `model.cell_type` runs each AR point once).
     """
 
-    cell_type: Literal["rnn", "lstm", "gru", "ar", "ar_mlp"] = "lstm"
+    kind: Literal["recurrent", "ar", "ar_mlp"] = "recurrent"
+    cell_type: str | None = "lstm"
     units: int = pydantic.Field(64, ge=1, le=4096)
     num_layers: int = pydantic.Field(1, ge=1, le=16)
     dropout: float = pydantic.Field(0.0, ge=0.0, lt=1.0)
     recurrent_gain: float = pydantic.Field(1.0, gt=0.0, le=10.0)
     ar_order: int = pydantic.Field(8, ge=1, le=10_000)
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _no_cell_without_recurrence(cls, value):
+        if isinstance(value, Mapping) and value.get("kind") in AR_KINDS:
+            return {**value, "cell_type": None}
+        return value
+
+    @pydantic.field_validator("cell_type")
+    @classmethod
+    def _registered_cell(cls, value):
+        if value is not None and value not in cells.CELLS:
+            hint = " (an AR(τ) baseline is model.kind: ar or ar_mlp)" if value in AR_KINDS else ""
+            raise ValueError(f"unknown cell; expected one of: {', '.join(cells.CELLS)}{hint}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _recurrent_needs_a_cell(self):
+        if self.kind == "recurrent" and self.cell_type is None:
+            raise ValueError(f"model.cell_type: a recurrent model needs a cell; expected one of: "
+                             f"{', '.join(cells.CELLS)}")
+        return self
+
+    @pydantic.model_serializer(mode="wrap")
+    def _without_a_cell(self, handler):
+        data = handler(self)
+        if self.cell_type is None:  # an AR model: written without a cell, so a grid point may add one
+            data.pop("cell_type", None)
+        return data
+
     @property
-    def is_autoregressive(self) -> bool:
-        return self.cell_type in AR_MODELS
+    def label(self) -> str:
+        """What the model is, in one word: its cell for a recurrent model (rnn, lstm, gru), else its kind
+        (ar, ar_mlp). Logged as the param `model.label`; the Compare page groups by it."""
+        return self.cell_type if self.kind == "recurrent" and self.cell_type else self.kind
 
 
 class Truncation(_Frozen):
@@ -236,9 +271,9 @@ class ExperimentConfig(_Frozen):
 
     @pydantic.model_validator(mode="after")
     def _autoregressive_fits(self):
-        if not self.model.is_autoregressive:
+        if self.model.kind not in AR_KINDS:
             return self
-        name = f"model.cell_type {self.model.cell_type}"
+        name = f"model.kind {self.model.kind}"
         if self.training.truncation.mode != "full":
             raise ValueError(f"{name} is an AR(τ) model: it keeps no state, so there is nothing to truncate; use "
                              "training.truncation: full (its look-back is model.ar_order)")
@@ -248,11 +283,11 @@ class ExperimentConfig(_Frozen):
         task = tasks.get(self.task.name)
         if task.target_form != "per_step":
             raise ValueError(f"{name} predicts at every step; task {self.task.name} answers once per sequence, "
-                             "so train a recurrent cell (rnn, lstm, gru) on it")
+                             f"so train a recurrent model ({', '.join(cells.CELLS)}) on it")
         if task.io_form != "seq2seq":
             raise ValueError(f"{name} predicts each step from the last {self.model.ar_order} inputs; task "
                              f"{self.task.name} is {task.io_form}, where the answer depends on inputs further back "
-                             "than any fixed window, so train a recurrent cell (rnn, lstm, gru) on it")
+                             f"than any fixed window, so train a recurrent model ({', '.join(cells.CELLS)}) on it")
         return self
 
     def to_dict(self) -> dict:
@@ -287,11 +322,13 @@ def flatten_params(config: ExperimentConfig) -> dict[str, str]:
     """The config as flat dotted keys -> strings: the MLflow params of a run (the grid is left out).
 
     `training.truncation` holds the short label (full, 20, 10/20, rand20); its parts are under
-    `training.truncation.mode/k1/k2/mean` (empty when they do not apply).
+    `training.truncation.mode/k1/k2/mean` (empty when they do not apply). `model.label` names the model in one
+    word (`ModelConfig.label`: rnn, lstm, gru, ar, ar_mlp).
     """
     data = config.model_dump(mode="python", exclude={"grid"})
     trunc = config.training.truncation
     data["training"]["truncation"] = trunc.label
+    data["model"] = {"cell_type": None, **data["model"], "label": config.model.label}
     flat = _flatten(data)
     for part in ("mode", "k1", "k2", "mean"):
         value = getattr(trunc, part)
@@ -465,7 +502,42 @@ def _v1_to_v2(raw: dict) -> dict:
     return raw
 
 
-MIGRATIONS = {1: _v1_to_v2}
+def _v2_to_v3(raw: dict) -> dict:
+    """Version 3 makes the AR(τ) baselines a model family of their own: `model.cell_type: ar` (or `ar_mlp`)
+    becomes `model.kind: ar` (`ar_mlp`), and a grid over cell types that mixes them with recurrent cells becomes
+    a grid over `model.kind` and `model.cell_type` (which `expand_grid` runs once per distinct model)."""
+    model = raw.get("model")
+    if isinstance(model, Mapping) and model.get("cell_type") in AR_KINDS and "kind" not in model:
+        raw["model"] = {**{k: v for k, v in model.items() if k != "cell_type"}, "kind": model["cell_type"]}
+    grid = raw.get("grid")
+    if isinstance(grid, Mapping) and isinstance(grid.get("model.cell_type"), list) and "model.kind" not in grid:
+        values = grid["model.cell_type"]
+        kinds = [v for v in values if v in AR_KINDS]
+        if kinds:
+            recurrent = [v for v in values if v not in AR_KINDS]
+            swept = {"model.kind": (["recurrent"] if recurrent else []) + kinds}
+            if recurrent:
+                swept["model.cell_type"] = recurrent
+            raw["grid"] = {**{k: v for k, v in grid.items() if k != "model.cell_type"}, **swept}
+    return raw
+
+
+def upgrade_params(params: Mapping[str, str]) -> dict[str, str]:
+    """A logged run's flat params (`flatten_params`) with the keys of the current schema filled in from older
+    ones: runs logged before version 3 have no `model.kind` / `model.label`, and an AR(τ) baseline's
+    `model.cell_type` was `ar` or `ar_mlp`. Params already current come back unchanged."""
+    params = dict(params)
+    cell_type = params.get("model.cell_type")
+    if "model.kind" not in params and cell_type is not None:
+        kind = cell_type if cell_type in AR_KINDS else "recurrent"
+        params["model.kind"] = kind
+        if kind != "recurrent":
+            params["model.cell_type"] = ""
+        params.setdefault("model.label", cell_type)
+    return params
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
 assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION)), "every version but the current one needs a migration"
 
 
@@ -659,12 +731,24 @@ def _point_text(point: Mapping) -> str:
 def expand_grid(config: ExperimentConfig) -> list[tuple[dict, ExperimentConfig]]:
     """The runs of a sweep: `(point, config)` pairs, one per grid point, each config without a grid.
 
-    A config with no grid expands to itself with the empty point.
+    A config with no grid expands to itself with the empty point. A grid over `model.kind` and
+    `model.cell_type` runs each AR(τ) point once (an AR model has no cell), `model.cell_type` left out of its
+    point.
     """
     if not config.grid:
         return [({}, config)]
     base = {k: v for k, v in config.model_dump(mode="json").items() if k != "grid"}
-    return [(point, ExperimentConfig.model_validate(_with_values(base, point))) for point in _product(config.grid)]
+    runs, seen = [], set()
+    for point in _product(config.grid):
+        trial = ExperimentConfig.model_validate(_with_values(base, point))
+        if trial.model.cell_type is None and "model.cell_type" in point:
+            point = {k: v for k, v in point.items() if k != "model.cell_type"}
+            key = repr(sorted(point.items()))
+            if key in seen:
+                continue  # this AR point ran already, with another (ignored) cell
+            seen.add(key)
+        runs.append((point, trial))
+    return runs
 
 
 def _with_values(raw: Mapping, point: Mapping) -> dict:

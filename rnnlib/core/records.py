@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from rnnlib.core import cells
+
 # What `GradientFlow.norms` holds, each `[probe, layer, timestep]`, averaged over the probe sequences.
 GRADIENT_QUANTITIES = {
     "loss_hidden": "‖∂L_T/∂h_t‖",  # what the update receives from the loss at the last step (under truncation)
@@ -42,7 +44,8 @@ class GradientFlow:
 
     @classmethod
     def empty(cls, cell_type: str, num_layers: int, sequence_length: int, truncation: str) -> "GradientFlow":
-        quantities = [q for q in GRADIENT_QUANTITIES if q != "loss_cell" or cell_type == "lstm"]
+        has_cell_state = "c" in cells.get_cell(cell_type).states
+        quantities = [q for q in GRADIENT_QUANTITIES if q != "loss_cell" or has_cell_state]
         return cls(cell_type, num_layers, sequence_length, truncation, np.zeros(0, np.int64), np.zeros(0),
                    np.zeros(0, np.int64), np.zeros(0),
                    {q: np.zeros((0, num_layers, sequence_length)) for q in quantities})

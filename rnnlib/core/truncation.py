@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from rnnlib.core.registry import lookup
+
 
 @dataclasses.dataclass(frozen=True)
 class Window:
@@ -59,12 +61,7 @@ SCHEDULES = {
 
 def schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
     """The windows for one batch of sequences of `length` steps under `truncation` (a config `Truncation`)."""
-    try:
-        make = SCHEDULES[truncation.mode]
-    except KeyError:
-        valid = ", ".join(SCHEDULES)
-        raise ValueError(f"Unknown truncation mode {truncation.mode!r}; expected one of: {valid}.") from None
-    return make(length, truncation, rng)
+    return lookup(SCHEDULES, truncation.mode, "truncation mode")(length, truncation, rng)
 
 
 def gradient_reach(windows: list[Window], step: int) -> int | None:

@@ -1,5 +1,6 @@
 """Registry of sequence tasks: `TASKS[name]` is a `Task` class; `get(name)` and `build(params)` look them up."""
 
+from rnnlib.core.registry import lookup
 from rnnlib.tasks.base import IO_FORMS, Task, TaskParams
 from rnnlib.tasks.classification import DigitsTask
 from rnnlib.tasks.dates import DatesTask
@@ -24,10 +25,7 @@ TASKS: dict[str, type[Task]] = {
 
 def get(name: str) -> type[Task]:
     """The task class registered as `name`."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"Unknown task {name!r}; expected one of: {', '.join(TASKS)}.") from None
+    return lookup(TASKS, name, "task")
 
 
 def build(params: TaskParams) -> Task:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from rnnlib.core.paths import PROJECT_DIR
+from rnnlib.core.registry import lookup
 
 ENV_DATA_DIR = "RNNLAB_DATA_DIR"
 MAX_CSV_BYTES = 50 * 2**20
@@ -105,10 +106,7 @@ SOURCES: dict[str, BundledSource] = {
 @functools.cache
 def bundled(name: str) -> Series:
     """The bundled series registered as `name`, checked, every column kept (missing values as NaN)."""
-    try:
-        source = SOURCES[name]
-    except KeyError:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of: {', '.join(SOURCES)}, csv.") from None
+    source = lookup(SOURCES, name, "dataset", extra="csv")
     frame = source.load().astype(np.float64)
     check_time_index(frame.index, lambda row: f"row {row}")
     return Series(frame, source.season, source.default_targets, {}, source.description)

@@ -7,7 +7,8 @@ Run schema (what the dashboard and outside tools may rely on):
   `rnnlib.run_kind=sweep`) with one child run per grid point (`mlflow.parentRunId`, `rnnlib.run_kind=trial`);
   a YAML without a grid gives one run of kind `single`.
 - params: the flattened config with dotted keys (`rnnlib.core.config.flatten_params`): `task.name`, `task.length`,
-  `model.cell_type`, `model.units`, `training.truncation` (full, 20, 10/20, rand20),
+  `model.kind` (recurrent, ar, ar_mlp), `model.cell_type` (empty for an AR model), `model.label` (the cell, or
+  the AR kind), `model.units`, `training.truncation` (full, 20, 10/20, rand20),
   `training.truncation.mode/k1/k2/mean`, `training.clipnorm`, `seed`, ...
 - metrics, with step = epoch (1-based): `epoch`, `train_loss`, `val_loss`, `val_<m>` for each of the task's
   metrics (`Task.metrics`: `val_mae` and `val_rmse` for forecasts), `grad_norm` (mean

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnnlib.core.config import LoggedConfig, read_logged_config
+from rnnlib.core.config import LoggedConfig, read_logged_config, upgrade_params
 from rnnlib.core.errors import ConfigError, RunDataError, TrackingError
 from rnnlib.tracking.store import (
     GRADIENT_FLOW_ARTIFACT,
@@ -71,7 +71,7 @@ def _run_row(run) -> dict:
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
     }
-    row.update({f"params.{k}": v for k, v in run.data.params.items()})
+    row.update({f"params.{k}": v for k, v in upgrade_params(run.data.params).items()})
     row.update({f"metrics.{k}": float(restore_infinities(v)) for k, v in run.data.metrics.items()})
     row.update({f"tags.{k}": v for k, v in tags.items()})
     return row

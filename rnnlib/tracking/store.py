@@ -402,14 +402,15 @@ def reconcile(uri: str | None, cancelled_jobs: frozenset[str] = frozenset(), now
 
 
 # Grid axes every run name carries; other axes of a sweep are appended as `name=value`.
-NAMED_AXES = ("model.cell_type", "training.truncation", "seed")
+NAMED_AXES = ("model.kind", "model.cell_type", "training.truncation", "seed")
 
 
 def run_name(config: ExperimentConfig, grid_point: dict | None = None) -> str:
-    """`lstm-full-s0`, `gru-10/20-s2`: cell, truncation and seed, the axes runs are usually told apart by, then
-    the sweep's other axes: `rnn-full-s0-clipnorm=None-recurrent_gain=1.5`."""
+    """`lstm-full-s0`, `gru-10/20-s2`, `ar-full-s0`: the model's label (its cell, or its kind for an AR(τ) model),
+    truncation and seed, the axes runs are usually told apart by, then the sweep's other axes:
+    `rnn-full-s0-clipnorm=None-recurrent_gain=1.5`."""
     extra = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in (grid_point or {}).items() if key not in NAMED_AXES]
-    return "-".join([config.model.cell_type, config.training.truncation.label, f"s{config.seed}", *extra])
+    return "-".join([config.model.label, config.training.truncation.label, f"s{config.seed}", *extra])
 
 
 

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from rnnlib.analysis.lessons import IO_FORM_INFO
+from rnnlib.core.registry import lookup
 from rnnlib.viz.colors import PALETTE, rgba
 
 GRADIENT = "#d62728"  # what the followed loss reaches
@@ -235,9 +236,7 @@ def _form_arrows(boxes) -> list[tuple[tuple[int, int], tuple[int, int]]]:
 def io_form_figure(form: str) -> go.Figure:
     """A small picture of one of `rnnlib.tasks.IO_FORMS`: red inputs, green RNN steps, blue outputs (and the
     amber context vector of an encoder-decoder). Shapes are named by role ("input x1", "cell h1", ...)."""
-    if form not in _FORM_BOXES:
-        raise ValueError(f"Unknown sequence form {form!r}; expected one of: {', '.join(_FORM_BOXES)}.")
-    boxes = _FORM_BOXES[form]
+    boxes = lookup(_FORM_BOXES, form, "sequence form")
     shapes, annotations = [], []  # collected and set once: add_shape / add_annotation validate per call (slow)
     for role, col, row, label in boxes:
         shapes.append({"type": "rect", "name": f"{role} {label}", "x0": col - _BOX_WIDTH / 2,

@@ -3,6 +3,8 @@ backend needs, the device it trains on, and autodiff for the gradient probes."""
 
 import numpy as np
 
+from rnnlib.core import cells
+
 
 def recurrent_layer_options(backend: str, cell_type: str, stateful: bool) -> dict:
     """Extra Keras layer arguments a backend needs.
@@ -11,7 +13,7 @@ def recurrent_layer_options(backend: str, cell_type: str, stateful: bool) -> dic
     carried state of a stateful layer without copying it, then the layer assigns the new state in place, and
     backward fails with "modified by an inplace operation". The generic loop copies states first.
     """
-    if backend == "torch" and stateful and cell_type in ("lstm", "gru"):
+    if backend == "torch" and stateful and cells.get_cell(cell_type).cudnn:
         return {"use_cudnn": False}
     return {}
 

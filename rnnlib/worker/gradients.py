@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from rnnlib.core import records, truncation
-from rnnlib.core.cells import model_traces
+from rnnlib.core.cells import get_cell, model_traces
 from rnnlib.core.config import ExperimentConfig
 from rnnlib.tasks import Task
 from rnnlib.worker import backends, models
@@ -73,7 +73,7 @@ class GradientProbe:
         self.model = model
         layers = models.recurrent_layers(model)
         self.cells = [layer.cell for layer in layers]
-        self.cell_type = next(name for name, layer_type in models.CELLS.items() if isinstance(layers[0], layer_type))
+        self.cell_type = models.cell_type_of(layers[0])
         self.head = model.get_layer("head")
         self.task = task
         loss = keras.losses.get(task.loss)
@@ -112,8 +112,8 @@ class GradientProbe:
         total, grads = self._loss_gradients([x, np.asarray(target), cut], self._zeros(batch, length))
         nested = self._nest(grads)  # per layer: ∂L/∂h_t (and ∂L/∂c_t through the carried cell state only)
         result = {"loss_hidden": np.stack([_mean_norm(layer[0]) for layer in nested])}
-        if self.cell_type == "lstm":
-            traces = model_traces(models.export_weights(self.model), "lstm", len(self.cells), x)
+        if "c" in get_cell(self.cell_type).states:
+            traces = model_traces(models.export_weights(self.model), self.cell_type, len(self.cells), x)
             result["loss_cell"] = np.stack([
                 _mean_norm(carried + from_hidden * trace["output_gate"] * (1.0 - np.tanh(trace["c"]) ** 2))
                 for (from_hidden, carried), trace in zip(nested, traces.values())

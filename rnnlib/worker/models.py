@@ -1,4 +1,4 @@
-"""Keras models: the `CELLS` registry, stacked recurrent networks with the head each task needs, optimizers.
+"""Keras models: stacked recurrent networks with the head each task needs, optimizers.
 
 Layers keep their cuDNN-eligible defaults (tanh / sigmoid, no recurrent dropout, no unroll); dropout, when
 asked for, sits between stacked layers.
@@ -8,33 +8,31 @@ import keras
 import numpy as np
 from keras import ops
 
+from rnnlib.core import cells
+from rnnlib.core.registry import lookup
 from rnnlib.tasks import Task
 from rnnlib.worker import backends
 
-CELLS = {
-    "rnn": keras.layers.SimpleRNN,
-    "lstm": keras.layers.LSTM,
-    "gru": keras.layers.GRU,
-}
-
 
 def get_cell(cell_type: str) -> type[keras.layers.RNN]:
-    """The Keras recurrent layer class registered as `cell_type`."""
-    try:
-        return CELLS[cell_type]
-    except KeyError:
-        raise ValueError(f"Unknown cell_type {cell_type!r}; expected one of: {', '.join(CELLS)}.") from None
+    """The Keras recurrent layer class of the registered cell `cell_type` (`rnnlib.core.cells.CELLS`)."""
+    return getattr(keras.layers, cells.get_cell(cell_type).keras_layer)
+
+
+def cell_type_of(layer: keras.layers.Layer) -> str:
+    """The registered cell a Keras recurrent layer computes."""
+    return next(name for name, spec in cells.CELLS.items() if type(layer) is getattr(keras.layers, spec.keras_layer))
 
 
 def build_model(model_config, task: Task, batch_size: int | None = None, stateful: bool = False) -> keras.Model:
-    """The network a config's `model` asks for: recurrent (`build_recurrent_model`) or an AR(τ) baseline
-    (`build_autoregressive_model`, which ignores `stateful`: it has no state)."""
-    if model_config.is_autoregressive:
-        return build_autoregressive_model(model_config, task, batch_size)
-    return build_recurrent_model(model_config, task, batch_size, stateful)
+    """The network a config's `model` asks for, by its `kind` (`BUILDERS`): recurrent
+    (`build_recurrent_model`) or an AR(τ) baseline (`build_autoregressive_model`, which ignores `stateful`: it
+    has no state)."""
+    return BUILDERS[model_config.kind](model_config, task, batch_size, stateful)
 
 
-def build_autoregressive_model(model_config, task: Task, batch_size: int | None = None) -> keras.Model:
+def build_autoregressive_model(model_config, task: Task, batch_size: int | None = None,
+                               stateful: bool = False) -> keras.Model:
     """AR(τ): at every step t, a prediction from inputs t - τ + 1 ... t only (τ = `ar_order`).
 
     A causal 1-D convolution with kernel size τ is exactly that window, slid along the sequence: `ar` is the
@@ -45,7 +43,7 @@ def build_autoregressive_model(model_config, task: Task, batch_size: int | None 
     inputs = keras.Input(batch_shape=(batch_size, None, task.num_features), name="sequence")
     activation = "softmax" if task.loss == "sparse_categorical_crossentropy" else None
     order = model_config.ar_order
-    if model_config.cell_type == "ar":
+    if model_config.kind == "ar":
         outputs = keras.layers.Conv1D(task.num_outputs, order, padding="causal", activation=activation,
                                       name="head")(inputs)
         return keras.Model(inputs, outputs, name=f"ar_{order}")
@@ -61,7 +59,7 @@ def build_autoregressive_model(model_config, task: Task, batch_size: int | None 
 def warmup_steps(model_config) -> int:
     """Leading steps of a sequence where the model sees less history than it was built for: an AR(τ) model's
     first τ - 1 steps (zero-padded); none for a recurrent network, whose state starts empty by design."""
-    return model_config.ar_order - 1 if model_config.is_autoregressive else 0
+    return 0 if model_config.kind == "recurrent" else model_config.ar_order - 1
 
 
 def build_recurrent_model(model_config, task: Task, batch_size: int | None = None,
@@ -104,6 +102,10 @@ def build_recurrent_model(model_config, task: Task, batch_size: int | None = Non
                 layer._track_variable(variable)
             layer._tracker.lock()
     return model
+
+
+BUILDERS = {"recurrent": build_recurrent_model, "ar": build_autoregressive_model,
+            "ar_mlp": build_autoregressive_model}
 
 
 def portable_copy(model: keras.Model, model_config, task: Task) -> keras.Model:
@@ -153,11 +155,7 @@ OPTIMIZERS = {
 
 def make_optimizer(name: str, learning_rate: float, clipnorm: float | None) -> keras.optimizers.Optimizer:
     """An optimizer that clips the global gradient norm at `clipnorm` (None: no clipping) and records it."""
-    try:
-        optimizer_type = OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"Unknown optimizer {name!r}; expected one of: {', '.join(OPTIMIZERS)}.") from None
-    return optimizer_type(learning_rate=learning_rate, global_clipnorm=clipnorm)
+    return lookup(OPTIMIZERS, name, "optimizer")(learning_rate=learning_rate, global_clipnorm=clipnorm)
 
 
 def compile_model(model: keras.Model, task: Task, training_config) -> keras.Model:

@@ -130,7 +130,7 @@ class _Prober:
         self.callbacks = callbacks
         self.recorder = None
         self.seconds = 0.0  # spent probing, kept out of the training throughput
-        if self.every != 0 and not config.model.is_autoregressive:  # an AR(τ) model has no state to probe
+        if self.every != 0 and config.model.kind == "recurrent":  # an AR(τ) model has no state to probe
             from rnnlib.worker import gradients
 
             self.recorder = gradients.FlowRecorder(model, task, config)

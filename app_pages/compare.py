@@ -9,29 +9,25 @@ st.title("Compare runs")
 st.caption("Cells and truncation lengths side by side: means over seeds with 95% confidence bands, the task's "
            "baseline drawn. Every setting is in the URL: copy it to share this exact view.")
 uri = data.tracking_uri()
-controls.load_url()
+link = controls.open_link()
 
 names = scope.experiment_names(uri, "No runs yet. Train something first.")
 
 left, right = st.columns([1, 2])
 with left:
-    experiment = controls.experiment_picker(names)
+    experiment = controls.experiment_picker(link, names)
 with right:
-    runs = controls.run_picker(data.runs(uri, experiment))
+    runs = controls.run_picker(link, data.runs(uri, experiment))
 if runs.empty:
-    st.warning("No run matches these filters.")
-    controls.save_url()
-    st.stop()
+    link.stop("No run matches these filters.", show=st.warning)
 metrics = data.metric_keys(runs)
 if not metrics:
-    st.info("These runs have not logged an epoch yet; the charts appear with the first one.")
-    controls.save_url()
-    st.stop()
+    link.stop("These runs have not logged an epoch yet; the charts appear with the first one.")
 params = compare.param_names(runs)
-group_by = controls.group_by_picker(params)
+group_by = controls.group_by_picker(link, params)
 
 st.subheader("Learning curves")
-settings = controls.curve_settings(metrics)
+settings = controls.curve_settings(link, metrics)
 summary_metrics = compare.summary_metrics(metrics, settings.metric)
 histories = data.histories(uri, tuple(runs["run_id"]), tuple(summary_metrics))
 diverged = compare.diverged_at(runs, histories)
@@ -50,7 +46,7 @@ st.plotly_chart(
 )
 
 st.subheader("Summary")
-statistic, step = controls.statistic_picker(int(histories["step"].max()) if not histories.empty else 1)
+statistic, step = controls.statistic_picker(link, int(histories["step"].max()) if not histories.empty else 1)
 summary = compare.summary_table(histories, runs, summary_metrics, statistic, step, group_by, diverged)
 per_run = summary.set_index("run_id")[settings.metric]
 st.dataframe(compare.group_summary(per_run, runs, group_by), hide_index=True, width="stretch",
@@ -60,7 +56,7 @@ with st.expander(f"Per run ({len(summary)})"):
     st.dataframe(summary, hide_index=True, width="stretch")
 
 st.subheader("Metric vs hyperparameter")
-x_param, line_param = controls.hyperparameter_pickers(params, compare.varying_params(runs))
+x_param, line_param = controls.hyperparameter_pickers(link, params, compare.varying_params(runs))
 st.plotly_chart(
     plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, x_param, line_param),
                                  f"{settings.metric} ({statistic})", x_param, line_param,
@@ -79,4 +75,4 @@ table, dimensions = compare.parallel_table(differences, summary, summary_metrics
 st.plotly_chart(plots.parallel_coordinates_figure(table, dimensions, settings.metric), width="stretch",
                 key="compare_parallel")
 
-controls.save_url()
+link.save()

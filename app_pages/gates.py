@@ -5,6 +5,7 @@ from rnnlib.analysis import probes
 from rnnlib.core import cells
 from rnnlib.viz import plots
 from ui import data, scope
+from ui.permalink import Permalink
 
 # Longest stretch of a sequence drawn as heatmaps; longer sequences are traced in full and shown from the start.
 MAX_STEPS_SHOWN = 1000
@@ -16,7 +17,7 @@ st.caption("A trained network's own weights, run on one input sequence with the 
            "same numbers as Keras', checked to 1e-5): every gate, the candidate, the LSTM's cell state c and the "
            "hidden state h, unit by unit and step by step.")
 uri = data.tracking_uri()
-link = scope.Permalink("gates_", ("experiment", "run", "source", "seed", "layer"), ("units",))
+link = Permalink("gates_")
 
 names = scope.experiment_names(uri, "No runs yet. Train something first.")
 left, right = st.columns([1, 2])

@@ -4,13 +4,14 @@ from rnnlib.analysis import compare
 from rnnlib.core import records
 from rnnlib.viz import plots
 from ui import data, scope
+from ui.permalink import Permalink
 
 st.title("Gradient flow over time")
 st.caption("How much the loss at the last step T depends on the state at each earlier step t, probed on fixed "
            "sequences during training and logged with every run. This is where a tanh RNN forgets, where "
            "LSTM and GRU keep a path open, and where truncation cuts the gradient off.")
 uri = data.tracking_uri()
-link = scope.Permalink("gradients_", ("experiment", "quantity", "layer", "epoch", "run"), ("group_by",))
+link = Permalink("gradients_")
 
 names = scope.experiment_names(uri, "No runs yet. Train something first: every run logs its gradient flow.")
 

@@ -3,13 +3,13 @@ import streamlit as st
 from rnnlib import tasks
 from rnnlib.analysis import compare
 from ui import data, prediction_views, scope
+from ui.permalink import Permalink
 
 st.title("Predictions")
 st.caption("What trained models answer on held-out data, next to the truth: forecasts and k-step rollouts, "
            "confusion matrices, generated sequences, translations, sampled text. One run, or several side by side.")
 uri = data.tracking_uri()
-link = scope.Permalink("predictions_", ("experiment", "target", "origin", "kstep_run", "sequence", "sample_seed",
-                                       "decoder_run"), ("runs",))
+link = Permalink("predictions_")
 
 names = scope.experiment_names(uri, "No runs yet. Train something first: every run logs its predictions.")
 left, right = st.columns([1, 2])

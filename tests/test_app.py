@@ -111,18 +111,28 @@ def test_statistic_and_metric_vs_hyperparameter(fixture_store, monkeypatch):
 
 def test_permalink_reopens_the_same_view(fixture_store, monkeypatch):
     at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
-    at.multiselect(key="compare_group_by").set_value(["training.truncation"]).run()
+    at.multiselect(key="compare_group_by").set_value(["training.truncation", "seed"]).run()
     at.slider(key="compare_smoothing").set_value(0.5).run()
     at.toggle(key="compare_log_y").set_value(True).run()
-    at.multiselect(key="compare_f_model.cell_type").set_value(["lstm", "gru"]).run()
-    link = query(at)
-    assert link["f.model.cell_type"] in ("lstm,gru", "gru,lstm") and link["log_y"] == "1"
+    at.multiselect(key="compare_f.model.label").set_value(["lstm", "gru"]).run()
+    link = dict(at.query_params.items())
+    assert link["group_by"] == ["training.truncation", "seed"]  # one key per value
+    assert sorted(link["f.model.label"]) == ["gru", "lstm"] and link["log_y"] == "1"
     reopened = open_page(fixture_store, monkeypatch, "app_pages/compare.py", query=link)
-    assert reopened.multiselect(key="compare_group_by").value == ["training.truncation"]
+    assert reopened.multiselect(key="compare_group_by").value == ["training.truncation", "seed"]
     assert reopened.slider(key="compare_smoothing").value == 0.5
     assert figure(reopened)["layout"]["yaxis"]["type"] == "log"
     assert trace_names(reopened) == trace_names(at)
     assert not reopened.warning
+
+
+def test_a_compare_link_of_the_older_comma_form_still_opens_the_same_view(fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py",
+                   query={"group_by": "training.truncation,seed", "f.model.cell_type": "lstm,gru", "log_y": "1"})
+    assert at.multiselect(key="compare_group_by").value == ["training.truncation", "seed"]
+    assert sorted(at.multiselect(key="compare_f.model.label").value) == ["gru", "lstm"]  # cell_type is label now
+    assert not {name for name in trace_names(at) if name and name.startswith("rnn")}
+    assert figure(at)["layout"]["yaxis"]["type"] == "log" and not at.warning
 
 
 def test_stale_link_gets_a_notice_not_a_crash(fixture_store, monkeypatch):
@@ -130,8 +140,9 @@ def test_stale_link_gets_a_notice_not_a_crash(fixture_store, monkeypatch):
                    query={"experiment": "gone", "selected": "deadbeef", "group_by": "model.colour",
                           "statistic": "median"})
     warnings = " ".join(w.value for w in at.warning)
-    assert "'gone' from the link is not in this store" in warnings
-    assert "not among these runs" in warnings and "model.colour" in warnings and "median" in warnings
+    assert "Experiment 'gone' from the link is not available here" in warnings
+    assert "'deadbeef' from the link: not among the choices" in warnings and "model.colour" in warnings
+    assert "'median' from the link is not available here" in warnings
     assert at.selectbox(key="compare_experiment").value == "smoke"
     assert len(at.get("plotly_chart")) == 3
 
@@ -243,6 +254,10 @@ def test_gradient_flow_permalink_reopens_the_same_view(fixture_store, monkeypatc
     assert at.radio(key="gradients_quantity").value == "loss_cell"
     assert at.multiselect(key="gradients_group_by").value == ["training.truncation"]
     assert trace_names(at) >= {"5 (n=2)", "full (n=2)"}  # ∂L/∂c: LSTM runs only, grouped by truncation
+    older = open_page(fixture_store, monkeypatch, "app_pages/gradients.py",
+                      query={"experiment": "smoke", "group_by": "model.label,training.truncation"})
+    assert older.multiselect(key="gradients_group_by").value == ["model.label", "training.truncation"]
+    assert "lstm · 5 (n=2)" in trace_names(older) and not older.warning
 
 
 def test_gates_page_traces_a_run_and_points_to_memory_units(fixture_store, monkeypatch):

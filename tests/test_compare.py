@@ -7,8 +7,8 @@ from scipy import stats
 
 from rnnlib import tracking
 from rnnlib.analysis import compare
-from rnnlib.analysis.views import CompareView
 from rnnlib.viz import plots
+from ui import permalink
 
 
 def make_runs():
@@ -146,21 +146,25 @@ def test_parallel_coordinates_encode_text_params_as_categories():
     assert list(fig.data[0].dimensions[1].ticktext) == ["5", "full"]
 
 
-def test_view_round_trips_through_query_params():
-    view = CompareView(experiment="adding_cells", sweep="abc", filters=(("seed", ("0", "1")),),
-                       group_by=("model.cell_type",), metric="train_loss", statistic="at_step", step=7,
-                       smoothing=0.6, log_y=True, show_runs=True, selected=("r1", "r2"), x_param="seed")
-    query = view.to_query()
-    assert query["f.seed"] == "0,1" and query["log_y"] == "1" and query["group_by"] == "model.cell_type"
-    parsed, notices = CompareView.from_query(query)
-    assert parsed == view and notices == []
-    assert CompareView().to_query() == {}
+def test_settings_round_trip_through_the_url_encoding_and_defaults_stay_out():
+    settings = {"experiment": "adding_cells", "group_by": ["model.label", "seed"], "smoothing": 0.6,
+                "log_y": True, "show_runs": False, "step": 7, "f.seed": ["0", "1"], "selected": []}
+    defaults = {"group_by": ["model.label", "training.truncation"], "smoothing": 0.0, "log_y": False,
+                "show_runs": False, "step": 1}
+    query = permalink.query_of(settings, defaults)
+    assert query == {"experiment": ["adding_cells"], "group_by": ["model.label", "seed"], "smoothing": ["0.6"],
+                     "log_y": ["1"], "step": ["7"], "f.seed": ["0", "1"], "selected": [""]}  # a key per list item
+    assert permalink.query_of(defaults, defaults) == {}
+    assert permalink.query_of({"group_by": []}, defaults) == {"group_by": [""]}  # none, not the default
+    assert permalink.list_values(query["group_by"], ["seed", "model.label"]) == (["model.label", "seed"], [])
 
 
-def test_malformed_query_values_fall_back_with_a_notice():
-    view, notices = CompareView.from_query({"statistic": "median", "step": "ten", "smoothing": "5"})
-    assert view.statistic == "best" and view.step == 1 and view.smoothing == 0.99
-    assert len(notices) == 2
+def test_old_comma_joined_lists_read_like_repeated_keys_and_unknown_values_are_named():
+    options = ["model.label", "training.truncation", "seed", "task.targets"]
+    assert permalink.list_values(["model.label,seed"], options) == (["model.label", "seed"], [])
+    assert permalink.list_values(["seed", "seed,model.colour"], options) == (["seed"], ["model.colour"])
+    assert permalink.list_values(["['a', 'b']"], ["['a', 'b']", "a"]) == (["['a', 'b']"], [])  # a value with a comma
+    assert permalink.matching_option("1", [0, 1]) == 1 and permalink.matching_option("x", [0, 1]) is None
 
 
 def test_bulk_histories_from_a_real_store_match_per_run_histories(fixture_store):

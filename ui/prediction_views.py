@@ -14,7 +14,7 @@ from rnnlib.analysis import predictions, probes
 from rnnlib.core import cells, rollouts
 from rnnlib.viz import plots
 from ui import data
-from ui.scope import Permalink
+from ui.permalink import Permalink
 
 MAX_SIDE_BY_SIDE = 3  # confusion matrices / text samples per row
 

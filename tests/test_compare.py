@@ -34,19 +34,24 @@ def make_histories(runs):
     return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
 
 
-def test_smoothing_is_a_debiased_ema_and_zero_weight_is_identity():
-    values = np.array([1.0, 3.0, 2.0, 5.0])
-    np.testing.assert_array_equal(compare.smooth(values, 0.0), values)
-    expected, last, norm = [], 0.0, 0.0
-    for v in values:
-        last, norm = 0.6 * last + 0.4 * v, 0.6 * norm + 0.4
-        expected.append(last / norm)
-    np.testing.assert_allclose(compare.smooth(values, 0.6), expected)
-    assert compare.smooth(values, 0.6)[0] == 1.0  # debiased: no pull towards zero at the start
+def debiased_ema(values, weight):
+    """TensorBoard's smoothing, written out: y_t = w y_{t-1} + (1 - w) x_t over the same recursion on ones."""
+    smoothed, last, norm = [], 0.0, 0.0
+    for value in values:
+        last, norm = weight * last + (1 - weight) * value, weight * norm + (1 - weight)
+        smoothed.append(last / norm)
+    return np.array(smoothed)
+
+
+def test_smoothing_is_a_debiased_ema_per_run_and_zero_weight_is_identity():
     runs = make_runs()
-    curve = compare.curves(make_histories(runs), runs, "val_loss", [], smoothing=0.6)
-    for _, run in curve.groupby("run_id"):  # the vectorised smoothing of the page is this same EMA, per run
-        np.testing.assert_allclose(run["smoothed"], compare.smooth(run["value"].to_numpy(), 0.6))
+    histories = make_histories(runs)
+    raw = compare.curves(histories, runs, "val_loss", [], smoothing=0.0)
+    np.testing.assert_array_equal(raw["smoothed"], raw["value"])
+    curve = compare.curves(histories, runs, "val_loss", [], smoothing=0.6)
+    for _, run in curve.groupby("run_id"):  # the vectorised smoothing of the page is this EMA, run by run
+        np.testing.assert_allclose(run["smoothed"], debiased_ema(run["value"].to_numpy(), 0.6))
+        assert run["smoothed"].iloc[0] == run["value"].iloc[0]  # debiased: no pull towards zero at the start
 
 
 def test_confidence_band_is_the_student_t_interval_over_seeds():

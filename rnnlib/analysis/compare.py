@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pandas as pd
-from scipy import signal, stats
+from scipy import stats
 
 from rnnlib.core import divergence
 from rnnlib.core.records import vanishing_lag
@@ -108,17 +108,6 @@ def group_labels(runs: pd.DataFrame, group_by: list[str]) -> pd.Series:
     for column in columns[1:]:
         labels = labels + " · " + text(column)
     return labels
-
-
-def smooth(values: np.ndarray, weight: float) -> np.ndarray:
-    """Debiased exponential moving average (TensorBoard's smoothing): weight 0 returns the values unchanged."""
-    values = np.asarray(values, dtype=float)
-    if weight <= 0 or len(values) == 0:
-        return values
-    # y_t = w y_{t-1} + (1 - w) x_t, divided by the same recursion run on ones (the debiasing term)
-    numerator = signal.lfilter([1 - weight], [1, -weight], values)
-    denominator = signal.lfilter([1 - weight], [1, -weight], np.ones_like(values))
-    return numerator / denominator
 
 
 def diverged_at(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.Series:

@@ -196,11 +196,6 @@ class Truncation(_Frozen):
             return str(self.k2) if self.k1 == self.k2 else f"{self.k1}/{self.k2}"
         return f"rand{self.mean:g}"
 
-    @property
-    def horizon(self) -> int | None:
-        """The longest backpropagation span, or None for full."""
-        return {"full": None, "tbptt": self.k2, "random_length": None}[self.mode]
-
     @pydantic.model_serializer(mode="plain")
     def _short_form(self):
         if self.mode == "full":

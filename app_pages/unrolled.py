@@ -39,8 +39,8 @@ try:
 except ValueError as error:
     st.error(f"Cannot draw this truncation: {error}.", icon=":material/error:")
     st.stop()
-windows = lessons.truncation_windows(length, truncation, seed)
-reach = lessons.unrolled_gradient_reach(length, windows, step)
+updates = lessons.truncation_updates(length, truncation, seed)
+reach = lessons.unrolled_gradient_reach(length, updates, step)
 summary = lessons.reach_summary(reach)
 
 st.plotly_chart(diagrams.unrolled_bptt_figure(reach), width="stretch", key="unrolled_graph")
@@ -56,12 +56,12 @@ EXPLANATIONS = {
             "multiplied by one Jacobian per step on the way (next page: why that vanishes or explodes).",
     "tbptt": f"An update every k1 = {k1} steps, each backpropagating k2 = {k2} steps. The state is carried "
              "forward, so the forward pass still sees the whole past, but the gradient is stopped at each "
-             "window's start (black bar): the loss at the window's end sends no gradient beyond t − k2. Losses "
-             "early in a window reach less far, only k2 − k1 + 1 steps at the window's first step; with "
-             "k2 > k1 the windows overlap (darker bands), so every loss gets at least that much history.",
-    "random_length": f"Windows of random length (geometric, mean {mean}; k1 = k2 = the window's length), so "
+             "update's start (black bar): the loss at the update's last step sends no gradient beyond t − k2. "
+             "Losses early in an update reach less far, only k2 − k1 + 1 steps at its first scored step; with "
+             "k2 > k1 the updates overlap (darker bands), so every loss gets at least that much history.",
+    "random_length": f"Updates of random length (geometric, mean {mean}; k1 = k2 = the update's length), so "
                      "where the gradient is cut changes from sequence to sequence and no dependency length is "
-                     "always cut at the same place. Each update is the plain mean loss of its window, so this is "
+                     "always cut at the same place. Each update is the plain mean loss of its steps, so this is "
                      "still a biased estimate of the full gradient, like fixed TBPTT: long dependencies are cut "
                      "more often than short ones and nothing makes up for it. (Tallec & Ollivier's 2017 unbiased "
                      "truncation, d2l §9.7, reweights the gradient by the truncation probabilities; this mode does "
@@ -69,8 +69,8 @@ EXPLANATIONS = {
 }
 st.markdown(
     f"**Highlighted in red**: the hidden states that receive gradient from the loss at t={step} (the star) and "
-    "the edges it flows along; each shaded band is one update's unrolled window, with the steps it scores on "
+    "the edges it flows along; each shaded band is one update's unrolled span, with the steps it scores on "
     f"the loss row. {EXPLANATIONS[mode]}"
 )
 with st.expander(f"The {summary['num_updates']} updates of this schedule"):
-    st.dataframe(lessons.windows_table(windows), hide_index=True, width="stretch")
+    st.dataframe(lessons.updates_table(updates), hide_index=True, width="stretch")

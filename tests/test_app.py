@@ -238,13 +238,13 @@ def test_gradient_flow_page_shows_lag_curves_truncation_and_where_gradients_vani
     assert norms["layout"]["yaxis"]["type"] == "log" and "clipnorm" in json.dumps(norms["layout"])
 
 
-def test_gradient_flow_heatmap_draws_the_truncation_window_of_a_tbptt_run(fixture_store, monkeypatch):
+def test_gradient_flow_heatmap_draws_the_truncation_reach_of_a_tbptt_run(fixture_store, monkeypatch):
     client = MlflowClient(fixture_store)
     experiment = client.get_experiment_by_name("smoke")
     (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'gru-5-s1'")
     at = open_page(fixture_store, monkeypatch, "app_pages/gradients.py")
     at.selectbox(key="gradients_run").set_value(run.info.run_id).run()
-    window = [t for t in figure(at, 1)["data"] if t["name"].startswith("truncation window start")]
+    window = [t for t in figure(at, 1)["data"] if t["name"].startswith("truncation reach")]
     assert window and set(decoded(window[0]["x"])) == {14.5}  # T = 20, k = 5: no gradient left of t = 15
 
 

@@ -209,9 +209,9 @@ def make_flows(runs, length=10):
         lags = np.arange(length)[::-1]
         for step, decay in ((0, 0.5), (10, {"rnn": 0.1, "lstm": 0.9}[cell])):
             norms = decay ** lags.astype(float)
-            window_start = 0 if truncation == "full" else length - 5
-            norms[:window_start] = 0.0
-            flow.append(step, step / 5, window_start, 1.0,
+            reach = 0 if truncation == "full" else length - 5
+            norms[:reach] = 0.0
+            flow.append(step, step / 5, reach, 1.0,
                         {q: np.broadcast_to(norms, (1, length)).copy() for q in flow.norms})
         flows[run["run_id"]] = flow
     return flows
@@ -286,7 +286,7 @@ def test_gradient_lag_axis_fits_the_means_not_a_wide_band():
 
 def test_float32_underflow_counts_as_tiny_not_missing_but_truncation_is_missing():
     curves = pd.DataFrame({"run_id": ["a", "a", "b", "b", "c", "c"], "group": "rnn", "t": [0, 1] * 3,
-                           "lag": [1, 0] * 3, "window_start": [0, 0, 0, 0, 1, 1],
+                           "lag": [1, 0] * 3, "reach": [0, 0, 0, 0, 1, 1],
                            "value": [0.0, 1.0, 1e-20, 1.0, 0.0, 1.0]})
     band = compare.lag_band(curves).set_index("lag")
     assert band.loc[1, "n"] == 2  # run c's zero is truncation: left out; run a's is underflow: kept at the floor

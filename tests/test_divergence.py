@@ -178,7 +178,7 @@ def test_a_log_axis_over_forty_decades_does_not_tick_every_decade():
 
 def test_the_vanishing_table_says_diverged_for_a_run_that_diverged():
     flow_rows = [{"run_id": run_id, "run_name": run_id, "group": run_id[:-1], "probe": probe, "t": t,
-                  "value": 0.5 ** (4 - t), "window_start": 0}
+                  "value": 0.5 ** (4 - t), "reach": 0}
                  for run_id in ("rnn0", "rnn1") for probe in (0, 1) for t in range(5)]
     table = compare.vanishing_table(pd.DataFrame(flow_rows), threshold=0.1,
                                     diverged=pd.Series({"rnn0": math.nan, "rnn1": 3.0}))
@@ -233,7 +233,7 @@ def test_the_sweep_summary_leaves_diverged_seeds_out_of_the_mean_and_counts_them
 
 def test_gradient_lag_curves_leave_a_diverged_runs_nan_norms_out_and_say_so():
     rows = [{"run_id": run_id, "run_name": run_id, "group": "rnn", "probe": 1, "t": t, "lag": 4 - t,
-             "window_start": 0, "value": math.nan if run_id == "rnn1" else 0.5 ** (4 - t)}
+             "reach": 0, "value": math.nan if run_id == "rnn1" else 0.5 ** (4 - t)}
             for run_id in ("rnn0", "rnn1") for t in range(5)]
     band = compare.lag_band(pd.DataFrame(rows))
     assert band["n"].tolist() == [1] * 5 and band["diverged"].tolist() == [1] * 5

@@ -113,8 +113,8 @@ def test_truncated_bptt_delivers_no_gradient_beyond_the_window(cell_type):
     config, task, model = tiny(cell_type, length=20, units=4, num_layers=1, truncation=5)
     x, y = task.sample_batch(np.random.default_rng(4), 2)
     probe = gradients.GradientProbe(model, task)
-    _, truncated = probe.loss_gradients(x, y, window_start=15)
-    _, full = probe.loss_gradients(x, y, window_start=0)
+    _, truncated = probe.loss_gradients(x, y, reach=15)
+    _, full = probe.loss_gradients(x, y, reach=0)
     for quantity in truncated:
         assert np.all(truncated[quantity][:, :15] == 0.0)
         assert np.all(truncated[quantity][:, 15:] > 0.0)
@@ -137,7 +137,7 @@ def test_training_records_gradient_flow_at_init_and_each_epoch_with_the_window_o
     assert flows == [1, 2, 3]
     np.testing.assert_array_equal(flow.steps, [0, 3, 6])
     np.testing.assert_allclose(flow.epochs, [0.0, 1.0, 2.0])
-    np.testing.assert_array_equal(flow.window_starts, [8, 8, 8])  # last update: steps 8..11 (k2 = 4)
+    np.testing.assert_array_equal(flow.reaches, [8, 8, 8])  # last update: steps 8..11 (k2 = 4)
     assert flow.norms["loss_hidden"].shape == (3, 1, 12) and flow.truncation == "3/4"
     assert np.all(flow.norms["loss_hidden"][:, :, :8] == 0) and np.all(flow.norms["loss_hidden"][:, :, 8:] > 0)
     assert not np.allclose(flow.norms["jacobian"][0], flow.norms["jacobian"][-1])  # training changed the dynamics

@@ -19,8 +19,8 @@ from rnnlib.viz import diagrams
 
 
 def reach_for(length, short_form, step=None, seed=0):
-    windows = lessons.truncation_windows(length, config.Truncation.model_validate(short_form), seed)
-    return lessons.unrolled_gradient_reach(length, windows, length - 1 if step is None else step)
+    updates = lessons.truncation_updates(length, config.Truncation.model_validate(short_form), seed)
+    return lessons.unrolled_gradient_reach(length, updates, length - 1 if step is None else step)
 
 
 # --- Vanishing and exploding products --------------------------------------------------------------------------
@@ -85,34 +85,34 @@ def test_tbptt_k_reaches_exactly_k_steps_back_from_the_last_step():
     assert (summary["reach"], summary["num_reached"], summary["num_updates"]) == (20, 10, 3)
 
 
-def test_k2_longer_than_k1_reaches_k2_back_and_overlaps_windows():
+def test_k2_longer_than_k1_reaches_k2_back_and_overlaps_updates():
     reach = reach_for(30, {"k1": 5, "k2": 10})
     assert lessons.reach_summary(reach)["reach"] == 30 - 10
-    first_of_last_window = reach_for(30, {"k1": 5, "k2": 10}, step=25)
-    assert first_of_last_window["reached"].sum() == 10 - 5 + 1
+    first_of_last_update = reach_for(30, {"k1": 5, "k2": 10}, step=25)
+    assert first_of_last_update["reached"].sum() == 10 - 5 + 1
     assert reach["in_followed_update"].sum() == 10 and reach["scored_with_step"].sum() == 5
 
 
 def test_random_length_reach_follows_the_truncation_schedule_of_the_same_seed():
     trunc = config.Truncation.model_validate({"mode": "random_length", "mean": 6})
-    windows = truncation.schedule(40, trunc, np.random.default_rng(7))
-    assert lessons.truncation_windows(40, trunc, seed=7) == windows
-    assert lessons.truncation_windows(40, trunc, seed=8) != windows
+    updates = truncation.schedule(40, trunc, np.random.default_rng(7))
+    assert lessons.truncation_updates(40, trunc, seed=7) == updates
+    assert lessons.truncation_updates(40, trunc, seed=8) != updates
     for step in range(40):
-        reach = lessons.unrolled_gradient_reach(40, windows, step)
-        assert reach.loc[reach["reached"], "t"].min() == truncation.gradient_reach(windows, step)
+        reach = lessons.unrolled_gradient_reach(40, updates, step)
+        assert reach.loc[reach["reached"], "t"].min() == truncation.gradient_reach(updates, step)
 
 
 def test_every_step_is_scored_by_exactly_one_update():
-    windows = lessons.truncation_windows(37, config.Truncation.model_validate({"k1": 4, "k2": 9}))
-    table = lessons.windows_table(windows)
+    updates = lessons.truncation_updates(37, config.Truncation.model_validate({"k1": 4, "k2": 9}))
+    table = lessons.updates_table(updates)
     assert table["scored_steps"].sum() == 37 and table["backprop_steps"].max() == 9
-    assert lessons.unrolled_gradient_reach(37, windows, 0)["update"].tolist() == np.repeat(range(10), 4)[:37].tolist()
+    assert lessons.unrolled_gradient_reach(37, updates, 0)["update"].tolist() == np.repeat(range(10), 4)[:37].tolist()
 
 
 def test_reach_rejects_a_step_outside_the_sequence():
     with pytest.raises(ValueError, match=r"in \[0, 9\], got 10"):
-        lessons.unrolled_gradient_reach(10, lessons.truncation_windows(10, config.Truncation()), 10)
+        lessons.unrolled_gradient_reach(10, lessons.truncation_updates(10, config.Truncation()), 10)
 
 
 def test_make_truncation_explains_k1_longer_than_k2():
@@ -148,7 +148,7 @@ def test_unrolled_figure_highlights_exactly_the_reached_states():
     assert len(fig["loss in the same update"].x) == 4  # 25..29 but the followed one
 
 
-def test_unrolled_figure_draws_each_update_window_and_each_cut():
+def test_unrolled_figure_draws_each_update_span_and_each_cut():
     reach = reach_for(30, {"k1": 5, "k2": 10})
     fig = diagrams.unrolled_bptt_figure(reach)
     assert len(fig.layout.shapes) == 2 * 6  # an unrolled and a scored band per update

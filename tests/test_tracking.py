@@ -73,7 +73,7 @@ def test_cli_sweep_logs_finished_runs_with_the_documented_schema(sqlite_uri, cli
     assert (flow.cell_type, flow.truncation, flow.sequence_length) == ("gru", "5", 20)
     steps_per_epoch = int(params["training.steps_per_epoch"])
     np.testing.assert_array_equal(flow.steps, [0, steps_per_epoch, 2 * steps_per_epoch])
-    np.testing.assert_array_equal(flow.window_starts, [15, 15, 15])
+    np.testing.assert_array_equal(flow.reaches, [15, 15, 15])
     hidden = flow.norms["loss_hidden"]
     assert hidden.shape == (3, 1, 20) and np.all(hidden[..., :15] == 0) and np.all(hidden[..., 15:] > 0)
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from rnnlib import tasks
 from rnnlib.core import config as cfg
 from rnnlib.core import truncation
-from rnnlib.core.truncation import Window
+from rnnlib.core.truncation import Update
 from rnnlib.worker import models, training
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -19,20 +19,20 @@ def trunc(text):
     return cfg.parse_config(text).training.truncation
 
 
-def test_full_is_one_window_over_the_sequence():
-    assert truncation.schedule(10, trunc("full"), np.random.default_rng(0)) == [Window(0, 0, 10)]
+def test_full_is_one_update_over_the_sequence():
+    assert truncation.schedule(10, trunc("full"), np.random.default_rng(0)) == [Update(0, 0, 10)]
 
 
 def test_tbptt_updates_every_k1_steps_and_backpropagates_k2():
-    windows = truncation.schedule(10, trunc("{k1: 3, k2: 5}"), np.random.default_rng(0))
-    assert windows == [Window(0, 0, 3), Window(1, 3, 6), Window(4, 6, 9), Window(5, 9, 10)]
-    assert truncation.schedule(10, trunc(5), np.random.default_rng(0)) == [Window(0, 0, 5), Window(5, 5, 10)]
+    updates = truncation.schedule(10, trunc("{k1: 3, k2: 5}"), np.random.default_rng(0))
+    assert updates == [Update(0, 0, 3), Update(1, 3, 6), Update(4, 6, 9), Update(5, 9, 10)]
+    assert truncation.schedule(10, trunc(5), np.random.default_rng(0)) == [Update(0, 0, 5), Update(5, 5, 10)]
 
 
 def test_every_step_is_scored_exactly_once():
     for text in ("full", "7", "{k1: 3, k2: 8}", "{mode: random_length, mean: 6}"):
-        windows = truncation.schedule(50, trunc(text), np.random.default_rng(1))
-        scored = [t for w in windows for t in range(w.loss_start, w.stop)]
+        updates = truncation.schedule(50, trunc(text), np.random.default_rng(1))
+        scored = [t for w in updates for t in range(w.loss_start, w.stop)]
         assert scored == list(range(50)), text
 
 
@@ -44,10 +44,10 @@ def test_random_length_chunks_have_the_requested_mean_length():
     assert len(set(lengths)) > 10
 
 
-def test_gradient_reach_is_the_window_start():
-    windows = truncation.schedule(20, trunc("{k1: 4, k2: 10}"), np.random.default_rng(0))
-    assert truncation.gradient_reach(windows, 19) == 10
-    assert truncation.gradient_reach(windows, 3) == 0
+def test_gradient_reach_is_the_update_start():
+    updates = truncation.schedule(20, trunc("{k1: 4, k2: 10}"), np.random.default_rng(0))
+    assert truncation.gradient_reach(updates, 19) == 10
+    assert truncation.gradient_reach(updates, 3) == 0
 
 
 def tiny(task_text, model_text="{cell_type: gru, units: 4}", truncation_text="full", batch_size=3):
@@ -79,7 +79,7 @@ def test_state_is_carried_across_chunks_and_reset_between_batches():
     np.testing.assert_allclose(fresh, full[:, :4], atol=1e-6)  # a new batch starts from zeros, not the last state
 
 
-def test_overlapping_windows_start_from_the_state_at_their_own_start():
+def test_overlapping_updates_start_from_the_state_at_their_own_start():
     """With k2 > k1 the loop rewinds: with a zero learning rate each update's loss must equal the loss of the same
     steps in one full forward pass."""
     config, task, model = tiny("{name: sine, window: 12}", "{cell_type: gru, units: 4}", "{k1: 3, k2: 7}")
@@ -88,25 +88,25 @@ def test_overlapping_windows_start_from_the_state_at_their_own_start():
     x, y = task.sample_batch(np.random.default_rng(0), 3)
     stepper._reset()
     full = np.asarray(model.predict_on_batch(x))
-    windows = truncation.schedule(12, config.training.truncation, np.random.default_rng(0))
-    losses = [loss for loss, _, _ in stepper.train_on_sequences(x, y, windows)]
-    expected = [float(np.mean((full[:, w.loss_start : w.stop] - y[:, w.loss_start : w.stop]) ** 2)) for w in windows]
+    updates = truncation.schedule(12, config.training.truncation, np.random.default_rng(0))
+    losses = [loss for loss, _, _ in stepper.train_on_sequences(x, y, updates)]
+    expected = [float(np.mean((full[:, w.loss_start : w.stop] - y[:, w.loss_start : w.stop]) ** 2)) for w in updates]
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
 
 
-def test_seq2vec_tasks_train_only_the_window_that_ends_at_the_target():
+def test_seq2vec_tasks_train_only_the_update_that_ends_at_the_target():
     config, task, model = tiny("{name: adding, length: 20}", truncation_text="5")
     models.compile_model(model, task, config.training)
     stepper = training._WindowStepper(model, task)
     x, y = task.sample_batch(np.random.default_rng(0), 3)
-    windows = truncation.schedule(20, config.training.truncation, np.random.default_rng(0))
-    updates = list(stepper.train_on_sequences(x, y, windows))
-    assert len(updates) == 1 and updates[0][1] == 1
+    schedule = truncation.schedule(20, config.training.truncation, np.random.default_rng(0))
+    trained = list(stepper.train_on_sequences(x, y, schedule))
+    assert len(trained) == 1 and trained[0][1] == 1
 
 
 def input_gradient(model, task, x, start, stop, stepper):
-    """d(output at the last step of [start, stop)) / d(inputs), computed the way training runs a window:
-    the state carried up to `start` by a forward pass, then the window with gradient."""
+    """d(output at the last step of [start, stop)) / d(inputs), computed the way training runs an update:
+    the state carried up to `start` by a forward pass, then the update's steps with gradient."""
     stepper._reset()
     stepper._advance(x, 0, start)
     inputs = tf.Variable(x)
@@ -123,8 +123,8 @@ def test_loss_gradient_is_exactly_zero_beyond_k2_under_tbptt_and_not_under_full(
     config, task, model = tiny("{name: sine, window: 30}", f"{{cell_type: {cell_type}, units: 4}}", "{k1: 5, k2: 10}")
     stepper = training._WindowStepper(model, task)
     x, _ = task.sample_batch(np.random.default_rng(0), 3)
-    windows = truncation.schedule(30, config.training.truncation, np.random.default_rng(0))
-    last = windows[-1]  # scores steps 25..29, backpropagates from step 20
+    updates = truncation.schedule(30, config.training.truncation, np.random.default_rng(0))
+    last = updates[-1]  # scores steps 25..29, backpropagates from step 20
     truncated = input_gradient(model, task, x, last.start, last.stop, stepper)
     assert last.stop - last.start == 10
     assert np.all(truncated[: last.start] == 0.0)  # more than k2 steps back: exactly zero
@@ -133,8 +133,8 @@ def test_loss_gradient_is_exactly_zero_beyond_k2_under_tbptt_and_not_under_full(
     assert np.all(full > 0.0)  # full BPTT reaches the very first input
 
 
-def test_training_with_tbptt_on_a_long_sequence_keeps_memory_bounded_by_the_window():
-    """A 3,000-step sequence trained with TBPTT(50): one update per window, each window 50 steps long."""
+def test_training_with_tbptt_on_a_long_sequence_keeps_memory_bounded_by_k2():
+    """A 3,000-step sequence trained with TBPTT(50): one update per 50 steps, each backpropagating 50."""
     config = cfg.parse_config("task: {name: copy_memory, delay: 2980}\nmodel: {cell_type: gru, units: 4}\n"
                               "training: {epochs: 1, steps_per_epoch: 1, batch_size: 2, num_validation_sequences: 2, "
                               "truncation: 50}\n")

@@ -305,7 +305,7 @@ FLOAT32_FLOOR = float(np.finfo(np.float32).smallest_subnormal)
 
 def flow_curves(flows: dict, runs: pd.DataFrame, group_by: list[str], quantity: str, layer: int = 0) -> pd.DataFrame:
     """Every probe of every run as norm vs timestep: `run_id`, `run_name`, `group`, `probe`, `epoch`, `step`, `t`,
-    `lag`, `window_start`, `value`. Runs without a record (or without `quantity`, e.g. ∂L/∂c of a GRU) are
+    `lag`, `reach`, `value`. Runs without a record (or without `quantity`, e.g. ∂L/∂c of a GRU) are
     left out."""
     labels = dict(zip(runs["run_id"], group_labels(runs, group_by)))
     names = dict(zip(runs["run_id"], runs["run_name"]))
@@ -319,9 +319,9 @@ def flow_curves(flows: dict, runs: pd.DataFrame, group_by: list[str], quantity: 
         frames.append(pd.DataFrame({
             "run_id": run_id, "run_name": names[run_id], "group": labels[run_id], "probe": probe,
             "epoch": flow.epochs[probe], "step": flow.steps[probe], "t": t, "lag": length - 1 - t,
-            "window_start": flow.window_starts[probe], "value": values.reshape(-1),
+            "reach": flow.reaches[probe], "value": values.reshape(-1),
         }))
-    columns = ["run_id", "run_name", "group", "probe", "epoch", "step", "t", "lag", "window_start", "value"]
+    columns = ["run_id", "run_name", "group", "probe", "epoch", "step", "t", "lag", "reach", "value"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
@@ -347,7 +347,7 @@ def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     the mean to the runs that had not underflowed yet); a norm that is NaN or inf (a diverged network) is left
     out and counted in `diverged`. Returns `group`, `lag`, `mean`, `lower`, `upper`, `n`, `diverged`.
     """
-    reached = curves[curves["t"] >= curves["window_start"]]
+    reached = curves[curves["t"] >= curves["reach"]]
     positive = reached.assign(log=lambda f: np.log10(f["value"].clip(lower=FLOAT32_FLOOR)))
     table = _mean_and_ci(positive, ["group", "lag"], "log", level)
     return pd.DataFrame({

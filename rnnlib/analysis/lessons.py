@@ -17,7 +17,7 @@ from rnnlib import tasks
 from rnnlib.core import config
 from rnnlib.core.cells import sigmoid
 from rnnlib.core.registry import lookup
-from rnnlib.core.truncation import Window, gradient_reach, schedule
+from rnnlib.core.truncation import Update, gradient_reach, schedule
 
 
 def tanh_derivative(a: np.ndarray) -> np.ndarray:
@@ -153,22 +153,22 @@ def make_truncation(mode: str, k1: int | None = None, k2: int | None = None,
         raise ValueError("; ".join(problems)) from None
 
 
-def truncation_windows(length: int, truncation: config.Truncation, seed: int = 0) -> list[Window]:
+def truncation_updates(length: int, truncation: config.Truncation, seed: int = 0) -> list[Update]:
     """`rnnlib.core.truncation.schedule` for one sequence of `length` steps; `seed` draws random lengths."""
     return schedule(length, truncation, np.random.default_rng(seed))
 
 
-def unrolled_gradient_reach(length: int, windows: list[Window], step: int) -> pd.DataFrame:
+def unrolled_gradient_reach(length: int, updates: list[Update], step: int) -> pd.DataFrame:
     """Which hidden states the loss at `step` sends gradient to, and how the updates tile the sequence.
 
     Args:
-        windows: a schedule over `length` steps (`truncation_windows` / `rnnlib.core.truncation.schedule`).
+        updates: a schedule over `length` steps (`truncation_updates` / `rnnlib.core.truncation.schedule`).
         step: the loss (output) to follow, 0 <= step < length.
 
     Returns:
         `[length]` rows, one per timestep t:
-        - update: the parameter update whose loss scores the output at t (index into `windows`);
-        - update_start, loss_start, update_stop: that update's window (unrolled from update_start with the
+        - update: the parameter update whose loss scores the output at t (index into `updates`);
+        - update_start, loss_start, update_stop: that update's span (unrolled from update_start with the
           gradient stopped on the carried state there, scored on [loss_start, update_stop));
         - in_followed_update: t is unrolled with gradient by the update that scores `step`;
         - scored_with_step: t's loss is part of that same update (its gradients add up in one step);
@@ -178,36 +178,36 @@ def unrolled_gradient_reach(length: int, windows: list[Window], step: int) -> pd
     if not 0 <= step < length:
         raise ValueError(f"The loss step to follow must be in [0, {length - 1}], got {step}.")
     t = np.arange(length)
-    update = np.full(length, -1)
-    for index, window in enumerate(windows):
-        update[window.loss_start:window.stop] = index
-    assert (update >= 0).all(), "a schedule scores every step exactly once"
-    starts = np.array([(w.start, w.loss_start, w.stop) for w in windows])[update]
-    followed = windows[update[step]]
-    reach = gradient_reach(windows, step)
+    scorer = np.full(length, -1)  # the update that scores each step
+    for index, update in enumerate(updates):
+        scorer[update.loss_start:update.stop] = index
+    assert (scorer >= 0).all(), "a schedule scores every step exactly once"
+    starts = np.array([(u.start, u.loss_start, u.stop) for u in updates])[scorer]
+    followed = updates[scorer[step]]
+    reach = gradient_reach(updates, step)
     return pd.DataFrame({
         "t": t,
-        "update": update,
+        "update": scorer,
         "update_start": starts[:, 0],
         "loss_start": starts[:, 1],
         "update_stop": starts[:, 2],
         "in_followed_update": (t >= followed.start) & (t < followed.stop),
-        "scored_with_step": update == update[step],
+        "scored_with_step": scorer == scorer[step],
         "reached": (t >= reach) & (t <= step),
         "followed": t == step,
     })
 
 
-def windows_table(windows: list[Window]) -> pd.DataFrame:
+def updates_table(updates: list[Update]) -> pd.DataFrame:
     """One row per update of a schedule: update, unrolled_from (gradient stopped there), scored_from, stop,
     backprop_steps (k2) and scored_steps (k1)."""
     return pd.DataFrame({
-        "update": range(len(windows)),
-        "unrolled_from": [w.start for w in windows],
-        "scored_from": [w.loss_start for w in windows],
-        "stop": [w.stop for w in windows],
-        "backprop_steps": [w.stop - w.start for w in windows],
-        "scored_steps": [w.stop - w.loss_start for w in windows],
+        "update": range(len(updates)),
+        "unrolled_from": [u.start for u in updates],
+        "scored_from": [u.loss_start for u in updates],
+        "stop": [u.stop for u in updates],
+        "backprop_steps": [u.stop - u.start for u in updates],
+        "scored_steps": [u.stop - u.loss_start for u in updates],
     })
 
 

@@ -26,7 +26,7 @@ class GradientFlow:
         cell_type, num_layers, sequence_length (T), truncation: what was probed (`truncation` as its label).
         steps: `<int>[num_probes]` batches trained before each probe (0: at initialisation).
         epochs: `<float>[num_probes]` the same in epochs.
-        window_starts: `<int>[num_probes]` first timestep the loss at the last step sends gradient to under
+        reaches: `<int>[num_probes]` first timestep the loss at the last step sends gradient to under
             the run's truncation (0 for full BPTT, T - k2 for TBPTT).
         losses: `<float>[num_probes]` mean loss at the last step over the probe sequences.
         norms: quantity (see `GRADIENT_QUANTITIES`) -> `<float>[num_probes, num_layers, T]`.
@@ -38,7 +38,7 @@ class GradientFlow:
     truncation: str
     steps: np.ndarray
     epochs: np.ndarray
-    window_starts: np.ndarray
+    reaches: np.ndarray
     losses: np.ndarray
     norms: dict[str, np.ndarray]
 
@@ -50,12 +50,12 @@ class GradientFlow:
                    np.zeros(0, np.int64), np.zeros(0),
                    {q: np.zeros((0, num_layers, sequence_length)) for q in quantities})
 
-    def append(self, step: int, epoch: float, window_start: int, loss: float,
+    def append(self, step: int, epoch: float, reach: int, loss: float,
                norms: dict[str, np.ndarray]) -> None:
         """Add one probe; `norms` maps each quantity to `[num_layers, T]`."""
         self.steps = np.append(self.steps, step)
         self.epochs = np.append(self.epochs, epoch)
-        self.window_starts = np.append(self.window_starts, window_start)
+        self.reaches = np.append(self.reaches, reach)
         self.losses = np.append(self.losses, loss)
         for quantity in self.norms:
             self.norms[quantity] = np.concatenate([self.norms[quantity], norms[quantity][None]])
@@ -66,7 +66,7 @@ class GradientFlow:
                 "sequence_length": self.sequence_length, "truncation": self.truncation}
         buffer = io.BytesIO()
         np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), steps=self.steps, epochs=self.epochs,
-                            window_starts=self.window_starts, losses=self.losses,
+                            window_starts=self.reaches, losses=self.losses,  # the file's key since the first version
                             **{f"norms_{q}": v.astype(np.float32) for q, v in self.norms.items()})
         return buffer.getvalue()
 
@@ -77,10 +77,10 @@ class GradientFlow:
             norms = {name.removeprefix("norms_"): archive[name].astype(np.float64)
                      for name in archive.files if name.startswith("norms_")}
             return cls(**meta, steps=archive["steps"], epochs=archive["epochs"],
-                       window_starts=archive["window_starts"], losses=archive["losses"], norms=norms)
+                       reaches=archive["window_starts"], losses=archive["losses"], norms=norms)
 
     def to_frame(self) -> pd.DataFrame:
-        """Long format: `step`, `epoch`, `window_start`, `quantity`, `layer`, `t`, `lag` (T - 1 - t), `value`."""
+        """Long format: `step`, `epoch`, `reach`, `quantity`, `layer`, `t`, `lag` (T - 1 - t), `value`."""
         frames = []
         length = self.sequence_length
         for quantity, values in self.norms.items():
@@ -88,7 +88,7 @@ class GradientFlow:
             index = np.indices(values.shape).reshape(3, -1)
             frames.append(pd.DataFrame({
                 "step": self.steps[index[0]], "epoch": self.epochs[index[0]],
-                "window_start": self.window_starts[index[0]], "quantity": quantity, "layer": index[1],
+                "reach": self.reaches[index[0]], "quantity": quantity, "layer": index[1],
                 "t": index[2], "lag": length - 1 - index[2], "value": values.reshape(-1),
             }))
         return pd.concat(frames, ignore_index=True)

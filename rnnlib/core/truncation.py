@@ -1,7 +1,7 @@
 """Truncation schedules: which slices of a sequence each parameter update backpropagates through.
 
 Pure python and numpy, shared by the training loop and the dashboard's pictures of BPTT. A schedule is a list
-of `Window`s over one batch of sequences of `length` steps. For each window the training loop runs the
+of `Update`s over one batch of sequences of `length` steps. For each update the training loop runs the
 network from the carried state at `start` (with the gradient stopped there) to `stop`, and the update's loss
 covers the outputs from `loss_start` to `stop`. So an update backpropagates `stop - start` steps (k2) and
 updates are `stop - loss_start` steps apart (k1).
@@ -15,7 +15,7 @@ from rnnlib.core.registry import lookup
 
 
 @dataclasses.dataclass(frozen=True)
-class Window:
+class Update:
     """One parameter update: steps `[start, stop)` are unrolled with gradient, `[loss_start, stop)` are scored."""
 
     start: int
@@ -26,30 +26,30 @@ class Window:
         assert 0 <= self.start <= self.loss_start < self.stop, self
 
 
-def full_schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
+def full_schedule(length: int, truncation, rng: np.random.Generator) -> list[Update]:
     """One update over the whole sequence."""
-    return [Window(0, 0, length)]
+    return [Update(0, 0, length)]
 
 
-def tbptt_schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
+def tbptt_schedule(length: int, truncation, rng: np.random.Generator) -> list[Update]:
     """An update every k1 steps, each backpropagating k2 steps (fewer at the start of the sequence)."""
     k1, k2 = truncation.k1, truncation.k2
     stops = list(range(k1, length, k1)) + [length]
     loss_starts = [0] + stops[:-1]
-    return [Window(max(0, stop - k2), loss_start, stop) for loss_start, stop in zip(loss_starts, stops)]
+    return [Update(max(0, stop - k2), loss_start, stop) for loss_start, stop in zip(loss_starts, stops)]
 
 
-def random_length_schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
+def random_length_schedule(length: int, truncation, rng: np.random.Generator) -> list[Update]:
     """Consecutive chunks whose lengths are geometric with mean `truncation.mean`; k1 = k2 = chunk length.
 
     Random-length TBPTT: each update is its chunk's plain mean loss, a biased estimate of the full gradient (no
     reweighting by truncation probabilities, unlike Tallec & Ollivier's 2017 unbiased truncation)."""
-    windows, start = [], 0
+    updates, start = [], 0
     while start < length:
         stop = min(length, start + int(rng.geometric(1.0 / truncation.mean)))
-        windows.append(Window(start, start, stop))
+        updates.append(Update(start, start, stop))
         start = stop
-    return windows
+    return updates
 
 
 SCHEDULES = {
@@ -59,14 +59,14 @@ SCHEDULES = {
 }
 
 
-def schedule(length: int, truncation, rng: np.random.Generator) -> list[Window]:
-    """The windows for one batch of sequences of `length` steps under `truncation` (a config `Truncation`)."""
+def schedule(length: int, truncation, rng: np.random.Generator) -> list[Update]:
+    """The updates for one batch of sequences of `length` steps under `truncation` (a config `Truncation`)."""
     return lookup(SCHEDULES, truncation.mode, "truncation mode")(length, truncation, rng)
 
 
-def gradient_reach(windows: list[Window], step: int) -> int | None:
+def gradient_reach(updates: list[Update], step: int) -> int | None:
     """The earliest timestep that receives gradient from the loss at `step`, or None when `step` is not scored."""
-    for window in windows:
-        if window.loss_start <= step < window.stop:
-            return window.start
+    for update in updates:
+        if update.loss_start <= step < update.stop:
+            return update.start
     return None

@@ -46,13 +46,13 @@ def _node_trace(frame: pd.DataFrame, row: int, name: str, color: str, symbol: st
     )
 
 
-def _window_shapes(reach: pd.DataFrame) -> list[dict]:
-    """Per update: its unrolled span around the hidden row (staggered, so overlapping k2 > k1 windows show)
+def _update_shapes(reach: pd.DataFrame) -> list[dict]:
+    """Per update: its unrolled span around the hidden row (staggered, so overlapping k2 > k1 updates show)
     and its scored span on the loss row; the followed update outlined in the gradient colour."""
     shapes = []
     followed_update = int(reach.loc[reach["followed"], "update"].iloc[0])
-    windows = reach.groupby("update")[["update_start", "loss_start", "update_stop"]].first()
-    for update, (start, loss_start, stop) in windows.iterrows():
+    spans = reach.groupby("update")[["update_start", "loss_start", "update_stop"]].first()
+    for update, (start, loss_start, stop) in spans.iterrows():
         color = PALETTE[update % 2]
         pad = 0.36 if update % 2 == 0 else 0.28
         followed = update == followed_update
@@ -74,7 +74,7 @@ def unrolled_bptt_figure(reach: pd.DataFrame, title: str | None = None) -> go.Fi
         title: defaults to a sentence about how far the followed loss reaches.
 
     Hidden states that receive gradient from the followed loss are red, the path it flows along is drawn in
-    red, each update's unrolled window is a shaded band around the hidden row (its scored steps a band on
+    red, each update's unrolled span is a shaded band around the hidden row (its scored steps a band on
     the loss row) and a black bar marks where an update stops the gradient on the carried state.
     """
     length = len(reach)
@@ -135,7 +135,7 @@ def unrolled_bptt_figure(reach: pd.DataFrame, title: str | None = None) -> go.Fi
     fig.update_layout(
         title=title or f"The loss at t={step} sends gradient back to t={reach_start} "
                        f"({int(reached.sum())} hidden states)",
-        shapes=_window_shapes(reach), height=380, hovermode="closest",
+        shapes=_update_shapes(reach), height=380, hovermode="closest",
         legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
         margin={"l": 90, "r": 20, "t": 60, "b": 40},
     )

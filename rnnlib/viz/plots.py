@@ -204,12 +204,12 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
 def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
     """One run's gradient norms over training: probes (epochs) x timestep t, colour = log10 norm.
 
-    Steps before the truncation window (no gradient at all) are left blank, and the window's start at each
+    Steps before the truncation's reach (no gradient at all) are left blank, and the reach at each
     probe is drawn as a line, so TBPTT(k) shows as an empty band left of T - k. Norms that underflowed float32
     show at its floor (1e-45).
     """
     reached = run.assign(value=run["value"].clip(lower=FLOAT32_FLOOR)
-                         .where(run["t"] >= run["window_start"]))  # underflow: the floor; truncated: blank
+                         .where(run["t"] >= run["reach"]))  # underflow: the floor; truncated: blank
     table = reached.pivot_table(index="epoch", columns="t", values="value", aggfunc="first", dropna=False)
     table = table.sort_index().reindex(columns=sorted(run["t"].unique()))
     logs = np.log10(table)
@@ -219,10 +219,10 @@ def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
         name=quantity,
     ))
     starts = run.drop_duplicates("epoch").sort_values("epoch")
-    if (starts["window_start"] > 0).any():
-        fig.add_trace(go.Scatter(x=starts["window_start"] - 0.5, y=starts["epoch"], mode="lines+markers",
+    if (starts["reach"] > 0).any():
+        fig.add_trace(go.Scatter(x=starts["reach"] - 0.5, y=starts["epoch"], mode="lines+markers",
                                  line={"color": "#d62728", "width": 2}, marker={"size": 5},
-                                 name="truncation window start: no gradient to the left"))
+                                 name="truncation reach: no gradient to the left"))
     fig = _layout(fig, f"{quantity} over training (blank: no gradient)", "timestep t", "epoch")
     fig.update_layout(hovermode="closest", legend={"orientation": "h", "y": -0.2, "x": 0, "xanchor": "left"})
     return fig

@@ -89,12 +89,12 @@ class GradientProbe:
             for index in range(len(self.cells))
         }
 
-    def loss_gradients(self, x: np.ndarray, y: np.ndarray, window_start: int = 0):
+    def loss_gradients(self, x: np.ndarray, y: np.ndarray, reach: int = 0):
         """∂L_T/∂(state_t) for every layer, state and timestep, L_T being the loss at the last step.
 
         Args:
             x: `[batch, T, features]` probe sequences; y: their targets (the task's shape).
-            window_start: first step of the last update window (0: full BPTT); the loss sends no gradient to
+            reach: first step the last update backpropagates to (0: full BPTT); the loss sends no gradient to
                 earlier steps, exactly as in the training update.
 
         Returns:
@@ -107,7 +107,7 @@ class GradientProbe:
         x = np.asarray(x, np.float32)
         batch, length = x.shape[:2]
         cut = np.zeros(length, np.float32)
-        cut[window_start] = 1.0
+        cut[reach] = 1.0
         target = y if self.task.target_form == "final" else y[:, -1]
         total, grads = self._loss_gradients([x, np.asarray(target), cut], self._zeros(batch, length))
         nested = self._nest(grads)  # per layer: ∂L/∂h_t (and ∂L/∂c_t through the carried cell state only)
@@ -171,10 +171,10 @@ class FlowRecorder:
     def record(self, step: int, epoch: float) -> records.GradientFlow:
         """Probe now; returns the record of all probes so far."""
         length = self.task.sequence_length
-        window_start = truncation.gradient_reach(truncation.schedule(length, self.truncation, self.rng), length - 1)
-        loss, norms = self.probe.loss_gradients(self.x, self.y, window_start)
+        reach = truncation.gradient_reach(truncation.schedule(length, self.truncation, self.rng), length - 1)
+        loss, norms = self.probe.loss_gradients(self.x, self.y, reach)
         norms["jacobian"] = self.probe.jacobian_norms(self.x)
-        self.flow.append(step, epoch, window_start, loss, norms)
+        self.flow.append(step, epoch, reach, loss, norms)
         return self.flow
 
 

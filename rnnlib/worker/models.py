@@ -96,12 +96,19 @@ def build_recurrent_model(model_config, task: Task, batch_size: int | None = Non
     outputs = keras.layers.Dense(task.num_outputs, activation=activation, name="head")(hidden)
     model = keras.Model(inputs, outputs, name=f"{model_config.cell_type}_x{model_config.num_layers}")
     if stateful and backends.tracks_rnn_state(keras.backend.backend()):
-        for layer in recurrent_layers(model):
-            layer._tracker.unlock()
-            for variable in layer.states:
-                layer._track_variable(variable)
-            layer._tracker.lock()
+        track_rnn_states(model)
     return model
+
+
+def track_rnn_states(model: keras.Model) -> None:
+    """Make the carried states of `model`'s stateful recurrent layers (non-trainable) variables of `model`, so
+    that `model.variables` holds them (`backends.tracks_rnn_state` says why JAX needs it).
+
+    Keras creates them untracked, and a built layer refuses new state; a functional model does not (Keras keeps
+    it open so that layers outside the graph can be attached), and tracks variables assigned to its attributes
+    like any layer. Raises ValueError where Keras stops allowing it.
+    """
+    model.carried_states = [variable for layer in recurrent_layers(model) for variable in layer.states or []]
 
 
 BUILDERS = {"recurrent": build_recurrent_model, "ar": build_autoregressive_model,
@@ -129,18 +136,26 @@ def reset_states(layers: list[keras.layers.RNN]) -> None:
 class _RecordsGradientNorm:
     """Optimizer mixin: keeps the global norm of the latest gradients, measured before clipping.
 
-    Keras clips inside `apply` (`_clip_gradients`), within the compiled train step, so the norm is recorded
-    there in an optimizer variable and read after each update.
+    Every backend's compiled train step hands the raw gradients to the optimizer's `apply` (TensorFlow through
+    `apply_gradients`, JAX through `stateless_apply`), and Keras clips inside it; so the norm is taken there, of
+    the gradients that exist and unscaled as Keras unscales them before clipping, kept in an optimizer variable
+    and read after each update. (With gradient accumulation, which rnnlib does not use, Keras would clip the
+    accumulated gradients instead.)
     """
 
     def build(self, variables):
         super().build(variables)
         self.gradient_norm = self.add_variable(shape=(), initializer="zeros", name="gradient_norm")
 
-    def _clip_gradients(self, grads):
+    def apply(self, grads, trainable_variables=None):
         squares = [ops.sum(ops.square(g)) for g in grads if g is not None]
-        self.gradient_norm.assign(ops.sqrt(sum(squares)))
-        return super()._clip_gradients(grads)
+        if not squares:  # nothing to update (Keras returns or raises before building)
+            return super().apply(grads, trainable_variables)
+        norm = ops.sqrt(sum(squares))
+        if self.loss_scale_factor is not None:
+            norm = norm / self.loss_scale_factor
+        super().apply(grads, trainable_variables)  # builds the optimizer on the first call
+        self.gradient_norm.assign(norm)
 
 
 OPTIMIZERS = {

@@ -61,7 +61,7 @@ st.markdown(
     "**What to look for.** A straight falling line on this log scale is exponential decay: the tanh RNN's "
     "gradient typically drops by orders of magnitude within a few dozen steps, so it cannot learn what happened "
     "earlier. An LSTM's cell-state path (∂L/∂c) and a GRU whose update gate learned to keep its state decay far "
-    "more slowly. Under TBPTT(k) the curve stops at lag k − 1: nothing beyond the window reaches the update, "
+    "more slowly. Under TBPTT(k) the curve stops at lag k − 1: nothing beyond its reach gets to the update, "
     "however well the network could carry it. Curves rising with lag are exploding gradients."
 )
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/tbptt_memory.py [--k 50] [--task copy_memory] [--smoke]
 
 Each length trains in a fresh process (one batch of sequences, then a full-length validation pass) and
-reports its peak resident memory. With the state carried across windows, only one window of k steps is ever
+reports its peak resident memory. With the state carried across updates, only one update of k steps is ever
 unrolled with gradient, so memory should not grow with T. Target: peak(100,000) <= 1.2 x peak(1,000).
 For contrast, full BPTT is measured at the two shorter lengths.
 --smoke: T = 100 / 400 (full BPTT at 100 only), k = 10, 8 units, batch 4: three short children, to check it

@@ -65,7 +65,7 @@ def state(model):
 
 def test_state_is_carried_across_chunks_and_reset_between_batches():
     config, task, model = tiny("{name: sine, window: 12}", "{cell_type: lstm, units: 4}")
-    stepper = training._WindowStepper(model, task)
+    stepper = training._UpdateStepper(model, task)
     x, _ = task.sample_batch(np.random.default_rng(0), 3)
     stepper._reset()
     full = np.asarray(model.predict_on_batch(x))
@@ -84,7 +84,7 @@ def test_overlapping_updates_start_from_the_state_at_their_own_start():
     steps in one full forward pass."""
     config, task, model = tiny("{name: sine, window: 12}", "{cell_type: gru, units: 4}", "{k1: 3, k2: 7}")
     model.compile(optimizer=models.make_optimizer("sgd", 1e-30, None), loss="mse")
-    stepper = training._WindowStepper(model, task)
+    stepper = training._UpdateStepper(model, task)
     x, y = task.sample_batch(np.random.default_rng(0), 3)
     stepper._reset()
     full = np.asarray(model.predict_on_batch(x))
@@ -97,7 +97,7 @@ def test_overlapping_updates_start_from_the_state_at_their_own_start():
 def test_seq2vec_tasks_train_only_the_update_that_ends_at_the_target():
     config, task, model = tiny("{name: adding, length: 20}", truncation_text="5")
     models.compile_model(model, task, config.training)
-    stepper = training._WindowStepper(model, task)
+    stepper = training._UpdateStepper(model, task)
     x, y = task.sample_batch(np.random.default_rng(0), 3)
     schedule = truncation.schedule(20, config.training.truncation, np.random.default_rng(0))
     trained = list(stepper.train_on_sequences(x, y, schedule))
@@ -121,7 +121,7 @@ def test_loss_gradient_is_exactly_zero_beyond_k2_under_tbptt_and_not_under_full(
     if keras.backend.backend() != "tensorflow":
         pytest.skip("uses tf.GradientTape to read input gradients")
     config, task, model = tiny("{name: sine, window: 30}", f"{{cell_type: {cell_type}, units: 4}}", "{k1: 5, k2: 10}")
-    stepper = training._WindowStepper(model, task)
+    stepper = training._UpdateStepper(model, task)
     x, _ = task.sample_batch(np.random.default_rng(0), 3)
     updates = truncation.schedule(30, config.training.truncation, np.random.default_rng(0))
     last = updates[-1]  # scores steps 25..29, backpropagates from step 20
@@ -149,7 +149,7 @@ def test_evaluation_in_chunks_scores_like_one_pass_over_whole_sequences(monkeypa
     x, y = task.validation_data(6)
     predictions = []
     for first in (0, 3):
-        training._WindowStepper(model, task)._reset()
+        training._UpdateStepper(model, task)._reset()
         predictions.append(np.asarray(model.predict_on_batch(np.asarray(x[first : first + 3, :]))))
     y_pred = np.concatenate(predictions)
     expected = (task.loss_value(y, y_pred), task.metric_value(y, y_pred))

@@ -341,8 +341,8 @@ def at_epoch(curves: pd.DataFrame, epoch: float | None) -> pd.DataFrame:
 def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Geometric mean over a group's runs of the norm at each lag, with its `level` confidence band.
 
-    Norms span many decades, so the mean and Student-t interval are taken of log10. Steps before the truncation
-    window get no gradient at all and are left out, so a truncated group's curve ends where its gradient does;
+    Norms span many decades, so the mean and Student-t interval are taken of log10. Steps before the truncation's
+    reach get no gradient at all and are left out, so a truncated group's curve ends where its gradient does;
     a norm that underflowed float32 elsewhere counts as `FLOAT32_FLOOR`, not as missing (dropping it would lift
     the mean to the runs that had not underflowed yet); a norm that is NaN or inf (a diverged network) is left
     out and counted in `diverged`. Returns `group`, `lag`, `mean`, `lower`, `upper`, `n`, `diverged`.

@@ -11,7 +11,7 @@ class Callback:
         """`info`: backend, device, num_parameters, baseline, ..."""
 
     def on_batch_end(self, epoch: int, batch: int) -> None:
-        """After each batch of sequences (all its truncation windows); `batch` counts from 1 within the epoch."""
+        """After each batch of sequences (all its truncation updates); `batch` counts from 1 within the epoch."""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """`logs`: train_loss, val_loss, val_<metric>, grad_norm, grad_norm_max, sequences_per_second, ..."""

@@ -7,7 +7,7 @@ every state after step t. The gradient with respect to e_t is then exactly ∂L_
 LSTM's cell state), through every path.
 
 Truncation is reproduced as training applies it: the loss at T only reaches back to the start of the last
-update window, because the state carried into a window is a constant (`truncation.gradient_reach`). The
+update, because the state carried into an update is a constant (`truncation.gradient_reach`). The
 Jacobian view ∂h_T/∂h_t is a property of the dynamics and is computed without truncation.
 """
 
@@ -34,8 +34,8 @@ def unroll(cells, x, perturbations, cut=None):
         perturbations: per layer, one `[batch, T, units]` tensor per state (h; h and c for the LSTM), added to
             that state after each step (zeros: the forward pass is unchanged).
         cut: `<float>[T]`, 1 at the step whose incoming states are constants (no gradient flows back past it,
-            as at the start of a truncation window), else 0. A mask rather than an index so that one compiled
-            graph serves every window.
+            as at the first step of a truncated update), else 0. A mask rather than an index so that one compiled
+            graph serves every update.
 
     Returns:
         The hidden states of the last layer, `[batch, T, units]`.

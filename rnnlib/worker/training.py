@@ -1,8 +1,8 @@
 """`train(config, callbacks)`: the one training seam used by the CLI, sweeps and the dashboard's jobs.
 
-Every batch of sequences is cut into windows by the truncation schedule (`rnnlib.core.truncation`). Recurrent
-layers are stateful: a window starts from the state the previous window left, read from a variable, so no
-gradient crosses the window boundary; states are reset between batches of sequences. Each update is Keras'
+Every batch of sequences is cut into updates by the truncation schedule (`rnnlib.core.truncation`). Recurrent
+layers are stateful: an update starts from the state the previous one left, read from a variable, so no
+gradient crosses the boundary between updates; states are reset between batches of sequences. Each update is Keras'
 own compiled train step (`train_on_batch`), so every backend trains and nothing here calls `tf.*`.
 """
 
@@ -89,7 +89,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     x_val, y_val = task.validation_data(task.validation_size(config.training.num_validation_sequences))
     rng = np.random.default_rng(config.seed)
     warmup = max(models.warmup_steps(config.model), task.unscored_steps)
-    stepper = _WindowStepper(model, task, warmup)
+    stepper = _UpdateStepper(model, task, warmup)
 
     info = {
         "backend": keras.backend.backend(),
@@ -156,8 +156,8 @@ def _train_epoch(config, task, stepper, rng, callbacks, epoch, probe) -> dict[st
     start, probe_seconds = time.perf_counter(), probe.seconds
     for batch in range(1, config.training.steps_per_epoch + 1):
         x, y = task.sample_batch(rng, config.training.batch_size)
-        windows = truncation.schedule(task.sequence_length, config.training.truncation, rng)
-        for loss, num_scored, norm in stepper.train_on_sequences(x, y, windows):
+        updates = truncation.schedule(task.sequence_length, config.training.truncation, rng)
+        for loss, num_scored, norm in stepper.train_on_sequences(x, y, updates):
             losses.append(loss)
             weights.append(num_scored)
             norms.append(norm)
@@ -177,7 +177,7 @@ def _train_epoch(config, task, stepper, rng, callbacks, epoch, probe) -> dict[st
     }
 
 
-class _WindowStepper:
+class _UpdateStepper:
     """Runs one batch of sequences through a truncation schedule on a stateful model."""
 
     def __init__(self, model, task, warmup: int = 0):
@@ -188,46 +188,46 @@ class _WindowStepper:
         self.warmup = warmup  # leading steps never scored (`models.warmup_steps`, `Task.unscored_steps`)
         self.layers = models.recurrent_layers(model)
 
-    def train_on_sequences(self, x, y, windows):
+    def train_on_sequences(self, x, y, updates):
         """Yield `(loss, num_scored_steps, pre_clip_gradient_norm)` for each parameter update.
 
         Args:
             x: `[batch, time, features]`; y: `[batch, 1]` (final target) or `[batch, time, 1]` (per step).
-            windows: the truncation schedule for this batch (`rnnlib.core.truncation.schedule`).
+            updates: the truncation schedule for this batch (`rnnlib.core.truncation.schedule`).
         """
         length = x.shape[1]
         self._reset()
         position = 0  # the recurrent layers' states hold the state after `position` steps
         final = self.task.target_form == "final"
-        # a window with no scored step only carries the state forward (advanced to by the next window)
-        scored = [w for w in windows if (w.stop == length if final else w.stop > self.warmup)]
-        for window, following in zip(scored, scored[1:] + [None]):
-            position = self._advance(x, position, window.start)
-            overlaps = following is not None and following.start < window.stop
+        # an update with no scored step only carries the state forward (advanced to by the next update)
+        scored = [u for u in updates if (u.stop == length if final else u.stop > self.warmup)]
+        for update, following in zip(scored, scored[1:] + [None]):
+            position = self._advance(x, position, update.start)
+            overlaps = following is not None and following.start < update.stop
             saved = self._read_states() if overlaps else None
-            target, sample_weight = self._targets(y, window, final)
+            target, sample_weight = self._targets(y, update, final)
             logs = self.model.train_on_batch(
-                x[:, window.start : window.stop], target, sample_weight=sample_weight, return_dict=True
+                x[:, update.start : update.stop], target, sample_weight=sample_weight, return_dict=True
             )
-            position = window.stop
-            if overlaps:  # k2 > k1: the next window starts before this one ended; rewind to its start
+            position = update.stop
+            if overlaps:  # k2 > k1: the next update starts before this one ended; rewind to its start
                 self._write_states(saved)
-                position = window.start
-            num_scored = 1 if final else window.stop - max(window.loss_start, self.warmup)
+                position = update.start
+            num_scored = 1 if final else update.stop - max(update.loss_start, self.warmup)
             yield float(logs["loss"]), num_scored, float(self.model.optimizer.gradient_norm.numpy())
 
-    def _targets(self, y, window, final):
+    def _targets(self, y, update, final):
         if final:
             return y, None
-        target = y[:, window.start : window.stop]
-        loss_start = max(window.loss_start, self.warmup)
-        if loss_start == window.start:
+        target = y[:, update.start : update.stop]
+        loss_start = max(update.loss_start, self.warmup)
+        if loss_start == update.start:
             return target, None
-        # Keras averages weighted losses over all steps of the window: scale so the loss is the mean over the
+        # Keras averages weighted losses over all steps of the update: scale so the loss is the mean over the
         # scored steps only.
-        span, scored = window.stop - window.start, window.stop - loss_start
+        span, scored = update.stop - update.start, update.stop - loss_start
         weight = np.zeros(target.shape[:2], np.float32)
-        weight[:, loss_start - window.start :] = span / scored
+        weight[:, loss_start - update.start :] = span / scored
         return target, weight
 
     def _advance(self, x, position, to):

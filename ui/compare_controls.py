@@ -1,4 +1,4 @@
-"""Widgets of the Compare page, drawn through the page's `ui.permalink.Permalink` (`LINK`), so that every
+"""Widgets of the Compare page, drawn through the page's `ui.permalink.Permalink` (`open_link`), so that every
 setting is in the URL and a copied link reopens exactly this comparison."""
 
 import dataclasses

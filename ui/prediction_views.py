@@ -12,6 +12,9 @@ import streamlit as st
 
 from rnnlib.analysis import predictions, probes
 from rnnlib.core import cells, rollouts
+from rnnlib.tasks import Task
+from rnnlib.tasks.base import CharacterTask
+from rnnlib.tasks.forecast import ForecastTask
 from rnnlib.viz import plots
 from ui import data
 from ui.permalink import Permalink
@@ -26,7 +29,7 @@ class Selection:
     permalink."""
 
     uri: str
-    task: object
+    task: Task
     run_ids: list[str]
     configs: dict
     arrays: dict[str, dict | None]
@@ -54,6 +57,7 @@ def _per_run(frames: dict[str, pd.DataFrame], labels: dict[str, str], keys: list
 
 def forecast_view(selection: Selection) -> None:
     task, link = selection.task, selection.link
+    assert isinstance(task, ForecastTask), "the forecast view is ForecastTask's"
     logged = _logged(selection)
     first = next(iter(logged.values()))
     targets = [str(t) for t in first["targets"]]
@@ -96,6 +100,7 @@ def _rollout_section(selection: Selection, logged: dict, target: int, units: str
         return
     errors = predictions.rollout_errors(with_rollouts, selection.groups)
     first = next(iter(with_rollouts.values()))
+    assert isinstance(selection.task, ForecastTask), "the forecast view is ForecastTask's"
     trivial = predictions.trivial_rollout_errors(first, selection.task.season)
     st.plotly_chart(plots.rollout_error_figure(errors, f"MAE ({', '.join(str(t) for t in first['targets'])})",
                                                trivial), width="stretch", key="predictions_rollout_error")
@@ -135,6 +140,7 @@ TEMPERATURES = (0.2, 0.5, 0.8, 1.0, 1.2, 1.5)
 
 def text_view(selection: Selection) -> None:
     task, link = selection.task, selection.link
+    assert isinstance(task, CharacterTask), "the text view is a character task's"
     st.subheader("Sampled text")
     left, middle, right = st.columns([2, 2, 1])
     prompt = left.text_input("Prompt (the network reads it first)", value="The ", key="predictions_prompt")
@@ -246,6 +252,7 @@ def _own_vector(selection: Selection, default: np.ndarray) -> None:
 
 def translations_view(selection: Selection) -> None:
     task, link = selection.task, selection.link
+    assert isinstance(task, CharacterTask), "the translations view is a character task's"
     logged = _logged(selection)
     st.subheader("Greedy decodings of held-out inputs")
     by_label = {selection.labels[r]: a for r, a in logged.items()}

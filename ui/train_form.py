@@ -126,7 +126,7 @@ def from_csv() -> dict | None:
     delimiters = list(sources.DELIMITERS)
     try:
         sources.check_size(len(content))
-        delimiter = left.selectbox("Delimiter", delimiters, format_func=sources.DELIMITERS.get,
+        delimiter = left.selectbox("Delimiter", delimiters, format_func=sources.DELIMITERS.__getitem__,
                                    index=delimiters.index(sources.guess_delimiter(content)),
                                    key=f"train_csv_delimiter_{file_key}")
         columns, guessed = sources.sniff(content, delimiter)
@@ -155,7 +155,7 @@ def from_csv() -> dict | None:
         missing = missing_input.selectbox("Empty cells", ["interpolate", "error"], key=f"train_csv_missing_{file_key}")
         transform = transform_input.selectbox(
             "The model reads", ["none", "difference"], key=f"train_csv_transform_{file_key}",
-            format_func={"none": "values", "difference": "changes (x_t - x_t-1)"}.get,
+            format_func={"none": "values", "difference": "changes (x_t - x_t-1)"}.__getitem__,
             help="Changes suit a trending series whose later part leaves the range of the training part.")
         settings = _run_settings("train_csv", _experiment_name(upload.name))
         if not st.form_submit_button("Start training", type="primary"):

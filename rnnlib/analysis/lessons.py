@@ -8,6 +8,7 @@ training recurrent neural networks", section 2.1).
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,7 @@ def sigmoid_derivative(a: np.ndarray) -> np.ndarray:
 
 
 # Recurrent activations: the function, its derivative, and the derivative's maximum (at a = 0).
-ACTIVATIONS = {"tanh": np.tanh, "sigmoid": sigmoid}
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"tanh": np.tanh, "sigmoid": sigmoid}
 ACTIVATION_DERIVATIVES = {"tanh": tanh_derivative, "sigmoid": sigmoid_derivative}
 ACTIVATION_DERIVATIVE_BOUNDS = {"tanh": 1.0, "sigmoid": 0.25}
 
@@ -185,6 +186,7 @@ def unrolled_gradient_reach(length: int, updates: list[Update], step: int) -> pd
     starts = np.array([(u.start, u.loss_start, u.stop) for u in updates])[scorer]
     followed = updates[scorer[step]]
     reach = gradient_reach(updates, step)
+    assert reach is not None, "a schedule scores every step exactly once"
     return pd.DataFrame({
         "t": t,
         "update": scorer,
@@ -272,7 +274,7 @@ IO_FORM_INFO = {
 def tasks_by_form() -> dict[str, list[str]]:
     """`{io_form: [task names]}` for every form in `rnnlib.tasks.IO_FORMS`, from each task's `io_form`, in
     registry order; a form no bundled task demonstrates maps to an empty list."""
-    found = {form: [] for form in tasks.IO_FORMS}
+    found: dict[str, list[str]] = {form: [] for form in tasks.IO_FORMS}
     for name, task in tasks.TASKS.items():
         found[task.io_form].append(name)
     return found

@@ -131,7 +131,8 @@ def run_cell(cell_type, inputs, kernel, recurrent_kernel, bias, initial_state=No
     return stacked["h"], state, stacked
 
 
-def layer_weights(weights: dict[str, np.ndarray], cell_type: str, layer: int) -> tuple[np.ndarray, ...]:
+def layer_weights(weights: dict[str, np.ndarray], cell_type: str,
+                  layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(kernel, recurrent_kernel, bias) of stacked layer `layer` from `rnnlib.worker.models.export_weights` output."""
     prefix = [k for k in weights if k.startswith(f"{cell_type}_{layer}/") and k.endswith("/kernel")
               and not k.endswith("recurrent_kernel")]
@@ -139,7 +140,9 @@ def layer_weights(weights: dict[str, np.ndarray], cell_type: str, layer: int) ->
         layers = sorted({k.split("/")[0] for k in weights})
         raise ValueError(f"No weights for layer {cell_type}_{layer}; these weights hold: {', '.join(layers)}.")
     cell = prefix[0].removesuffix("/kernel")
-    return tuple(np.asarray(weights[f"{cell}/{name}"], np.float64) for name in ("kernel", "recurrent_kernel", "bias"))
+    kernel, recurrent_kernel, bias = (np.asarray(weights[f"{cell}/{name}"], np.float64)
+                                      for name in ("kernel", "recurrent_kernel", "bias"))
+    return kernel, recurrent_kernel, bias
 
 
 def model_traces(weights: dict[str, np.ndarray], cell_type: str, num_layers: int,

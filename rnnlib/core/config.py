@@ -232,10 +232,13 @@ class TrainingConfig(_Frozen):
     num_probe_sequences: int = pydantic.Field(4, ge=1, le=256)
 
 
-TaskConfig = Annotated[
-    Union[tuple(task.params_type for task in tasks.TASKS.values())],  # noqa: UP007 - built from the registry
-    pydantic.Field(discriminator="name"),
-]
+if typing.TYPE_CHECKING:
+    TaskConfig = tasks.TaskParams  # the base of every member of the union below, which is built at run time
+else:
+    TaskConfig = Annotated[
+        Union[tuple(task.params_type for task in tasks.TASKS.values())],  # noqa: UP007 - built from the registry
+        pydantic.Field(discriminator="name"),
+    ]
 
 
 class ExperimentConfig(_Frozen):
@@ -393,12 +396,18 @@ def parse_config(
     return validate(raw, source=source)
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+if typing.TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader  # the same interface; which one is picked at run time
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     """PyYAML's safe loader (libyaml's, when PyYAML has it: 20x faster) that refuses a key given twice in one
     mapping (PyYAML keeps the last silently)."""
 
     def construct_mapping(self, node, deep=False):
-        seen = {}
+        seen: dict[Any, int] = {}  # key -> the line it was first on
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, typing.Hashable) and key in seen:
@@ -603,7 +612,7 @@ def split_unknown(raw: Mapping) -> tuple[dict, dict[str, Any]]:
         if section in known:
             known[section] = keep(known[section], model.model_fields, f"{section}.")
     training = known.get("training")
-    if isinstance(training, Mapping) and isinstance(training.get("truncation"), Mapping):
+    if isinstance(training, dict) and isinstance(training.get("truncation"), Mapping):  # `keep` made it a dict
         training["truncation"] = keep(training["truncation"], Truncation.model_fields, "training.truncation.")
     task = known.get("task")
     if isinstance(task, Mapping) and task.get("name") in tasks.TASKS:
@@ -658,7 +667,7 @@ def _describe(error: pydantic.ValidationError) -> list[str]:
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:
-    models = {
+    models: dict[tuple[str, ...], type[pydantic.BaseModel]] = {
         (): ExperimentConfig,
         ("model",): ModelConfig,
         ("training",): TrainingConfig,

@@ -65,9 +65,11 @@ class GradientFlow:
         meta = {"cell_type": self.cell_type, "num_layers": self.num_layers,
                 "sequence_length": self.sequence_length, "truncation": self.truncation}
         buffer = io.BytesIO()
+        norms = {f"norms_{q}": v.astype(np.float32) for q, v in self.norms.items()}
+        # numpy's stub lets **kwds fill `allow_pickle: bool`, so mypy reads a ** of arrays as that bool
         np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), steps=self.steps, epochs=self.epochs,
-                            window_starts=self.reaches, losses=self.losses,  # the file's key since the first version
-                            **{f"norms_{q}": v.astype(np.float32) for q, v in self.norms.items()})
+                            window_starts=self.reaches,  # the file's key for the reaches since the first version
+                            losses=self.losses, **norms)  # type: ignore[arg-type]
         return buffer.getvalue()
 
     @classmethod

@@ -220,10 +220,13 @@ class _ProgressBar(Callback):
                                         dynamic_ncols=True, leave=True)
 
     def on_batch_end(self, epoch, batch):
+        assert self.bar is not None, "on_train_begin makes the bar"
         self.bar.update(1)
 
     def on_epoch_end(self, epoch, logs):
+        assert self.bar is not None, "on_train_begin makes the bar"
         self.bar.set_postfix(epoch=epoch, loss=f"{logs['train_loss']:.4f}", val=f"{logs['val_loss']:.4f}")
 
     def on_train_end(self, result):
+        assert self.bar is not None, "on_train_begin makes the bar"
         self.bar.close()

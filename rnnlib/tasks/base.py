@@ -100,11 +100,15 @@ class Task(abc.ABC):
     loss: ClassVar[Literal["mse", "sparse_categorical_crossentropy"]]
     metric: ClassVar[str]
     baseline_name: ClassVar[str]
-    feature_names: ClassVar[tuple[str, ...]] = ("x",)
     prediction_view: ClassVar[str] = "sequence"
 
     def __init__(self, params: TaskParams):
         self.params = params
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The name of each input feature (a class attribute, or a property where the parameters decide)."""
+        return ("x",)
 
     @property
     def sequence_length(self) -> int:
@@ -326,6 +330,11 @@ class OneHotSequences:
 class CharacterTask:
     """Task mixin for one-hot characters in and a distribution over the same characters out (needs `alphabet`);
     a sequence is shown and edited as a `character` column."""
+
+    @property
+    def alphabet(self) -> str:
+        """The characters, in the order of their one-hot index (the task defines it)."""
+        raise NotImplementedError
 
     @property
     def num_features(self) -> int:

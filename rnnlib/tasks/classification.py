@@ -53,6 +53,7 @@ class DigitsTask(Task):
     2.30 nats; accuracy 10%)."""
 
     params_type = DigitsParams
+    params: DigitsParams  # what `params_type` validates (narrows `Task.params`)
     target_form = "final"
     io_form = "seq2vec"
     loss = "sparse_categorical_crossentropy"

@@ -16,6 +16,7 @@ The dates a model is scored on are held out: a tenth of the calendar is never sh
 import datetime
 import functools
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -33,9 +34,12 @@ def _ordinal(day: int) -> str:
     return f"{day}{suffix}"
 
 
+FormatName = Literal["long", "long_day_first", "short", "short_day_first", "weekday", "ordinal", "us_numeric",
+                     "dotted", "oracle", "compact"]
+
 # How people write a date: name -> date -> text. English names are spelled out here (no locale), and each
 # numeric format has one fixed reading (slashes month first, dots day first), so every source has one answer.
-FORMATS = {
+FORMATS: dict[FormatName, Callable[[datetime.date], str]] = {
     "long": lambda d: f"{MONTHS[d.month - 1]} {d.day}, {d.year}",  # March 5, 2024
     "long_day_first": lambda d: f"{d.day} {MONTHS[d.month - 1]} {d.year}",  # 5 March 2024
     "short": lambda d: f"{MONTHS[d.month - 1][:3]} {d.day}, {d.year}",  # Mar 5, 2024
@@ -47,8 +51,6 @@ FORMATS = {
     "oracle": lambda d: f"{d.day:02d}-{MONTHS[d.month - 1][:3].upper()}-{d.year}",  # 05-MAR-2024
     "compact": lambda d: f"{d.year}{d.month:02d}{d.day:02d}",  # 20240305
 }
-FormatName = Literal["long", "long_day_first", "short", "short_day_first", "weekday", "ordinal", "us_numeric",
-                     "dotted", "oracle", "compact"]
 
 PAD, GO, EOS = "·", "▶", "■"  # padding, the decoder's start mark, end of answer (shown as such in tables)
 ANSWER_LENGTH = len("2024-03-05") + 1  # with <eos>
@@ -98,7 +100,7 @@ def _longest_dates(year: int) -> list[datetime.date]:
 
 
 @functools.cache
-def alphabet(formats: tuple[str, ...]) -> str:
+def alphabet(formats: tuple[FormatName, ...]) -> str:
     """Every character the sources and answers can hold, the padding, start and end marks first."""
     sample = [datetime.date(2000, 1, 1) + datetime.timedelta(days=d) for d in range(0, 366 * 4, 1)]
     chars = {c for name in formats for date in sample for c in FORMATS[name](date)} | set("0123456789-")
@@ -114,6 +116,7 @@ class DatesTask(CharacterTask, Task):
     """
 
     params_type = DatesParams
+    params: DatesParams  # what `params_type` validates (narrows `Task.params`)
     target_form = "per_step"
     io_form = "encoder_decoder"
     loss = "sparse_categorical_crossentropy"
@@ -216,7 +219,7 @@ class DatesTask(CharacterTask, Task):
         return np.argmax(y_pred[:, start:], axis=-1) == np.asarray(y_true)[:, start:, 0]
 
     @staticmethod
-    def _every_step(per_sequence: np.ndarray, y_true) -> np.ndarray:
+    def _every_step(per_sequence: np.ndarray | np.bool, y_true) -> np.ndarray:
         """A per-sequence score `[batch, 1]` at every step `[batch, T]` (only the last step counts)."""
         return np.broadcast_to(per_sequence, (len(y_true), y_true.shape[1])).astype(np.float64)
 

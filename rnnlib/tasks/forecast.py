@@ -78,6 +78,7 @@ def prepare(params: ForecastParams) -> "Prepared":
     try:
         version = None
         if params.dataset == "csv":
+            assert params.path is not None  # a csv dataset has a path (`ForecastParams._fits`)
             stat = sources.resolve_csv_path(params.path).stat()
             version = (stat.st_mtime_ns, stat.st_size)
         return _prepare(params, version)
@@ -93,6 +94,7 @@ def _prepare(params: ForecastParams, version) -> "Prepared":
 def load_series(params: ForecastParams) -> sources.Series:
     if params.dataset != "csv":
         return sources.bundled(params.dataset)
+    assert params.path is not None  # a csv dataset has a path (`ForecastParams._fits`)
     path = sources.resolve_csv_path(params.path)
     if params.sha256 and sources.file_sha256(path) != params.sha256:
         raise sources.SeriesError(f"{params.path} has changed since this configuration was made (its sha256 "
@@ -160,7 +162,7 @@ class Differences:
         return raw[origins][:, None, :] + np.cumsum(steps, axis=1)
 
 
-FRAMINGS = {"none": Levels, "difference": Differences}
+FRAMINGS: dict[str, type[Levels] | type[Differences]] = {"none": Levels, "difference": Differences}
 
 
 class Prepared:
@@ -260,6 +262,7 @@ class ForecastTask(Task):
     """
 
     params_type = ForecastParams
+    params: ForecastParams  # what `params_type` validates (narrows `Task.params`)
     target_form = "per_step"
     io_form = "seq2seq"
     loss = "mse"
@@ -389,7 +392,10 @@ class ForecastTask(Task):
 
     @property
     def data_files(self) -> list:
-        return [sources.resolve_csv_path(self.params.path)] if self.params.dataset == "csv" else []
+        if self.params.dataset != "csv":
+            return []
+        assert self.params.path is not None  # a csv dataset has a path (`ForecastParams._fits`)
+        return [sources.resolve_csv_path(self.params.path)]
 
     @property
     def times(self) -> pd.Index:

@@ -118,6 +118,7 @@ class SineTask(SeriesTask):
     """Kept in its own units (no standardisation), so the noise variance, 0.04, is the floor of the MSE."""
 
     params_type = SineParams
+    params: SineParams  # what `params_type` validates (narrows `Task.params`)
     standardize = False
 
     def raw_series(self):
@@ -157,6 +158,7 @@ def _sunspots() -> np.ndarray:
 
 class SunspotsTask(SeriesTask):
     params_type = SunspotsParams
+    params: SunspotsParams  # what `params_type` validates (narrows `Task.params`)
 
     def raw_series(self):
         return _sunspots()

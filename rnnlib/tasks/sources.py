@@ -204,7 +204,7 @@ def guess_delimiter(content: bytes) -> str:
     """The delimiter (one of `DELIMITERS`) that splits the header into the most columns; a comma when none does."""
     first_line = content[:65536].decode("utf-8-sig", errors="replace").splitlines()[:1] or [""]
     counts = {delimiter: first_line[0].count(delimiter) for delimiter in DELIMITERS}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=counts.__getitem__)
     return best if counts[best] else ","
 
 

@@ -36,6 +36,7 @@ class AddingTask(Task):
     """
 
     params_type = AddingParams
+    params: AddingParams  # what `params_type` validates (narrows `Task.params`)
     target_form = "final"
     io_form = "seq2vec"
     loss = "mse"
@@ -116,6 +117,7 @@ class CopyMemoryTask(Task):
     """
 
     params_type = CopyMemoryParams
+    params: CopyMemoryParams  # what `params_type` validates (narrows `Task.params`)
     target_form = "per_step"
     io_form = "seq2seq"
     loss = "sparse_categorical_crossentropy"

@@ -66,6 +66,7 @@ class TextTask(CharacterTask, Task):
     only below it."""
 
     params_type = TextParams
+    params: TextParams  # what `params_type` validates (narrows `Task.params`)
     target_form = "per_step"
     io_form = "seq2seq"
     loss = "sparse_categorical_crossentropy"

@@ -58,6 +58,7 @@ class WaveformTask(Task):
     """
 
     params_type = WaveformParams
+    params: WaveformParams  # what `params_type` validates (narrows `Task.params`)
     target_form = "per_step"
     io_form = "vec2seq"
     loss = "mse"

@@ -307,7 +307,7 @@ class RunLogger(Callback):
     def __init__(self, store: Store, run_id: str, config: ExperimentConfig, grid_point: dict | None = None):
         self.store, self.run_id, self.config = store, run_id, config
         self.grid_point = grid_point or {}
-        self.history = []
+        self.history: list[dict] = []
         self.gradient_flow = None  # the latest probes, written at the next epoch end
 
     def on_train_begin(self, info):

@@ -1,5 +1,7 @@
 """Figures as pure functions: DataFrames in, `plotly.graph_objects.Figure` out. No Streamlit here."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -46,8 +48,8 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool 
 
 def _decades(fig: go.Figure) -> float:
     """How many decades the positive, finite y values of the figure's traces span."""
-    values = [np.asarray(trace.y, dtype=float) for trace in fig.data if getattr(trace, "y", None) is not None]
-    values = np.concatenate(values) if values else np.array([])
+    arrays = [np.asarray(trace.y, dtype=float) for trace in fig.data if getattr(trace, "y", None) is not None]
+    values = np.concatenate(arrays) if arrays else np.array([])
     positive = values[np.isfinite(values) & (values > 0)]
     return float(np.log10(positive.max() / positive.min())) if len(positive) else 0.0
 
@@ -445,7 +447,7 @@ def generated_figure(frame: pd.DataFrame, titles: dict[int, str], columns: int =
     return fig
 
 
-def decoder_figure(probabilities: np.ndarray, alphabet: str, decoded: str, title: str) -> go.Figure:
+def decoder_figure(probabilities: np.ndarray, alphabet: str, decoded: Sequence[str], title: str) -> go.Figure:
     """What a decoder believed at each step: probabilities `[steps, alphabet]` as a heatmap, a column per step
     (labelled with the character it chose), a row per character it gave at least 1% somewhere."""
     probabilities = np.asarray(probabilities, np.float64)

@@ -165,6 +165,7 @@ class FlowRecorder:
         self.rng = np.random.default_rng(config.seed + PROBE_SEED_OFFSET)
         x, self.y = task.sample_batch(self.rng, config.training.num_probe_sequences)
         self.x = np.asarray(x, np.float32)
+        assert config.model.cell_type is not None, "gradient flow is probed on recurrent models (they have a cell)"
         self.flow = records.GradientFlow.empty(config.model.cell_type, config.model.num_layers, task.sequence_length,
                                               self.truncation.label)
 
@@ -172,6 +173,7 @@ class FlowRecorder:
         """Probe now; returns the record of all probes so far."""
         length = self.task.sequence_length
         reach = truncation.gradient_reach(truncation.schedule(length, self.truncation, self.rng), length - 1)
+        assert reach is not None, "a schedule scores every step, the last one too"
         loss, norms = self.probe.loss_gradients(self.x, self.y, reach)
         norms["jacobian"] = self.probe.jacobian_norms(self.x)
         self.flow.append(step, epoch, reach, loss, norms)

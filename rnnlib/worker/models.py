@@ -133,7 +133,7 @@ def reset_states(layers: list[keras.layers.RNN]) -> None:
         layer.reset_state()
 
 
-class _RecordsGradientNorm:
+class _RecordsGradientNorm(keras.optimizers.Optimizer):
     """Optimizer mixin: keeps the global norm of the latest gradients, measured before clipping.
 
     Every backend's compiled train step hands the raw gradients to the optimizer's `apply` (TensorFlow through

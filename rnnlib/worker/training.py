@@ -9,6 +9,7 @@ own compiled train step (`train_on_batch`), so every backend trains and nothing 
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from rnnlib.core import divergence, truncation
 from rnnlib.core.config import ExperimentConfig
 from rnnlib.core.records import GradientFlow
 from rnnlib.worker import backends
+
+if TYPE_CHECKING:  # imported where training starts: `rnnlab validate` and the sweep's setup need no keras
+    import keras
 
 # Longest stretch of timesteps run forward in one call when no gradient is needed (advancing the carried state,
 # evaluating): bounds activation memory independently of the sequence length.
@@ -27,7 +31,7 @@ FORWARD_CHUNK = 1000
 class TrainResult:
     config: ExperimentConfig
     task: tasks.Task
-    model: "keras.Model"  # noqa: F821
+    model: "keras.Model"
     history: list[dict[str, float]]
     gradient_flow: GradientFlow | None = None
 
@@ -46,8 +50,10 @@ class TrainResult:
         portable = models.portable_copy(self.model, self.config.model, self.task)
         paths = [directory / "model.keras", directory / "weights.npz", directory / PREDICTIONS_FILE]
         portable.save(paths[0])
-        np.savez_compressed(paths[1], **models.export_weights(portable))
-        np.savez_compressed(paths[2], **self.task.prediction_arrays(_batched_predict(portable)))
+        weights: dict[str, Any] = models.export_weights(portable)  # Any: numpy's stub types ** as allow_pickle
+        predictions: dict[str, Any] = self.task.prediction_arrays(_batched_predict(portable))
+        np.savez_compressed(paths[1], **weights)
+        np.savez_compressed(paths[2], **predictions)
         return paths
 
 

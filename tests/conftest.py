@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from rnnlib.core.cells import CELLS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_DIR / "experiments"
+CELL_LIST = ", ".join(CELLS)  # how error messages list the registered cells
 
 
 @pytest.fixture

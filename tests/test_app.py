@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_DIR
+from conftest import CELL_LIST, PROJECT_DIR
 from rnnlib import tracking
 from rnnlib.run import jobs
 
@@ -163,7 +163,7 @@ def test_train_page_yaml_errors_name_the_key(fixture_store, monkeypatch):
     area.set_value(area.value.replace("cell_type: lstm", "cell_type: elman"))
     next(b for b in at.button if b.proto.form_id == "train_yaml").click()
     at.run()
-    assert "model.cell_type: unknown cell; expected one of: rnn, lstm, gru (got 'elman')" in at.error[0].value
+    assert f"model.cell_type: unknown cell; expected one of: {CELL_LIST} (got 'elman')" in at.error[0].value
     assert jobs.list_jobs() == []
 
 

@@ -6,7 +6,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import EXPERIMENTS_DIR
+from conftest import CELL_LIST, EXPERIMENTS_DIR
 from rnnlib.core import config as cfg
 from rnnlib.core.errors import ConfigError
 
@@ -94,7 +94,7 @@ def test_flattened_params_use_dotted_keys_and_the_truncation_label():
     ("text", "expected"),
     [
         (MINIMAL + "model: {cell_type: lstmm}",
-         "model.cell_type: unknown cell; expected one of: rnn, lstm, gru (got 'lstmm')"),
+         f"model.cell_type: unknown cell; expected one of: {CELL_LIST} (got 'lstmm')"),
         (MINIMAL + "model: {units: many}", "model.units"),
         (MINIMAL + "model: {unit: 3}",
          "model.unit: unknown key; allowed here: kind, cell_type, units, num_layers, dropout"),
@@ -248,7 +248,7 @@ def test_logged_params_of_older_runs_gain_the_model_kind_and_label():
 
 def test_a_cell_type_of_ar_in_a_current_config_points_to_model_kind():
     text = f"schema_version: {cfg.SCHEMA_VERSION}\n" + FORECAST + "model: {cell_type: ar}\n"
-    assert "unknown cell; expected one of: rnn, lstm, gru (an AR(τ) baseline is model.kind: ar or ar_mlp)" \
+    assert f"unknown cell; expected one of: {CELL_LIST} (an AR(τ) baseline is model.kind: ar or ar_mlp)" \
         in problems(text)
     assert "a recurrent model needs a cell" in problems(FORECAST + "model: {cell_type: null}\n")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import EXPERIMENTS_DIR, PROJECT_DIR, run_cli, start_mlflow_server
+from conftest import CELL_LIST, EXPERIMENTS_DIR, PROJECT_DIR, run_cli, start_mlflow_server
 from rnnlib import tracking
 from rnnlib.core import callbacks
 from rnnlib.core import config as cfg
@@ -91,7 +91,7 @@ def test_invalid_config_exits_2_with_the_message_and_writes_nothing(sqlite_uri, 
     result = run_cli(["run", str(EXPERIMENTS_DIR / "smoke.yaml"), "--tracking-uri", sqlite_uri,
                       "--set", "model.cell_type=elman"], cli_env)
     assert result.returncode == 2
-    assert "model.cell_type: unknown cell; expected one of: rnn, lstm, gru (got 'elman')" in result.stderr
+    assert f"model.cell_type: unknown cell; expected one of: {CELL_LIST} (got 'elman')" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
 

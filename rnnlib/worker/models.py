@@ -20,8 +20,9 @@ def get_cell(cell_type: str) -> type[keras.layers.RNN]:
 
 
 def cell_type_of(layer: keras.layers.Layer) -> str:
-    """The registered cell a Keras recurrent layer computes."""
-    return next(name for name, spec in cells.CELLS.items() if type(layer) is getattr(keras.layers, spec.keras_layer))
+    """The registered cell a recurrent layer of `build_recurrent_model` computes, from its name (`lstm_0`): two
+    cells may share a Keras class."""
+    return cells.get_cell(layer.name.rsplit("_", 1)[0]).name
 
 
 def build_model(model_config, task: Task, batch_size: int | None = None, stateful: bool = False) -> keras.Model:

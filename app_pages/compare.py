@@ -24,10 +24,10 @@ metrics = data.metric_keys(runs)
 if not metrics:
     link.stop("These runs have not logged an epoch yet; the charts appear with the first one.")
 params = compare.param_names(runs)
-group_by = controls.group_by_picker(link, params)
+group_by = controls.group_by_picker(link, runs)
 
 st.subheader("Learning curves")
-settings = controls.curve_settings(link, metrics)
+settings = controls.curve_settings(link, metrics, compare.default_band(runs, group_by))
 summary_metrics = compare.summary_metrics(metrics, settings.metric)
 histories = data.histories(uri, tuple(runs["run_id"]), tuple(summary_metrics))
 diverged = compare.diverged_at(runs, histories)
@@ -38,9 +38,10 @@ if notice:
 baselines = compare.baselines(runs, settings.metric)
 st.plotly_chart(
     plots.curves_figure(
-        curve, compare.confidence_band(curve), settings.metric,
+        curve, compare.band(curve, settings.band), settings.metric,
         baselines=baselines, log_y=settings.log_y, show_runs=settings.show_runs,
-        raw_band=compare.confidence_band(curve, "value") if settings.smoothing > 0 else None,
+        raw_band=compare.band(curve, settings.band, "value") if settings.smoothing > 0 else None,
+        band_name=compare.BANDS[settings.band],
     ),
     width="stretch", key="compare_curves",
 )

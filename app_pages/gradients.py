@@ -89,9 +89,11 @@ norm_curves = compare.curves(histories, runs, "grad_norm_max", group_by, diverge
 if norm_curves.empty:
     st.info("These runs logged no gradient norms yet.")
 else:
+    band = compare.default_band(runs, group_by)
     st.plotly_chart(plots.curves_figure(
-        norm_curves, compare.confidence_band(norm_curves), "grad_norm_max",
+        norm_curves, compare.band(norm_curves, band), "grad_norm_max",
         baselines=None if clip is None else {"clipnorm": clip}, log_y=True, show_runs=show_runs,
+        band_name=compare.BANDS[band],
     ), width="stretch", key="gradients_norms")
     st.caption("The largest global gradient norm of each epoch, measured before clipping. Spikes of orders of "
                "magnitude are exploding gradients; with `clipnorm` every update is rescaled to at most the "

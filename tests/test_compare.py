@@ -118,6 +118,44 @@ def test_diff_params_keeps_only_what_differs():
     assert len(table) == 12
 
 
+def test_bands_are_the_named_spread_of_each_groups_runs_and_min_max_is_the_default_at_few_runs():
+    runs = make_runs()
+    curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type"])
+    step = curve[(curve["group"] == "lstm") & (curve["step"] == 2)]["smoothed"].to_numpy()
+    rows = {kind: compare.band(curve, kind).set_index(["group", "step"]).loc[("lstm", 2)] for kind in compare.BANDS}
+    assert rows["range"]["lower"] == step.min() and rows["range"]["upper"] == step.max()
+    assert rows["std"]["upper"] - rows["std"]["mean"] == pytest.approx(step.std(ddof=1))
+    assert rows["se"]["upper"] - rows["se"]["mean"] == pytest.approx(step.std(ddof=1) / np.sqrt(len(step)))
+    assert rows["ci95"]["upper"] - rows["ci95"]["mean"] == pytest.approx(
+        stats.t.ppf(0.975, len(step) - 1) * step.std(ddof=1) / np.sqrt(len(step)))
+    assert rows["none"]["lower"] == rows["none"]["upper"] == rows["none"]["mean"] == pytest.approx(step.mean())
+    assert compare.default_band(runs, ["model.cell_type"]) == "ci95"  # 6 runs per group
+    assert compare.default_band(runs, ["model.cell_type", "training.truncation"]) == "range"  # 3 per group
+    with pytest.raises(ValueError, match="Unknown band 'iqr'; expected one of: ci95, se, std, range, none"):
+        compare.band(curve, "iqr")
+
+
+def test_the_y_axis_fits_the_curves_not_a_wide_band():
+    runs = make_runs()
+    curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type"])
+    band = compare.band(curve, "ci95").assign(lower=-50.0, upper=50.0)  # a band far wider than the curves
+    low, high = plots.curves_figure(curve, band, "val_loss").layout.yaxis.range
+    assert band["mean"].min() > low > -0.1 and band["mean"].max() < high < 0.5
+    low, high = plots.curves_figure(curve, band, "val_loss", show_runs=True).layout.yaxis.range
+    assert curve["smoothed"].min() > low > -0.1 and curve["smoothed"].max() < high < 0.5  # the seeds drawn fit too
+    log_low, log_high = plots.curves_figure(curve, band, "val_loss", log_y=True).layout.yaxis.range
+    assert 10**log_low < band["mean"].min() and 10**log_high > band["mean"].max() and log_high < 1
+
+
+def test_compare_groups_by_what_varies_by_default_and_never_by_seed():
+    runs = make_runs()
+    runs["params.model.label"] = runs["params.model.cell_type"]
+    assert compare.default_group_by(runs) == ["model.label", "training.truncation"]  # the label stands for the cell
+    one_cell = runs[runs["params.model.cell_type"] == "lstm"]
+    assert compare.default_group_by(one_cell) == ["training.truncation"]
+    assert compare.default_group_by(one_cell[one_cell["params.training.truncation"] == "5"]) == []
+
+
 def test_filters_keep_matching_runs():
     runs = make_runs()
     kept = compare.filter_runs(runs, {"model.cell_type": ["lstm"], "seed": ["0", "1"]})
@@ -130,12 +168,12 @@ def test_curves_figure_has_a_band_mean_and_optional_seeds_per_group():
     band = compare.confidence_band(curve)
     plain = plots.curves_figure(curve, band, "val_loss", baselines={"baseline": 1 / 6})
     names = [trace.name for trace in plain.data]
-    assert "lstm (n=6)" in names and "rnn (n=6)" in names and "lstm 95% CI" in names
+    assert "lstm (n=6)" in names and "rnn (n=6)" in names and "lstm 95% confidence band" in names
     detailed = plots.curves_figure(curve, band, "val_loss", show_runs=True, log_y=True,
                                    raw_band=compare.confidence_band(curve, "value"))
     assert len(detailed.data) == len(plain.data) + 4  # seeds and raw shadow for both groups
     assert detailed.layout.yaxis.type == "log"
-    band_trace = next(t for t in detailed.data if t.name == "lstm 95% CI")
+    band_trace = next(t for t in detailed.data if t.name == "lstm 95% confidence band")
     assert min(v for v in band_trace.y if v is not None) > 0  # clipped for the log axis
 
 

@@ -21,8 +21,8 @@ def open_link() -> Permalink:
 
 
 def _reset_experiment_state(link: Permalink) -> None:
-    for field in ("sweep", "selected", FILTER_PREFIX):
-        link.forget(field)
+    for field in ("sweep", "selected", FILTER_PREFIX, "group_by", "x_param", "line_param"):
+        link.forget(field)  # their defaults follow what varies in the new experiment
 
 
 def experiment_picker(link: Permalink, names: list[str]) -> str:
@@ -83,8 +83,9 @@ def _selection(link: Permalink, runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["run_id"].isin(selected)] if selected else runs
 
 
-def group_by_picker(link: Permalink, params: list[str]) -> list[str]:
-    return link.choices("Group by", "group_by", params, list(compare.DEFAULT_GROUP_BY),
+def group_by_picker(link: Permalink, runs: pd.DataFrame) -> list[str]:
+    """The params runs are grouped by; until picked, the ones that vary (`compare.default_group_by`)."""
+    return link.choices("Group by", "group_by", compare.param_names(runs), compare.default_group_by(runs),
                         placeholder="no grouping: one group")
 
 
@@ -92,18 +93,25 @@ def group_by_picker(link: Permalink, params: list[str]) -> list[str]:
 class CurveSettings:
     metric: str
     smoothing: float
+    band: str
     log_y: bool
     show_runs: bool
 
 
-def curve_settings(link: Permalink, metrics: list[str]) -> CurveSettings:
-    left, middle, right, last = st.columns([2, 2, 1, 1])
+def curve_settings(link: Permalink, metrics: list[str], default_band: str) -> CurveSettings:
+    """Metric, smoothing, band (`default_band` until picked: min–max at few runs per group), log y, seeds."""
+    left, middle, band_column, right, last = st.columns([2, 2, 2, 1, 1])
     metric = link.choice("Metric", "metric", metrics, default="val_loss", widget=left.selectbox)
     smoothing = link.fraction("Smoothing", "smoothing", 0.0, 0.0, 0.99, widget=middle.slider, step=0.01,
                               help="Exponential moving average; the raw mean stays as a faint line.")
+    band = link.choice("Band", "band", list(compare.BANDS), default=default_band, widget=band_column.selectbox,
+                       format_func=compare.BANDS.__getitem__,
+                       help="The spread of each group's runs around its mean. A Student-t interval is wide at "
+                       f"a few runs (t = 12.7 at 2), so below {compare.MIN_RUNS_FOR_CI} runs per group the "
+                       "default is min–max.")
     log_y = link.flag("Log y", "log_y", widget=right.toggle)
     show_runs = link.flag("Show seeds", "show_runs", widget=last.toggle, help="Draw every run under the group means.")
-    return CurveSettings(metric, smoothing, log_y, show_runs)
+    return CurveSettings(metric, smoothing, band, log_y, show_runs)
 
 
 def statistic_picker(link: Permalink, max_step: int) -> tuple[str, int | None]:

@@ -17,7 +17,7 @@ from rnnlib.core.records import vanishing_lag
 from rnnlib.core.registry import lookup
 
 STATISTICS = ("best", "last", "at_step")
-DEFAULT_GROUP_BY = ("model.label", "training.truncation")
+DEFAULT_GROUP_BY = ("model.label", "training.truncation")  # the order default_group_by puts first
 
 
 def param_names(runs: pd.DataFrame) -> list[str]:
@@ -33,7 +33,10 @@ def summary_metrics(metrics: list[str], shown: str) -> list[str]:
 
 # Params that name their parts in one word (`rnnlib.core.config.flatten_params`): where one varies, its parts
 # are left out of the varying params, so that runs are told apart as `gru` and `ar`, not `gru · recurrent`.
-SUMMARY_PARAMS = {"model.label": ("model.kind", "model.cell_type")}
+SUMMARY_PARAMS = {
+    "model.label": ("model.kind", "model.cell_type"),
+    "training.truncation": tuple(f"training.truncation.{part}" for part in ("mode", "k1", "k2", "mean")),
+}
 
 
 def varying_params(runs: pd.DataFrame) -> list[str]:
@@ -42,6 +45,13 @@ def varying_params(runs: pd.DataFrame) -> list[str]:
     varying = [name for name in param_names(runs) if runs[f"params.{name}"].fillna("").nunique() > 1]
     implied = {part for name, parts in SUMMARY_PARAMS.items() if name in varying for part in parts}
     return [name for name in varying if name not in implied]
+
+
+def default_group_by(runs: pd.DataFrame) -> list[str]:
+    """Group by what varies across the runs (seeds are replicates, never a group): the model and truncation
+    first when they vary, then the other varying params; none when only the seed does."""
+    varying = [p for p in varying_params(runs) if p != "seed"]
+    return [p for p in DEFAULT_GROUP_BY if p in varying] + [p for p in varying if p not in DEFAULT_GROUP_BY]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -183,6 +193,44 @@ def confidence_band(curve: pd.DataFrame, column: str = "smoothed", level: float 
     ]
 
 
+# How the spread of a group's runs is drawn around its mean curve (Compare's "Band"). Student-t intervals are
+# wide at a few seeds (t = 12.7 at n = 2), so `default_band` picks min–max below `MIN_RUNS_FOR_CI` runs.
+BANDS = {
+    "ci95": "95% confidence band (Student t)",
+    "se": "± 1 standard error",
+    "std": "± 1 standard deviation",
+    "range": "min–max over runs",
+    "none": "no band",
+}
+MIN_RUNS_FOR_CI = 5
+
+
+def default_band(runs: pd.DataFrame, group_by: list[str]) -> str:
+    """`ci95` when every group of `runs` has at least `MIN_RUNS_FOR_CI` runs, else `range` (the runs themselves)."""
+    sizes = group_labels(runs, group_by).value_counts()
+    return "ci95" if len(sizes) and sizes.min() >= MIN_RUNS_FOR_CI else "range"
+
+
+def band(curve: pd.DataFrame, kind: str = "ci95", column: str = "smoothed") -> pd.DataFrame:
+    """The mean of each group at each step and the band `kind` (`BANDS`) around it: `group`, `step`, `mean`,
+    `lower`, `upper`, `n`, over the runs with a finite value there. `none` and a single run give lower = upper =
+    mean."""
+    lookup(BANDS, kind, "band")
+    if kind == "ci95":
+        return confidence_band(curve, column)
+    table = _mean_and_ci(curve, ["group", "step"], column, 0.95)
+    table = table[table["n"] > 0]
+    if kind == "range":
+        finite = curve[column].where(np.isfinite(curve[column]))
+        extremes = finite.groupby([curve["group"], curve["step"]]).agg(["min", "max"]).reset_index()
+        table = table.merge(extremes, on=["group", "step"], how="left")
+        lower, upper = table["min"], table["max"]
+    else:
+        half = {"se": table["std"] / np.sqrt(table["n"]), "std": table["std"], "none": 0.0 * table["std"]}[kind]
+        lower, upper = table["mean"] - half, table["mean"] + half
+    return table.assign(lower=lower, upper=upper)[["group", "step", "mean", "lower", "upper", "n"]]
+
+
 def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statistic: str = "best",
               step: int | None = None, diverged: pd.Series | None = None) -> pd.Series:
     """One number per run (indexed by run_id): the best, last, or value at `step` (or the last before it).
@@ -264,11 +312,10 @@ def natural_key(text: str):
 def diff_params(runs: pd.DataFrame) -> pd.DataFrame:
     """The params table with only the keys that differ across the runs: `run_name`, `run_id`, then those keys.
 
-    The parts of a truncation (`training.truncation.mode/k1/k2/mean`) are left out when its label already is.
+    The parts of a truncation (`training.truncation.mode/k1/k2/mean`) are left out when its label already is
+    (`SUMMARY_PARAMS`).
     """
     varying = varying_params(runs)
-    if "training.truncation" in varying:
-        varying = [p for p in varying if not p.startswith("training.truncation.")]
     table = runs[["run_name", "run_id"] + [f"params.{p}" for p in varying]]
     return table.rename(columns={f"params.{p}": p for p in varying}).reset_index(drop=True)
 

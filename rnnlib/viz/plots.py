@@ -61,12 +61,14 @@ def legend_name(group: str, runs: int, diverged: int = 0) -> str:
 
 
 def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baselines: dict[str, float] | None = None,
-                  log_y: bool = False, show_runs: bool = False, raw_band: pd.DataFrame | None = None) -> go.Figure:
-    """Learning curves: per group the mean (smoothed) with its confidence band over seeds.
+                  log_y: bool = False, show_runs: bool = False, raw_band: pd.DataFrame | None = None,
+                  band_name: str = "95% confidence band") -> go.Figure:
+    """Learning curves: per group the mean (smoothed) with a band over its runs. The y axis fits the curves, the
+    runs when shown and the baselines, never the band: a wide band runs off the chart instead of flattening it.
 
     Args:
         curve: per-run curves (`rnnlib.analysis.compare.curves`): group, run_name, step, value, smoothed.
-        band: `rnnlib.analysis.compare.confidence_band` of the smoothed values.
+        band: `rnnlib.analysis.compare.band` of the smoothed values; `band_name` says which (its `BANDS` text).
         raw_band: the same of the raw values; drawn as a faint shadow when smoothing is on.
         show_runs: draw every run's smoothed curve, thin, under the means.
         baselines: dashed reference lines by label (`rnnlib.analysis.compare.baselines`: the trivial predictors).
@@ -84,7 +86,7 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
             x=np.concatenate([rows["step"], rows["step"][::-1]]),
             y=np.concatenate([rows["upper"], lower[::-1]]),
             fill="toself", mode="lines", fillcolor=rgba(color, 0.18), line={"width": 0}, hoverinfo="skip",
-            legendgroup=group, showlegend=False, name=f"{group} 95% CI",
+            legendgroup=group, showlegend=False, name=f"{group} {band_name}",
         ))
         if show_runs:
             fig.add_trace(_run_lines(curve[curve["group"] == group], "step", "smoothed", group, rgba(color, 0.45)))
@@ -97,7 +99,22 @@ def curves_figure(curve: pd.DataFrame, band: pd.DataFrame, metric: str, baseline
         fig.add_trace(go.Scatter(x=rows["step"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
                                  legendgroup=group, name=legend_name(group, runs, diverged)))
     _baseline_lines(fig, baselines)
-    return _layout(fig, f"{metric}: mean over seeds with 95% confidence band", "epoch", metric, log_y)
+    shown = [band["mean"], *([curve["smoothed"]] if show_runs else []), pd.Series(list((baselines or {}).values()))]
+    _layout(fig, f"{metric}: mean over runs, {band_name}", "epoch", metric, log_y)
+    fig.update_yaxes(range=fitted_range(np.concatenate([np.asarray(v, float) for v in shown]), log_y))
+    return fig
+
+
+def fitted_range(values: np.ndarray, log_y: bool = False, pad: float = 0.06) -> list[float] | None:
+    """A y range around the finite `values` (log10 units on a log axis, positive values only), padded by `pad`
+    of its span; None (plotly's own) when there is nothing to fit."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values) & ((values > 0) if log_y else True)]
+    if not len(values):
+        return None
+    low, high = (np.log10(values.min()), np.log10(values.max())) if log_y else (values.min(), values.max())
+    span = high - low or (0.5 if log_y else max(abs(high), 1e-12) * 0.1)
+    return [float(low - pad * span), float(high + pad * span)]
 
 
 def compare_group_runs(curve: pd.DataFrame) -> dict[str, tuple[int, int]]:

@@ -61,6 +61,8 @@ def test_every_page_renders_from_the_committed_store(fixture_uri, monkeypatch, p
         assert any("1 of 2 runs diverged" in w.value for w in at.warning)
         assert any("1 diverged)" in trace["name"] for trace in json.loads(
             at.get("plotly_chart")[0].proto.spec)["data"] if trace.get("name"))
+        assert at.multiselect(key="compare_group_by").value == ["training.clipnorm"]  # what varies, not cell x k
+        assert at.selectbox(key="compare_band").value == "range"  # one run per group: no t-interval
 
 
 def test_the_imported_store_holds_exactly_what_the_bundle_does(fixture_uri):
@@ -96,6 +98,16 @@ def test_an_ar_baseline_logged_as_a_cell_type_reads_as_its_own_model_kind(fixtur
     at = open_page(fixture_uri, monkeypatch, "compare", {"experiment": "fx_forecast"})
     names = {trace["name"] for trace in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if trace.get("name")}
     assert any(name.startswith("ar") for name in names) and any(name.startswith("gru") for name in names)
+
+
+def test_switching_experiment_on_compare_takes_the_new_ones_group_by_and_axis(fixture_uri, monkeypatch):
+    at = open_page(fixture_uri, monkeypatch, "compare", {"experiment": "fx_adding"})
+    assert at.multiselect(key="compare_group_by").value == ["model.label", "training.truncation"]
+    assert at.selectbox(key="compare_x_param").value == "training.truncation"
+    at.selectbox(key="compare_experiment").set_value("fx_exploding").run()
+    assert at.multiselect(key="compare_group_by").value == ["training.clipnorm"]
+    assert at.selectbox(key="compare_x_param").value == "training.clipnorm"  # not the old, constant truncation
+    assert not at.exception and not at.error
 
 
 def test_importing_the_same_bundle_twice_adds_nothing(fixture_uri):

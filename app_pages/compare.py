@@ -3,7 +3,7 @@ import streamlit as st
 from rnnlib.analysis import compare
 from rnnlib.viz import plots
 from ui import compare_controls as controls
-from ui import data, scope
+from ui import data, safe, scope
 
 st.title("Compare runs")
 st.caption("Cells and truncation lengths side by side: means over seeds with 95% confidence bands, the task's "
@@ -68,8 +68,8 @@ st.plotly_chart(
 st.subheader("Params that differ")
 differences = compare.diff_params(runs)
 st.dataframe(differences, hide_index=True, width="stretch")
-st.download_button("Download as CSV", differences.merge(summary, on=["run_id", "run_name"]).to_csv(index=False),
-                   file_name=f"{experiment}-runs.csv", mime="text/csv")
+table = safe.csv_safe(differences.merge(summary, on=["run_id", "run_name"]))  # no formulas for a spreadsheet
+st.download_button("Download as CSV", table.to_csv(index=False), file_name=f"{experiment}-runs.csv", mime="text/csv")
 
 st.subheader("Parallel coordinates")
 table, dimensions = compare.parallel_table(differences, summary, summary_metrics)

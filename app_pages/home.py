@@ -4,7 +4,7 @@ import streamlit as st
 
 from rnnlib.core import config, paths
 from rnnlib.run import jobs
-from ui import data, jobs_panel
+from ui import data, jobs_panel, safe
 
 st.title("RNN Lab")
 st.markdown(
@@ -31,7 +31,7 @@ else:
     st.subheader("Experiments in this store")
     for _, row in experiments.iterrows():
         link = f"compare?experiment={quote(row['name'])}"
-        st.markdown(f"- [{row['name']}]({link}) · updated {row['last_update']:%Y-%m-%d %H:%M}")
+        st.markdown(f"- [{safe.text(row['name'])}]({link}) · updated {row['last_update']:%Y-%m-%d %H:%M}")
 
 st.subheader("Training jobs")
 jobs_panel.show(uri)

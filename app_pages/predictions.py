@@ -2,7 +2,7 @@ import streamlit as st
 
 from rnnlib import tasks
 from rnnlib.analysis import compare
-from ui import data, prediction_views, scope
+from ui import data, prediction_views, safe, scope
 from ui.permalink import Permalink
 
 st.title("Predictions")
@@ -30,8 +30,8 @@ chosen = runs[runs["run_id"].isin(run_ids)]
 first = configs[run_ids[0]].task
 mismatched = [labels(r) for r in run_ids if configs[r].task != first]
 if mismatched:
-    st.warning(f"{', '.join(mismatched)} trained on a different task setting than the first run; showing the runs "
-               "that match it.", icon=":material/rule:")
+    st.warning(f"{safe.text(', '.join(mismatched))} trained on a different task setting than the first run; "
+               "showing the runs that match it.", icon=":material/rule:")
     run_ids = [r for r in run_ids if configs[r].task == first]
 task = tasks.build(first)
 arrays = data.predictions(uri, tuple(run_ids), labels)

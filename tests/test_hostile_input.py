@@ -187,3 +187,51 @@ def test_a_full_disk_under_the_store_stops_the_sweep_with_one_message(tmp_path, 
     runs = tracking.runs_frame(store.uri, config.name)
     assert runs["kind"].tolist() == ["sweep"]  # its config could not be logged: no trial was started
     assert runs["status"].tolist() == ["FAILED"]  # ending a run needs no batch write: it is not left RUNNING
+
+
+HOSTILE_NAME = "![px](https://example.invalid/x.png) :red[alarm] <b>bold</b> **loud** [link](https://example.invalid)"
+
+
+def test_strangers_text_is_shown_as_text_never_as_markdown_or_html():
+    from ui import safe
+
+    shown = safe.text(HOSTILE_NAME + "\nsecond line")
+    assert "![" not in shown and "](" not in shown.replace("\\](", "") and ":red[" not in shown
+    assert "<b>" not in shown and "**" not in shown and "\n" not in shown
+    assert shown.replace("\\", "") == HOSTILE_NAME + " second line"  # every character is still there, literally
+    assert safe.text("gru-full-s0 · 1.5") == "gru-full-s0 · 1.5"  # plain names read as they are
+
+
+def test_exported_csv_cells_never_run_as_spreadsheet_formulas():
+    import pandas as pd
+
+    from ui import safe
+
+    frame = pd.DataFrame({"run_name": ["=HYPERLINK(\"http://x\",\"y\")", "@SUM(A1)", "=cmd|' /C calc'!A0", "-0.5",
+                                       "gru-5-s0", "+1"], "val_loss": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    cleaned = safe.csv_safe(frame)
+    assert cleaned["run_name"].tolist()[:3] == ["'=HYPERLINK(\"http://x\",\"y\")", "'@SUM(A1)", "'=cmd|' /C calc'!A0"]
+    assert cleaned["run_name"].tolist()[3:] == ["-0.5", "gru-5-s0", "+1"]  # numbers and names stay as they are
+    assert cleaned["val_loss"].tolist() == frame["val_loss"].tolist()
+
+
+def test_home_shows_a_hostile_experiment_name_as_text(tmp_path, monkeypatch):
+    import streamlit as st
+    from mlflow.tracking import MlflowClient
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import PROJECT_DIR
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment(HOSTILE_NAME))
+    client.set_terminated(run.info.run_id)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("RNNLAB_JOBS_DIR", str(tmp_path / "jobs"))
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PROJECT_DIR / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    (line,) = [m.value for m in at.markdown if "compare?experiment=" in m.value]
+    label = line[line.index("[") + 1 : line.index("](compare?")]
+    assert "![" not in label and ":red[" not in label and "<b>" not in label  # escaped: shown, not rendered

@@ -8,6 +8,7 @@ import streamlit as st
 from rnnlib import tracking
 from rnnlib.core.config import SCHEMA_VERSION
 from rnnlib.core.errors import RunDataError, TrackingError
+from ui import safe
 
 CACHE_SECONDS = 15
 tracking.apply_http_policy("dashboard")  # a page waits on the store: fail in seconds, not minutes
@@ -107,7 +108,7 @@ def _readable(loaded: dict, labels=None) -> dict:
     for run_id, value in loaded.items():
         if isinstance(value, RunDataError):
             name = labels(run_id) if labels else f"Run {run_id[:8]}"
-            st.warning(f"{name} is left out: {value.problem}.", icon=":material/report:")
+            st.warning(f"{safe.text(name)} is left out: {safe.text(value.problem)}.", icon=":material/report:")
     return {run_id: value for run_id, value in loaded.items() if not isinstance(value, RunDataError)}
 
 
@@ -127,8 +128,9 @@ def run_configs(uri: str, run_ids: list[str], labels=None) -> dict:
     logged = _readable(_stop_on_store_error(_configs)(uri, tuple(run_ids)), labels)
     for run_id, config in logged.items():
         if config.unknown:
-            keys = ", ".join(f"{key} = {value!r}" for key, value in list(config.unknown.items())[:5])
-            st.info(f"{labels(run_id) if labels else f'Run {run_id[:8]}'} was logged by schema version "
+            keys = safe.text(", ".join(f"{key} = {value!r}" for key, value in list(config.unknown.items())[:5]))
+            name = labels(run_id) if labels else f"Run {run_id[:8]}"
+            st.info(f"{safe.text(name)} was logged by schema version "
                     f"{config.schema_version} (this version reads {SCHEMA_VERSION}); shown without what this "
                     f"version does not know: {keys}.", icon=":material/history:")
     return {run_id: config.config for run_id, config in logged.items()}

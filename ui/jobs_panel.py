@@ -4,7 +4,7 @@ import streamlit as st
 
 from rnnlib import tracking
 from rnnlib.run import jobs
-from ui import data
+from ui import data, safe
 
 FINISHED_SHOWN = 5  # ended jobs listed below the running ones; older ones behind an expander
 
@@ -44,7 +44,7 @@ def _job(uri: str, job: jobs.Job, running: bool) -> None:
     try:
         runs = _live_runs(uri, job.experiment)
     except Exception as error:  # the store went away: say so, keep the panel alive
-        st.error(f"Cannot read progress of {job.experiment} from {uri}: {error}")
+        st.error(f"Cannot read progress of {safe.text(job.experiment)} from {safe.text(uri)}: {safe.text(error)}")
         return
     table, fraction, eta = jobs.progress(job, runs)
     if running:
@@ -53,7 +53,7 @@ def _job(uri: str, job: jobs.Job, running: bool) -> None:
         state = "cancelled" if job.cancelled else ("finished" if fraction >= 1 else "stopped")
     with st.container(border=True):
         head, button = st.columns([5, 1])
-        head.markdown(f"**{job.experiment}** · {job.num_runs} run(s) · {state} · job `{job.job_id}`")
+        head.markdown(f"**{safe.text(job.experiment)}** · {job.num_runs} run(s) · {state} · job `{job.job_id}`")
         if running and button.button("Cancel", key=f"cancel_{job.job_id}", type="secondary",
                                      disabled=job.cancelled is not None):
             jobs.cancel(job)

@@ -16,7 +16,7 @@ from rnnlib.tasks import Task
 from rnnlib.tasks.base import CharacterTask
 from rnnlib.tasks.forecast import ForecastTask
 from rnnlib.viz import plots
-from ui import data
+from ui import data, safe
 from ui.permalink import Permalink
 
 MAX_SIDE_BY_SIDE = 3  # confusion matrices / text samples per row
@@ -151,7 +151,7 @@ def text_view(selection: Selection) -> None:
     runs = [r for r in selection.run_ids if r in selection.labels]
     for row in range(0, len(runs), MAX_SIDE_BY_SIDE):
         for column, run_id in zip(st.columns(MAX_SIDE_BY_SIDE), runs[row : row + MAX_SIDE_BY_SIDE]):
-            column.markdown(f"**{selection.labels[run_id]}**")
+            column.markdown(f"**{safe.text(selection.labels[run_id])}**")
             weights = data.weights(selection.uri, run_id, selection.labels.get)
             if weights is None:
                 continue

@@ -14,6 +14,7 @@ from rnnlib.core import config, paths
 from rnnlib.core.cells import CELLS
 from rnnlib.tasks import sources
 from rnnlib.viz import plots
+from ui import safe
 
 
 def _parse_list(text: str) -> list:
@@ -136,7 +137,7 @@ def from_csv() -> dict | None:
                                       key=f"train_csv_time_{file_key}")
         series = sources.parse_csv(content, time_column, delimiter)
     except sources.SeriesError as error:
-        st.error(f"**{upload.name} cannot be used.** {error}", icon=":material/block:")
+        st.error(f"**{safe.text(upload.name)} cannot be used.** {safe.text(error)}", icon=":material/block:")
         return None
     _preview(series, upload.name)
     values = list(series.columns)
@@ -192,7 +193,7 @@ def _preview(series, file_name: str) -> None:
     span = (f"from {_when(index[0])} to {_when(index[-1])}" if not isinstance(index, pd.RangeIndex)
             else "time is the row order")
     empty = int(frame.isna().sum().sum())
-    st.markdown(f"**{file_name}**: {len(frame):,} steps × {frame.shape[1]} columns, {span}; "
+    st.markdown(f"**{safe.text(file_name)}**: {len(frame):,} steps × {frame.shape[1]} columns, {span}; "
                 f"{empty:,} empty cells.")
     chart, table = st.columns([3, 2])
     chart.plotly_chart(plots.series_preview_figure(frame), width="stretch", key="train_csv_preview")

@@ -18,7 +18,7 @@ runs = scope.finished_runs(data.runs(uri, experiment))
 if runs.empty:
     link.stop("No finished run in this experiment: a run logs its predictions when it ends.", icon=":material/info:")
 labels = scope.run_label(runs)
-run_ids = link.choices("Runs", "runs", runs["run_id"].tolist(), default=runs["run_id"].tolist()[:1],
+run_ids = link.choices("Runs", "runs", runs["run_id"].tolist(), default=scope.best_runs(runs, 1),
                        widget=right.multiselect, format_func=labels, placeholder="pick one or more runs")
 if not run_ids:
     link.stop("Pick one or more runs.")

@@ -421,6 +421,14 @@ def test_predictions_page_moves_the_forecast_origin_and_keeps_it_in_the_link(pre
     assert query(at)["origin"] == "5"
 
 
+def test_predictions_page_opens_on_the_best_run(predictions_store, monkeypatch):
+    runs = tracking.runs_frame(predictions_store, "tiny_digits")
+    trials = runs[runs["kind"] == "trial"]
+    best = trials.loc[trials["metrics.best_val_loss"].idxmin(), "run_id"]
+    at = predictions_page(predictions_store, monkeypatch, "tiny_digits")
+    assert at.multiselect(key="predictions_runs").value == [best]
+
+
 def test_predictions_page_draws_a_confusion_matrix_per_classifier(predictions_store, monkeypatch):
     runs = tracking.runs_frame(predictions_store, "tiny_digits")
     at = predictions_page(predictions_store, monkeypatch, "tiny_digits")

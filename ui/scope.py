@@ -28,6 +28,15 @@ def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return trained[trained["status"] == "FINISHED"]
 
 
+def best_runs(runs: pd.DataFrame, count: int) -> list[str]:
+    """The ids of the `count` runs with the lowest `best_val_loss` (a diverged run's is NaN: never best), else the
+    newest ones."""
+    if "metrics.best_val_loss" not in runs:
+        return runs["run_id"].tolist()[:count]
+    ranked = runs.sort_values("metrics.best_val_loss", kind="stable", na_position="last")
+    return ranked["run_id"].tolist()[:count]
+
+
 def with_param(runs: pd.DataFrame, key: str, value: str) -> pd.DataFrame:
     """The runs whose param `key` (dotted, as logged) is `value`; none when no run has the param."""
     column = f"params.{key}"

@@ -72,5 +72,5 @@ st.markdown(
     "the edges it flows along; each shaded band is one update's unrolled span, with the steps it scores on "
     f"the loss row. {EXPLANATIONS[mode]}"
 )
-with st.expander(f"The {summary['num_updates']} updates of this schedule"):
+with st.expander(f"The {summary['num_updates']} update{'' if summary['num_updates'] == 1 else 's'} of this schedule"):
     st.dataframe(lessons.updates_table(updates), hide_index=True, width="stretch")

@@ -356,4 +356,9 @@ def _check_even_steps(values: pd.Series, steps: pd.Series, where) -> None:
 
 
 def _duration(step) -> str:
-    return str(step).removesuffix(" 00:00:00") if isinstance(step, pd.Timedelta) else f"{step:g}"
+    """`1 day`, `7 days`, `2 days 06:00:00`, or a number of rows."""
+    if not isinstance(step, pd.Timedelta):
+        return f"{step:g}"
+    if step == pd.Timedelta(days=step.days):
+        return f"{step.days} day" + ("" if step.days == 1 else "s")
+    return str(step)

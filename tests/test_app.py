@@ -521,3 +521,22 @@ def test_rendering_every_page_imports_no_framework(fixture_store):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "none"
     assert len(pages) >= 9
+
+
+def test_refresh_forgets_the_run_listing_for_everyone_but_keeps_per_run_caches(tmp_path, monkeypatch):
+    from ui import data
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("listing")
+    client.set_terminated(client.create_run(experiment_id).info.run_id)
+    reads = []
+    monkeypatch.setattr(tracking, "load_config", lambda uri, run_id: reads.append(run_id) or run_id)
+    assert len(data._runs(uri, "listing")) == 1
+    data._configs(uri, ("abc",))
+    client.set_terminated(client.create_run(experiment_id).info.run_id)
+    assert len(data._runs(uri, "listing")) == 1  # cached
+    data.refresh()
+    assert len(data._runs(uri, "listing")) == 2  # the new run shows after a refresh
+    data._configs(uri, ("abc",))
+    assert reads == ["abc"]  # read once: a refresh leaves per-run caches alone

@@ -165,7 +165,7 @@ def reconcile(uri: str) -> list[dict]:
     except Exception:  # noqa: BLE001 - the page's own reads say what is wrong with the store
         return []
     if ended:
-        st.cache_data.clear()  # the runs' statuses changed under every cached read
+        refresh()  # the runs' statuses changed under the cached listings
     return ended
 
 
@@ -178,4 +178,8 @@ def metric_keys(runs_frame: pd.DataFrame) -> list[str]:
 
 
 def refresh() -> None:
-    st.cache_data.clear()
+    """Forget the cached listings of experiments and runs (a launch or an ended run changed them). Per-run data
+    (weights, predictions, configs, gradient records, histories) keeps its cache until it expires by itself, so
+    one user's launch does not make every other user read it all again."""
+    _experiments.clear()
+    _runs.clear()

@@ -5,13 +5,14 @@ a fresh server, skipping this file, its navigation and its sidebar.)"""
 
 import streamlit as st
 
-from ui import data, sidebar
+from ui import data, mode, sidebar
 
 st.set_page_config(page_title="RNN Lab", page_icon=":material/replay:", layout="wide")
 page = st.navigation({
     "Lab": [
         st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("app_pages/train.py", title="Reproduce" if mode.read_only() else "Train",
+                icon=":material/model_training:"),
         st.Page("app_pages/compare.py", title="Compare", icon=":material/monitoring:"),
         st.Page("app_pages/predictions.py", title="Predictions", icon=":material/query_stats:"),
     ],
@@ -26,5 +27,6 @@ page = st.navigation({
     ],
 })
 sidebar.render(data.tracking_uri())
-data.reconcile(data.tracking_uri())  # runs whose worker died (kill -9, out of memory) end FAILED, not RUNNING
+if not mode.read_only():
+    data.reconcile(data.tracking_uri())  # runs whose worker died (kill -9, out of memory) end FAILED, not RUNNING
 page.run()

@@ -4,7 +4,7 @@ import streamlit as st
 
 from rnnlib.core import config, paths
 from rnnlib.run import jobs
-from ui import data, jobs_panel, safe
+from ui import data, jobs_panel, mode, safe
 
 st.title("RNN Lab")
 st.markdown(
@@ -17,11 +17,15 @@ uri = data.tracking_uri()
 experiments = data.experiments(uri)
 
 left, right = st.columns(2)
-left.page_link("app_pages/train.py", label="**Train**: launch an experiment or sweep", icon=":material/model_training:")
+train_label = "**Reproduce** a run: its exact YAML and command" if mode.read_only() else \
+    "**Train**: launch an experiment or sweep"
+left.page_link("app_pages/train.py", label=train_label, icon=":material/model_training:")
 right.page_link("app_pages/compare.py", label="**Compare**: curves, summaries, metric vs hyperparameter",
                 icon=":material/monitoring:")
 
-if experiments.empty:
+if experiments.empty and mode.read_only():
+    st.info("This store has no runs yet, and this lab is read-only.", icon=":material/science:")
+elif experiments.empty:
     st.info("This store has no runs yet. Start the demo sweep (about 2 minutes on a laptop CPU): the adding "
             "problem with RNN, LSTM and GRU, full BPTT vs TBPTT(10), two seeds each.", icon=":material/science:")
     if st.button("Run the demo sweep", type="primary"):
@@ -33,5 +37,6 @@ else:
         link = f"compare?experiment={quote(row['name'])}"
         st.markdown(f"- [{safe.text(row['name'])}]({link}) · updated {row['last_update']:%Y-%m-%d %H:%M}")
 
-st.subheader("Training jobs")
-jobs_panel.show(uri)
+if not mode.read_only():
+    st.subheader("Training jobs")
+    jobs_panel.show(uri)

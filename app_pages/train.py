@@ -1,14 +1,40 @@
+import re
+
 import streamlit as st
 
 from rnnlib.core import config
 from rnnlib.run import jobs
-from ui import data, jobs_panel, train_form
+from ui import data, jobs_panel, mode, scope, train_form
+from ui.permalink import Permalink
+
+uri = data.tracking_uri()
+if mode.read_only():
+    st.title("Reproduce a run")
+    st.caption("This lab is read-only: it trains nothing. Every run logged its resolved config; with it and "
+               "the `rnnlab` command from this project's repository, the same run trains on your machine.")
+    link = Permalink("reproduce_")
+    names = scope.experiment_names(uri, "No runs yet in this store.")
+    left, right = st.columns([1, 2])
+    experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
+    runs = scope.training_runs(data.runs(uri, experiment))
+    if runs.empty:
+        link.stop("This experiment has no training runs.")
+    run_id = link.choice("Run", "run", runs["run_id"].tolist(), widget=right.selectbox,
+                         format_func=scope.run_label(runs))
+    run_config = data.run_config(uri, run_id, scope.run_label(runs))
+    if run_config is None:
+        link.stop("Pick another run: this one's config cannot be read.")
+    file_name = re.sub(r"[^\w.-]+", "_", run_config.name) + ".yaml"
+    st.markdown(f"Save this as `{file_name}`:")
+    st.code(run_config.to_yaml(), language="yaml")
+    st.markdown("then, in a checkout of the project (`bash scripts/test.sh` installs it):")
+    st.code(f"rnnlab run {file_name}", language="bash")
+    link.save()
+    st.stop()
 
 st.title("Train")
 st.caption("Pick a task, the cells and truncations to compare, and start: training runs in a background "
            "process, logs every epoch to the store, and survives reloads. Cancelled runs end KILLED.")
-uri = data.tracking_uri()
-
 build, upload, edit = st.tabs(["Build an experiment", "Your own series (CSV)", "From a YAML file"])
 with build:
     raw = train_form.builder()

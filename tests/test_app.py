@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import CELL_LIST, PROJECT_DIR
 from rnnlib import tracking
+from rnnlib.core import config
 from rnnlib.run import jobs
 
 pytestmark = pytest.mark.slow
@@ -540,3 +541,35 @@ def test_refresh_forgets_the_run_listing_for_everyone_but_keeps_per_run_caches(t
     assert len(data._runs(uri, "listing")) == 2  # the new run shows after a refresh
     data._configs(uri, ("abc",))
     assert reads == ["abc"]  # read once: a refresh leaves per-run caches alone
+
+
+def folder_hashes(folder):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_read_only_mode_trains_uploads_and_writes_nothing_while_every_page_is_clicked(fixture_store, monkeypatch,
+                                                                                       tmp_path):
+    store_folder = Path(fixture_store.removeprefix("sqlite:///")).parent
+    before = folder_hashes(store_folder)
+    monkeypatch.setenv("RNNLAB_READ_ONLY", "1")
+    at = open_page(fixture_store, monkeypatch)
+    assert "Read-only" in at.sidebar.info[0].value
+    assert not [b for b in at.button if "demo" in b.label.lower()] and "Training jobs" not in [s.value for s in
+                                                                                             at.subheader]
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    assert at.title[0].value == "Reproduce a run" and not at.button and not at.get("file_uploader")
+    assert not at.get("form") and not at.text_area
+    (yaml_code, command) = [c.value for c in at.code]
+    reproduced = config.parse_config(yaml_code)
+    assert reproduced.task.name == "adding" and not reproduced.grid and command.startswith("rnnlab run ")
+    other = tracking.runs_frame(fixture_store, "smoke").query("kind == 'trial'")["run_id"].iloc[-1]
+    at.selectbox(key="reproduce_run").set_value(other).run()
+    assert config.parse_config(at.code[0].value) == tracking.load_config(fixture_store, other).config  # that run's
+    for page in ("compare", "predictions", "gradients", "gates", "unrolled", "products", "forms"):
+        at = open_page(fixture_store, monkeypatch, f"app_pages/{page}.py")
+        assert not at.exception and not at.error, page
+        for toggle in at.toggle:
+            toggle.set_value(not toggle.value).run()
+        assert not at.exception, page
+    assert jobs.list_jobs() == []
+    assert folder_hashes(store_folder) == before  # not one byte of the store changed

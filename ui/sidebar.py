@@ -4,6 +4,7 @@ import streamlit as st
 
 from rnnlib import tracking
 from rnnlib.core import machine
+from ui import mode
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -21,6 +22,9 @@ def render(uri: str) -> None:
             st.error(description, icon=":material/warning:")
         if description != uri:
             st.caption(f"`{uri}`")
+        if mode.read_only():
+            st.info("Read-only: this lab shows its runs; nothing can be trained or changed here.",
+                    icon=":material/visibility:")
         st.markdown("### Training")
         st.markdown(f"Keras backend: **{machine.backend_name()}**  \nDevice: **{_device()}**")
         st.caption("Training runs in worker processes; this dashboard never loads Keras.")

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="start the dashboard (the demo sweep first on an empty store); other arguments "
                                    "go to `streamlit run`")
     lab.add_argument("--tracking-uri", default=None)
+    lab.add_argument("--read-only", action="store_true",
+                     help="serve the runs to strangers: nothing can be trained, uploaded or changed")
     run = commands.choices["run"]
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
@@ -141,7 +143,10 @@ def _lab(args) -> int:
 
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    _demo(args)
+    if args.read_only:
+        os.environ["RNNLAB_READ_ONLY"] = "1"  # ui.mode reads it in the dashboard process
+    else:
+        _demo(args)
     command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_DIR / "app.py"), "--server.address",
                "127.0.0.1", "--browser.gatherUsageStats", "false", *args.streamlit_args]
     return subprocess.call(command, cwd=PROJECT_DIR)

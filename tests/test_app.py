@@ -573,3 +573,27 @@ def test_read_only_mode_trains_uploads_and_writes_nothing_while_every_page_is_cl
         assert not at.exception, page
     assert jobs.list_jobs() == []
     assert folder_hashes(store_folder) == before  # not one byte of the store changed
+
+
+FIELDS = ("experiment", "run", "runs", "sweep", "selected", "seed", "layer", "units", "group_by", "quantity",
+          "epoch", "target", "origin", "sequence", "sample_seed", "kstep_run", "decoder_run", "metric", "statistic",
+          "step", "smoothing", "band", "log_y", "show_runs", "x_param", "line_param", "source", "f.seed",
+          "f.model.label")
+HOSTILE_VALUES = {
+    "unknown ids": ["deadbeef"],
+    "huge numbers": ["1e308", "-99999999999999999999", "nan", "inf"],
+    "unicode and markup": ["ü🙂\u202e", "<script>alert(1)</script>", "![x](http://example.invalid/x.png)"],
+    "10 kB and repeated": ["x" * 10_000, "a,b,,c", "", "0"],
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_VALUES))
+@pytest.mark.parametrize("page", ["compare", "predictions", "gradients", "gates", "unrolled", "products", "forms",
+                                  "train"])
+def test_hostile_query_parameters_give_notices_never_tracebacks(fixture_store, monkeypatch, page, kind):
+    values = HOSTILE_VALUES[kind]
+    query = {field: values if len(values) > 1 else values[0] for field in FIELDS}
+    query["experiment"] = "smoke" if kind == "huge numbers" else query["experiment"]  # past the picker, too
+    at = open_page(fixture_store, monkeypatch, f"app_pages/{page}.py", query=query)  # asserts no exception
+    shown = " ".join(e.value for e in [*at.markdown, *at.warning, *at.info, *at.error])
+    assert "<script>" not in shown and "Traceback" not in shown

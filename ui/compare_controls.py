@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from rnnlib.analysis import compare
-from ui.permalink import Permalink
+from ui.permalink import Permalink, shown
 
 PREFIX = "compare_"
 FILTER_PREFIX = "f."  # a filter on param p is the URL key `f.p`
@@ -61,7 +61,7 @@ def _filters(link: Permalink, runs: pd.DataFrame) -> pd.DataFrame:
             link.forget(field)
             link.reseed(FILTER_PREFIX + summary, sorted(matching.astype(str).unique()))
         elif name not in varying:
-            link.notice(f"Ignored the link's filter on {name!r}: no such param varies here.")
+            link.notice(f"Ignored the link's filter on {shown(name)}: no such param varies here.")
             link.forget(field)
     chosen = {}
     columns = st.columns(3)

@@ -17,10 +17,18 @@ from typing import Any
 
 import streamlit as st
 
+from ui import safe
+
 TRUE_WORDS = ("1", "true", "yes", "on")
 
 
 # ---- The URL encoding, pure -----------------------------------------------------------------------------------
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value from a link, quoted for a notice: cut to `limit` characters and shown as text, never Markdown."""
+    text = repr(value) if len(repr(value)) <= limit else repr(value)[: limit - 4] + "…'"
+    return safe.text(text)
+
 
 def matching_option(value: Any, options: Iterable) -> Any:
     """`value` as the matching option (URL values arrive as text: `"1"` matches the option `1`), or None."""
@@ -157,7 +165,7 @@ class Permalink:
         def read(seed):
             option = matching_option(seed[0], options)
             if option is None:
-                self.notice(f"{label} {seed[0]!r} from the link is not available here; showing {fallback!r} "
+                self.notice(f"{label} {shown(seed[0])} from the link is not available here; showing {shown(fallback)} "
                             "instead.")
                 return fallback
             return option
@@ -176,7 +184,7 @@ class Permalink:
         def read(seed):
             chosen, unknown = list_values(seed, options)
             if unknown:
-                self.notice(f"Ignored {label.lower()} {', '.join(map(repr, unknown))} from the link: not among "
+                self.notice(f"Ignored {label.lower()} {', '.join(map(shown, unknown[:5]))} from the link: not among "
                             f"the choices here.")
             return chosen
 
@@ -209,7 +217,7 @@ class Permalink:
         try:
             return convert(str(text).strip())
         except ValueError:
-            self.notice(f"Ignored {label.lower()} {text!r} from the link: not a number.")
+            self.notice(f"Ignored {label.lower()} {shown(text)} from the link: not a number.")
             return default
 
     def save(self) -> None:

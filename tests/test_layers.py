@@ -125,3 +125,13 @@ def test_pure_packages_import_neither_tracking_nor_run(folder):
     offenders = {relative(p): m for p in (PROJECT_DIR / "rnnlib" / folder).rglob("*.py") for m in imported_modules(p)
                  if m.startswith(("rnnlib.tracking", "rnnlib.run", "mlflow"))}
     assert offenders == {}
+
+
+def test_the_dashboard_only_requirements_are_the_runtime_ones_without_the_worker():
+    def pins(name):
+        lines = (PROJECT_DIR / name).read_text().splitlines()
+        return {line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()}
+
+    full, dashboard = pins("requirements.txt"), pins("requirements-dashboard.txt")
+    worker = {pin for pin in full if pin.split("==")[0] in ("tensorflow", "keras", "jax", "torch")}
+    assert worker and dashboard == full - worker  # the same versions, and no framework

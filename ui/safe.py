@@ -6,10 +6,10 @@ import re
 import pandas as pd
 
 # Every ASCII punctuation mark may be backslash-escaped in Markdown; these are the ones Streamlit's Markdown gives a
-# meaning to inside a line (emphasis, code, links and images need `[`, HTML `<` and `&`, `:color[...]` directives
-# and `:emoji:` a colon, math `$`, tables `|`). The text is always placed mid-line, so line-start marks (`#`, `-`,
-# `1.`) mean nothing there.
-_MARKDOWN = re.compile(r"([\\`*_\[\]<>~:$|&])")
+# meaning to inside a line (emphasis, code, links and images need `[`, HTML `<` and `&`, math `$`, tables `|`),
+# and a colon before a non-space (`:red[...]` directives, `:emoji:`, `https://` autolinks; "a: b" stays). The text
+# is always placed mid-line, so line-start marks (`#`, `-`, `1.`) mean nothing there.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>~$|&]|:(?=\S))")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -53,7 +53,8 @@ def export_bundle(uri: str | None, experiments: list[str], out: Path, with_model
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not empty: give a new folder for the bundle.")
-    partial = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent if out.parent.is_dir() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))  # beside `out`: renamed, never copied
     try:
         summary, listed, skipped = {}, [], []
         for name in experiments:

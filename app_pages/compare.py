@@ -1,13 +1,14 @@
 import streamlit as st
 
 from rnnlib.analysis import compare
-from rnnlib.viz import plots
+from rnnlib.viz import views
 from ui import compare_controls as controls
-from ui import data, safe, scope
+from ui import data, report_button, scope
 
 st.title("Compare runs")
-st.caption("Cells and truncation lengths side by side: means over seeds with 95% confidence bands, the task's "
-           "baseline drawn. Every setting is in the URL: copy it to share this exact view.")
+st.caption("Cells and truncation lengths side by side: the mean of each group of runs with its spread (the band "
+           "is yours to pick), the task's baseline drawn. Every setting is in the URL: copy it to share this exact "
+           "view, or export it as one HTML file that opens anywhere, offline.")
 uri = data.tracking_uri()
 link = controls.open_link()
 
@@ -20,60 +21,53 @@ with right:
     runs = controls.run_picker(link, data.runs(uri, experiment))
 if runs.empty:
     link.stop("No run matches these filters.", show=st.warning)
-metrics = data.metric_keys(runs)
+metrics = compare.metric_keys(runs)
 if not metrics:
     link.stop("These runs have not logged an epoch yet; the charts appear with the first one.")
 params = compare.param_names(runs)
 group_by = controls.group_by_picker(link, runs)
 
+# Widgets first, each above the place its output goes; then one view of everything (`views.compare_view`), the
+# same one an exported report writes.
 st.subheader("Learning curves")
-settings = controls.curve_settings(link, metrics, compare.default_band(runs, group_by))
-summary_metrics = compare.summary_metrics(metrics, settings.metric)
-histories = data.histories(uri, tuple(runs["run_id"]), tuple(summary_metrics))
-diverged = compare.diverged_at(runs, histories)
-curve = compare.curves(histories, runs, settings.metric, group_by, settings.smoothing, diverged)
-notice = compare.divergence_notice(runs, diverged)
-if notice:
-    st.warning(notice, icon=":material/trending_up:")
-baselines = compare.baselines(runs, settings.metric)
-st.plotly_chart(
-    plots.curves_figure(
-        curve, compare.band(curve, settings.band), settings.metric,
-        baselines=baselines, log_y=settings.log_y, show_runs=settings.show_runs,
-        raw_band=compare.band(curve, settings.band, "value") if settings.smoothing > 0 else None,
-        band_name=compare.BANDS[settings.band],
-    ),
-    width="stretch", key="compare_curves",
-)
+curve_settings = controls.curve_settings(link, metrics, compare.default_band(runs, group_by))
+curves_slot = st.container()
+keys = views.history_keys(runs, views.CompareSettings(metric=curve_settings.metric))
+histories = data.histories(uri, tuple(runs["run_id"]), tuple(keys))
 
 st.subheader("Summary")
 statistic, step = controls.statistic_picker(link, int(histories["step"].max()) if not histories.empty else 1)
-summary = compare.summary_table(histories, runs, summary_metrics, statistic, step, group_by, diverged)
-per_run = summary.set_index("run_id")[settings.metric]
-st.dataframe(compare.group_summary(per_run, runs, group_by), hide_index=True, width="stretch",
-             column_config={"group": "group", "mean": f"{settings.metric} ({statistic}) mean",
-                            "n": "runs in the mean", "diverged": "runs diverged"})
-with st.expander(f"Per run ({len(summary)})"):
-    st.dataframe(summary, hide_index=True, width="stretch")
+summary_slot = st.container()
 
 st.subheader("Metric vs hyperparameter")
 x_param, line_param = controls.hyperparameter_pickers(link, params, compare.varying_params(runs))
-st.plotly_chart(
-    plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, x_param, line_param),
-                                 f"{settings.metric} ({statistic})", x_param, line_param,
-                                 baselines=baselines, log_y=settings.log_y),
-    width="stretch", key="compare_vs_param",
+vs_param_slot = st.container()
+
+settings = views.CompareSettings(
+    metric=curve_settings.metric, group_by=tuple(group_by), band=curve_settings.band,
+    smoothing=curve_settings.smoothing, log_y=curve_settings.log_y, show_runs=curve_settings.show_runs,
+    statistic=statistic, step=step, x_param=x_param, line_param=line_param,
 )
+view = views.compare_view(runs, histories, settings)
+
+with curves_slot:
+    if view.notice:
+        st.warning(view.notice, icon=":material/trending_up:")
+    st.plotly_chart(view.curves, width="stretch", key="compare_curves")
+with summary_slot:
+    st.dataframe(view.groups, hide_index=True, width="stretch", column_config=views.group_columns(settings))
+    with st.expander(f"Per run ({len(view.per_run)})"):
+        st.dataframe(view.per_run, hide_index=True, width="stretch")
+with vs_param_slot:
+    st.plotly_chart(view.vs_param, width="stretch", key="compare_vs_param")
 
 st.subheader("Params that differ")
-differences = compare.diff_params(runs)
-st.dataframe(differences, hide_index=True, width="stretch")
-table = safe.csv_safe(differences.merge(summary, on=["run_id", "run_name"]))  # no formulas for a spreadsheet
-st.download_button("Download as CSV", table.to_csv(index=False), file_name=f"{experiment}-runs.csv", mime="text/csv")
+st.dataframe(view.differences, hide_index=True, width="stretch")
+left, right = st.columns([1, 4])
+report_button.csv(left, view.table, f"{experiment}-runs.csv")
+report_button.compare(right, experiment, runs, histories, settings, controls.selection(link))
 
 st.subheader("Parallel coordinates")
-table, dimensions = compare.parallel_table(differences, summary, summary_metrics)
-st.plotly_chart(plots.parallel_coordinates_figure(table, dimensions, settings.metric), width="stretch",
-                key="compare_parallel")
+st.plotly_chart(view.parallel, width="stretch", key="compare_parallel")
 
 link.save()

@@ -2,8 +2,8 @@ import streamlit as st
 
 from rnnlib.analysis import compare
 from rnnlib.core import records
-from rnnlib.viz import plots
-from ui import data, scope
+from rnnlib.viz import plots, views
+from ui import data, report_button, scope
 from ui.permalink import Permalink
 
 st.title("Gradient flow over time")
@@ -25,10 +25,8 @@ if runs.empty:
               "unless `training.probe_every` is 0. Pick another experiment or train this one again.",
               icon=":material/info:")
 with right:
-    varying = compare.varying_params(runs)
     group_by = link.choices("Group by", "group_by", compare.param_names(runs),
-                            default=[p for p in ("model.label", "training.truncation", "training.clipnorm")
-                                     if p in varying] or varying[:1], placeholder="no grouping: one group")
+                            default=views.default_gradient_group_by(runs), placeholder="no grouping: one group")
 
 quantities = [q for q in records.GRADIENT_QUANTITIES if any(q in flows[r].norms for r in runs["run_id"])]
 num_layers = max(flows[r].num_layers for r in runs["run_id"])
@@ -40,7 +38,8 @@ quantity = link.choice("Quantity", "quantity", quantities, widget=left.radio, ho
                             "the state t steps earlier (the product of step Jacobians, no truncation).")
 layer = link.choice("Layer", "layer", list(range(num_layers)), widget=middle.selectbox, disabled=num_layers == 1)
 label = records.GRADIENT_QUANTITIES[quantity]
-curves = compare.flow_curves(flows, runs, group_by, quantity, layer)
+curves = views.flow_curves(flows, runs, views.GradientSettings(group_by=tuple(group_by), quantity=quantity,
+                                                               layer=layer))
 if curves.empty:
     link.stop(f"{label} is not recorded for these runs (∂L/∂c exists for LSTMs only).")
 epochs = sorted(curves["epoch"].unique())
@@ -48,35 +47,36 @@ epoch = link.choice("Training epoch", "epoch", epochs, default=epochs[-1], widge
                     format_func=lambda e: "initialisation" if e == 0 else f"{e:g}")
 
 st.subheader(f"{label} vs lag")
-left, right = st.columns(2)
-show_init = left.toggle("Compare with initialisation (dashed)", value=epoch > 0, key="gradients_show_init",
-                        disabled=epoch == 0)
-show_runs = right.toggle("Show every run", key="gradients_show_runs")
-now = compare.at_epoch(curves, epoch)
-st.plotly_chart(plots.gradient_lag_figure(
-    compare.lag_band(now), label, reference=compare.lag_band(compare.at_epoch(curves, 0.0)) if show_init else None,
-    seeds=now if show_runs else None,
-), width="stretch", key="gradients_lag")
+band_column, panels_column, init_column, runs_column = st.columns([2, 2, 2, 1.4])
+band = link.choice("Band", "band", list(compare.BANDS), default=compare.default_band(runs, group_by),
+                   widget=band_column.selectbox, format_func=compare.BANDS.__getitem__,
+                   help="The spread of each group's runs around its geometric mean, taken in log10.")
+panels = link.choice("Panels", "panels", ["", *group_by], default=views.default_panels(runs, group_by),
+                     widget=panels_column.selectbox, format_func=lambda p: f"one per {p}" if p else "one chart",
+                     help=f"Above {views.MANY_GROUPS} curves the chart is split into one panel per model.")
+show_init = link.flag("Initialisation", "show_init", default=True, widget=init_column.toggle,
+                      disabled=epoch == 0, help="The same groups before training, dashed.")
+show_runs = link.flag("Show runs", "show_runs", widget=runs_column.toggle, help="Every run under the means.")
+settings = views.GradientSettings(group_by=tuple(group_by), quantity=quantity, layer=layer, epoch=epoch, band=band,
+                                  panels=panels, show_init=show_init, show_runs=show_runs)
+run_ids = runs["run_id"].tolist()
+histories = data.histories(uri, tuple(run_ids), views.GRADIENT_HISTORIES)
+view = views.gradient_view(runs, flows, histories, settings)
+st.plotly_chart(view.lag, width="stretch", key="gradients_lag")
 st.markdown(
     "**What to look for.** A straight falling line on this log scale is exponential decay: the tanh RNN's "
     "gradient typically drops by orders of magnitude within a few dozen steps, so it cannot learn what happened "
     "earlier. An LSTM's cell-state path (∂L/∂c) and a GRU whose update gate learned to keep its state decay far "
     "more slowly. Under TBPTT(k) the curve stops at lag k − 1: nothing beyond its reach gets to the update, "
-    "however well the network could carry it. Curves rising with lag are exploding gradients."
+    "however well the network could carry it. Curves rising with lag are exponential growth: exploding gradients."
 )
 
 st.subheader("Where the gradient vanishes")
-run_ids = runs["run_id"].tolist()
-histories = data.histories(uri, tuple(run_ids), ("grad_norm_max", "train_loss", "val_loss"))
-diverged = compare.diverged_at(runs, histories)
-table = compare.vanishing_table(curves, diverged=diverged)
 st.caption(f"Lag T − t at which {label} first falls below 10⁻³ of its value at the last step (median over "
            "runs), at initialisation and after training.")
-st.dataframe(compare.vanishing_summary(table), hide_index=True, width="stretch",
-             column_config={"at_init": "lag at initialisation", "trained": "lag after training"})
-with st.expander(f"Per run ({len(table)})"):
-    st.dataframe(compare.vanishing_text(table), hide_index=True, width="stretch",
-                 column_config={"at_init": "lag at initialisation", "trained": "lag after training"})
+st.dataframe(view.vanishing, hide_index=True, width="stretch", column_config=views.VANISHING_COLUMNS)
+with st.expander(f"Per run ({len(view.per_run)})"):
+    st.dataframe(view.per_run, hide_index=True, width="stretch", column_config=views.VANISHING_COLUMNS)
 
 st.subheader("One run over training")
 run_id = link.choice("Run", "run", run_ids, format_func=scope.run_label(runs))
@@ -84,19 +84,10 @@ st.plotly_chart(plots.gradient_heatmap_figure(curves[curves["run_id"] == run_id]
                 key="gradients_heatmap")
 
 st.subheader("Exploding gradients and clipping")
-clip = compare.clip_threshold(runs)
-norm_curves = compare.curves(histories, runs, "grad_norm_max", group_by, diverged=diverged)
-if norm_curves.empty:
+if view.norms is None:
     st.info("These runs logged no gradient norms yet.")
 else:
-    band = compare.default_band(runs, group_by)
-    st.plotly_chart(plots.curves_figure(
-        norm_curves, compare.band(norm_curves, band), "grad_norm_max",
-        baselines=None if clip is None else {"clipnorm": clip}, log_y=True, show_runs=show_runs,
-        band_name=compare.BANDS[band],
-    ), width="stretch", key="gradients_norms")
-    st.caption("The largest global gradient norm of each epoch, measured before clipping. Spikes of orders of "
-               "magnitude are exploding gradients; with `clipnorm` every update is rescaled to at most the "
-               "dashed line, so a spike changes the weights no more than an ordinary step. Group by "
-               "`training.clipnorm` to see runs with and without clipping side by side.")
+    st.plotly_chart(view.norms, width="stretch", key="gradients_norms")
+    st.caption(views.NORMS_CAPTION)
+report_button.gradients(st, experiment, runs, flows, histories, settings)
 link.save()

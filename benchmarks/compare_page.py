@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from rnnlib import tracking
 from rnnlib.analysis import compare
 from rnnlib.core.paths import PROJECT_DIR
-from rnnlib.viz import plots
+from rnnlib.viz import views
 
 METRICS = ("train_loss", "val_loss", "val_mae", "grad_norm")
 
@@ -63,19 +63,11 @@ def time_it(function, repeats=3):
 
 
 def figures(runs, histories):
-    group_by = list(compare.DEFAULT_GROUP_BY)
-    baselines = compare.baselines(runs, "val_loss")  # {label: value}, as the page passes them
-    curve = compare.curves(histories, runs, "val_loss", group_by, 0.6)
-    plots.curves_figure(curve, compare.confidence_band(curve), "val_loss", baselines,
-                        raw_band=compare.confidence_band(curve, "value"))
-    summary = compare.summary_table(histories, runs, list(METRICS), "best", None, group_by)
-    per_run = summary.set_index("run_id")["val_loss"]
-    compare.group_summary(per_run, runs, group_by)
-    plots.metric_vs_param_figure(compare.metric_vs_param(per_run, runs, "training.truncation", "model.cell_type"),
-                                 "val_loss", "training.truncation", "model.cell_type", baselines)
-    differences = compare.diff_params(runs)
-    table, dims = compare.parallel_table(differences, summary, list(METRICS))
-    plots.parallel_coordinates_figure(table, dims, "val_loss")
+    """Everything the page draws (`rnnlib.viz.views.compare_view`, the page's own path), smoothed and with the
+    model's lines."""
+    settings = views.CompareSettings(metric="val_loss", group_by=tuple(compare.DEFAULT_GROUP_BY), band="ci95",
+                                     smoothing=0.6, x_param="training.truncation", line_param="model.cell_type")
+    views.compare_view(runs, histories, settings)
 
 
 def page_times(uri):

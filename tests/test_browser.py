@@ -125,3 +125,56 @@ def test_predictions_page_renders_the_answers_of_a_run_next_to_the_targets(brows
     assert page.get_by_text("Validation sequences").count() == 1
     page.wait_for_selector('[data-testid="stDataFrame"]', timeout=30_000)
     assert page.locator('[data-testid="stDataFrame"]').count() == 1
+
+
+def legend_texts(chart) -> list[str]:
+    return chart.locator(".legendtext").evaluate_all("nodes => nodes.map(node => node.textContent)")
+
+
+def open_offline(browser, path, name):
+    """`path` from file:// in a context with the network cut; returns the page and every request it made."""
+    context = browser.new_context(viewport={"width": 1300, "height": 1000}, offline=True)
+    page = context.new_page()
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(path.as_uri())
+    page.wait_for_function("document.querySelectorAll('.chart .main-svg').length >= 2", timeout=30_000)
+    page.wait_for_timeout(500)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    return page, requests
+
+
+def test_an_exported_compare_view_opens_offline_with_the_pages_legend_and_numbers(browser, server, tmp_path):
+    page = visit(browser, f"{server}/compare?experiment=smoke&group_by=model.label&band=std", "compare-export")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    page_legend = legend_texts(page.locator(".js-plotly-plot").first)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Export this view (HTML)").click()
+    assert download.value.suggested_filename == "compare-smoke.html"
+    path = tmp_path / "compare-smoke.html"
+    download.value.save_as(path)
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    report, requests = open_offline(browser, path, "report-compare")
+    assert [url for url in requests if not url.startswith("file:")] == []
+    assert report.locator(".chart").count() == page.locator(".js-plotly-plot").count() == 3
+    assert report.get_by_text("WebGL is not supported").count() == 0  # parallel coordinates drew too
+    assert legend_texts(report.locator(".chart").first) == page_legend
+    assert sorted(page_legend) == ["gru (n=4)", "lstm (n=4)", "rnn (n=4)"]
+    assert "± 1 standard deviation" in report.locator(".chart").first.inner_text()
+    summary = report.locator("table").first.inner_text()
+    assert "val_loss (best) mean" in summary and "gru" in summary
+    assert "compare?experiment=smoke" in report.locator("code").first.inner_text()
+
+
+def test_an_exported_gradient_flow_view_opens_offline(browser, server, tmp_path):
+    page = visit(browser, f"{server}/gradients?experiment=smoke", "gradients-export")
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Export this view (HTML)").click()
+    path = tmp_path / "gradients.html"
+    download.value.save_as(path)
+    report, requests = open_offline(browser, path, "report-gradients")
+    assert [url for url in requests if not url.startswith("file:")] == []
+    assert "Where the gradient vanishes" in report.inner_text("body")
+    assert report.locator(".chart .main-svg").count() >= 2

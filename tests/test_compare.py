@@ -57,7 +57,7 @@ def test_smoothing_is_a_debiased_ema_per_run_and_zero_weight_is_identity():
 def test_confidence_band_is_the_student_t_interval_over_seeds():
     runs = make_runs()
     curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type", "training.truncation"])
-    band = compare.confidence_band(curve, "value")
+    band = compare.band(curve, "ci95", "value")
     row = band[(band["group"] == "lstm · full") & (band["step"] == 1)].iloc[0]
     seeds = np.array([0.01, 0.011, 0.012])
     half = stats.t.ppf(0.975, 2) * seeds.std(ddof=1) / np.sqrt(3)
@@ -69,9 +69,9 @@ def test_confidence_band_is_the_student_t_interval_over_seeds():
 def test_grouping_by_fewer_params_pools_the_runs():
     runs = make_runs()
     curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type"])
-    band = compare.confidence_band(curve)
+    band = compare.band(curve)
     assert set(band["group"]) == {"rnn", "lstm"} and band["n"].max() == 6
-    assert set(compare.confidence_band(compare.curves(make_histories(runs), runs, "val_loss", []))["group"]) == {
+    assert set(compare.band(compare.curves(make_histories(runs), runs, "val_loss", []))["group"]) == {
         "all runs"}
 
 
@@ -165,12 +165,12 @@ def test_filters_keep_matching_runs():
 def test_curves_figure_has_a_band_mean_and_optional_seeds_per_group():
     runs = make_runs()
     curve = compare.curves(make_histories(runs), runs, "val_loss", ["model.cell_type"], smoothing=0.5)
-    band = compare.confidence_band(curve)
+    band = compare.band(curve)
     plain = plots.curves_figure(curve, band, "val_loss", baselines={"baseline": 1 / 6})
     names = [trace.name for trace in plain.data]
     assert "lstm (n=6)" in names and "rnn (n=6)" in names and "lstm 95% confidence band" in names
     detailed = plots.curves_figure(curve, band, "val_loss", show_runs=True, log_y=True,
-                                   raw_band=compare.confidence_band(curve, "value"))
+                                   raw_band=compare.band(curve, "ci95", "value"))
     assert len(detailed.data) == len(plain.data) + 4  # seeds and raw shadow for both groups
     assert detailed.layout.yaxis.type == "log"
     band_trace = next(t for t in detailed.data if t.name == "lstm 95% confidence band")
@@ -340,9 +340,11 @@ def test_a_diverged_run_reads_diverged_not_never():
     assert summary["trained"].item() == "diverged"
 
 
-def test_unset_params_group_as_none():
+def test_unset_params_group_as_none_and_a_bare_value_carries_its_param_name():
     runs = make_runs().assign(**{"params.training.clipnorm": ["", "1.0"] * 6})
-    assert set(compare.group_labels(runs, ["training.clipnorm"])) == {"none", "1.0"}
+    assert set(compare.group_labels(runs, ["training.clipnorm"])) == {"clipnorm=none", "clipnorm=1.0"}
+    assert set(compare.group_labels(runs, ["model.cell_type", "training.truncation"])) == {
+        "lstm · 5", "lstm · full", "rnn · 5", "rnn · full"}  # these name themselves
 
 
 def test_gates_figure_draws_few_inputs_as_lines_and_many_as_a_heatmap():

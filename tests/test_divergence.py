@@ -147,11 +147,11 @@ def test_curves_leave_a_gap_where_a_run_diverged_and_legends_count_it():
     curve = compare.curves(histories, runs, "val_loss", ["model.cell_type"], smoothing=0.5)
     diverged = curve[curve["run_id"] == "rnn1"].set_index("step")
     assert math.isnan(diverged.loc[3, "value"]) and math.isnan(diverged.loc[3, "smoothed"])  # a gap, not a 0
-    band = compare.confidence_band(curve).set_index(["group", "step"])
+    band = compare.band(curve).set_index(["group", "step"])
     assert band.loc[("rnn", 3), "n"] == 2 and band.loc[("rnn", 1), "n"] == 3
     expected = np.mean(curve[(curve["group"] == "rnn") & (curve["step"] == 4)]["smoothed"])
     assert band.loc[("rnn", 4), "mean"] == pytest.approx(expected)
-    figure = plots.curves_figure(curve, compare.confidence_band(curve), "val_loss", log_y=True)
+    figure = plots.curves_figure(curve, compare.band(curve), "val_loss", log_y=True)
     names = {trace.name for trace in figure.data}
     assert {"rnn (n=3, 1 diverged)", "lstm (n=3)"} <= names
     notice = compare.divergence_notice(runs, compare.diverged_at(runs, histories))
@@ -170,10 +170,10 @@ def test_metric_vs_param_leaves_diverged_runs_out_of_its_means_and_says_so():
 def test_a_log_axis_over_forty_decades_does_not_tick_every_decade():
     runs, histories = diverging_runs()
     curve = compare.curves(histories, runs, "val_loss", ["model.cell_type"])
-    wide = plots.curves_figure(curve, compare.confidence_band(curve), "val_loss", log_y=True, show_runs=True)
+    wide = plots.curves_figure(curve, compare.band(curve), "val_loss", log_y=True, show_runs=True)
     assert wide.layout.yaxis.dtick is None  # 1e-3 .. 1e40: plotly spaces the ticks
     narrow = curve[curve["run_id"] != "rnn1"]
-    assert plots.curves_figure(narrow, compare.confidence_band(narrow), "val_loss", log_y=True).layout.yaxis.dtick == 1
+    assert plots.curves_figure(narrow, compare.band(narrow), "val_loss", log_y=True).layout.yaxis.dtick == 1
 
 
 def test_the_vanishing_table_says_diverged_for_a_run_that_diverged():

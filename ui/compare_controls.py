@@ -7,11 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from rnnlib.analysis import compare
+from rnnlib.viz import views
 from ui.permalink import Permalink, shown
 
 PREFIX = "compare_"
 FILTER_PREFIX = "f."  # a filter on param p is the URL key `f.p`
-STATISTICS = {"best": "best", "last": "last", "at_step": "at epoch N"}
+STATISTICS = views.STATISTICS
 
 
 def open_link() -> Permalink:
@@ -83,6 +84,18 @@ def _selection(link: Permalink, runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["run_id"].isin(selected)] if selected else runs
 
 
+def selection(link: Permalink) -> dict[str, list[str]]:
+    """The run selection drawn by `run_picker` as permalink fields (`sweep`, `f.<param>`, `selected`)."""
+    state, chosen = st.session_state, {}
+    if state.get(link.key("sweep")):
+        chosen["sweep"] = [state[link.key("sweep")]]
+    for key in sorted(k for k in state if str(k).startswith(link.key(FILTER_PREFIX)) and state[k]):
+        chosen[key.removeprefix(link.prefix)] = [str(v) for v in state[key]]
+    if state.get(link.key("selected")):
+        chosen["selected"] = list(state[link.key("selected")])
+    return chosen
+
+
 def group_by_picker(link: Permalink, runs: pd.DataFrame) -> list[str]:
     """The params runs are grouped by; until picked, the ones that vary (`compare.default_group_by`)."""
     return link.choices("Group by", "group_by", compare.param_names(runs), compare.default_group_by(runs),
@@ -100,7 +113,7 @@ class CurveSettings:
 
 def curve_settings(link: Permalink, metrics: list[str], default_band: str) -> CurveSettings:
     """Metric, smoothing, band (`default_band` until picked: min–max at few runs per group), log y, seeds."""
-    left, middle, band_column, right, last = st.columns([2, 2, 2, 1, 1])
+    left, middle, band_column, right, last = st.columns([2, 2, 2, 1, 1.3])
     metric = link.choice("Metric", "metric", metrics, default="val_loss", widget=left.selectbox)
     smoothing = link.fraction("Smoothing", "smoothing", 0.0, 0.0, 0.99, widget=middle.slider, step=0.01,
                               help="Exponential moving average; the raw mean stays as a faint line.")
@@ -110,7 +123,8 @@ def curve_settings(link: Permalink, metrics: list[str], default_band: str) -> Cu
                        f"a few runs (t = 12.7 at 2), so below {compare.MIN_RUNS_FOR_CI} runs per group the "
                        "default is min–max.")
     log_y = link.flag("Log y", "log_y", widget=right.toggle)
-    show_runs = link.flag("Show seeds", "show_runs", widget=last.toggle, help="Draw every run under the group means.")
+    show_runs = link.flag("Show runs", "show_runs", widget=last.toggle, help="Draw every run (each seed) under the group "
+                          "means.")
     return CurveSettings(metric, smoothing, band, log_y, show_runs)
 
 
@@ -126,9 +140,9 @@ def statistic_picker(link: Permalink, max_step: int) -> tuple[str, int | None]:
 def hyperparameter_pickers(link: Permalink, params: list[str], varying: list[str]) -> tuple[str, str | None]:
     """x axis and line params; the x axis defaults to truncation if it varies, else the first varying param, and
     the lines to the model's label."""
-    candidates = [p for p in ["training.truncation", *varying] if p in varying and p != "seed"]
     left, right = st.columns(2)
-    x_param = link.choice("x axis", "x_param", params, default=(candidates or params)[0], widget=left.selectbox)
+    x_param = link.choice("x axis", "x_param", params, default=views.default_x_param(params, varying),
+                          widget=left.selectbox)
     line_param = link.choice("One line per", "line_param", ["", *params], default="model.label",
                              widget=right.selectbox, format_func=lambda p: p or "(none)")
     return x_param, line_param or None

@@ -169,14 +169,6 @@ def reconcile(uri: str) -> list[dict]:
     return ended
 
 
-def metric_keys(runs_frame: pd.DataFrame) -> list[str]:
-    """Metrics logged per epoch on these runs (from the latest-value columns), most useful first."""
-    keys = [c.removeprefix("metrics.") for c in runs_frame.columns if c.startswith("metrics.")]
-    keys = [k for k in keys if k not in ("baseline", "best_val_loss")]
-    first = [k for k in ("val_loss", "train_loss") if k in keys]
-    return first + sorted(k for k in keys if k not in first)
-
-
 def refresh() -> None:
     """Forget the cached listings of experiments and runs (a launch or an ended run changed them). Per-run data
     (weights, predictions, configs, gradient records, histories) keeps its cache until it expires by itself, so

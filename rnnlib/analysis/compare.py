@@ -25,6 +25,14 @@ def param_names(runs: pd.DataFrame) -> list[str]:
     return [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")]
 
 
+def metric_keys(runs: pd.DataFrame) -> list[str]:
+    """Metrics logged per epoch on these runs (from the latest-value columns), most useful first."""
+    keys = [c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")]
+    keys = [k for k in keys if k not in ("baseline", "best_val_loss")]
+    first = [k for k in ("val_loss", "train_loss") if k in keys]
+    return first + sorted(k for k in keys if k not in first)
+
+
 def summary_metrics(metrics: list[str], shown: str) -> list[str]:
     """The metrics worth a summary column: losses, validation metrics, the gradient norm, and the one shown."""
     keep = [m for m in metrics if m in ("train_loss", "grad_norm") or m.startswith("val_")]
@@ -106,18 +114,34 @@ def filter_runs(runs: pd.DataFrame, filters: dict[str, list[str]]) -> pd.DataFra
     return runs[keep]
 
 
-def group_labels(runs: pd.DataFrame, group_by: list[str]) -> pd.Series:
-    """One label per run, e.g. `lstm · 20` for group_by = [model.cell_type, training.truncation]."""
-    columns = [f"params.{name}" for name in group_by if f"params.{name}" in runs]
-    if not columns:
-        return pd.Series("all runs", index=runs.index)
-    def text(column):  # a param logged empty means "not set" (e.g. clipnorm: null)
-        return runs[column].fillna("–").astype(str).replace("", "none")
+# Params whose values name themselves in a label (`gru`, `ar`, `full`, `tbptt(8)`); any other param's value is
+# shown with its name (`clipnorm=1`, `length=100`), so that a legend entry `1` or `none` cannot be misread.
+SELF_NAMED_PARAMS = ("model.label", "model.cell_type", "model.kind", "training.truncation")
 
-    labels = text(columns[0])
-    for column in columns[1:]:
-        labels = labels + " · " + text(column)
+
+def group_labels(runs: pd.DataFrame, group_by: list[str]) -> pd.Series:
+    """One label per run, e.g. `lstm · 20` for group_by = [model.cell_type, training.truncation], or
+    `gru · clipnorm=1` for [model.label, training.clipnorm]."""
+    names = [name for name in group_by if f"params.{name}" in runs]
+    if not names:
+        return pd.Series("all runs", index=runs.index)
+
+    def text(name):  # a param logged empty means "not set" (e.g. clipnorm: null)
+        values = runs[f"params.{name}"].fillna("–").astype(str).replace("", "none")
+        return values if name in SELF_NAMED_PARAMS else name.rsplit(".", 1)[-1] + "=" + values
+
+    labels = text(names[0])
+    for name in names[1:]:
+        labels = labels + " · " + text(name)
     return labels
+
+
+def panel_of(runs: pd.DataFrame, group_by: list[str], panel_param: str) -> dict[str, tuple[str, str]]:
+    """For charts split into panels by one grouping param: each group label -> (its panel, the label of the
+    other params), e.g. `lstm · 5` -> (`lstm`, `5`) for panels by model.label."""
+    rest = [p for p in group_by if p != panel_param]
+    panels = group_labels(runs, [panel_param]) if panel_param in group_by else pd.Series("all runs", index=runs.index)
+    return dict(zip(group_labels(runs, group_by), zip(panels, group_labels(runs, rest))))
 
 
 def diverged_at(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.Series:
@@ -180,19 +204,6 @@ def group_runs(curve: pd.DataFrame) -> pd.DataFrame:
                                                  diverged=("diverged_at", "count")).reset_index()
 
 
-def confidence_band(curve: pd.DataFrame, column: str = "smoothed", level: float = 0.95) -> pd.DataFrame:
-    """Mean over the runs of each group at each step and its `level` confidence interval (Student t over seeds).
-
-    Returns `group`, `step`, `mean`, `lower`, `upper`, `n` (runs with a finite value at that step: a diverged
-    run leaves the mean at its divergence). With one run the band collapses to the curve.
-    """
-    table = _mean_and_ci(curve, ["group", "step"], column, level)
-    table = table[table["n"] > 0]
-    return table.assign(lower=table["mean"] - table["ci"], upper=table["mean"] + table["ci"])[
-        ["group", "step", "mean", "lower", "upper", "n"]
-    ]
-
-
 # How the spread of a group's runs is drawn around its mean curve (Compare's "Band"). Student-t intervals are
 # wide at a few seeds (t = 12.7 at n = 2), so `default_band` picks min–max below `MIN_RUNS_FOR_CI` runs.
 BANDS = {
@@ -211,24 +222,30 @@ def default_band(runs: pd.DataFrame, group_by: list[str]) -> str:
     return "ci95" if len(sizes) and sizes.min() >= MIN_RUNS_FOR_CI else "range"
 
 
+def spread(frame: pd.DataFrame, keys: list[str], column: str, kind: str = "ci95") -> pd.DataFrame:
+    """Per group of `keys`, over the finite values of `column`: `mean`, the band `kind` (`BANDS`) around it as
+    `lower` / `upper`, `n` and `diverged` (values that are NaN or inf). One value, or `none`, gives lower = upper
+    = mean. Groups with no finite value are kept, with NaN."""
+    lookup(BANDS, kind, "band")
+    table = _mean_and_ci(frame, keys, column, 0.95, sort=False)
+    if kind == "range":
+        finite = frame[column].where(np.isfinite(frame[column]))
+        extremes = finite.groupby([frame[key] for key in keys], sort=False).agg(["min", "max"]).reset_index()
+        table = table.merge(extremes, on=keys, how="left")
+        lower, upper = table.pop("min"), table.pop("max")
+    else:
+        half = {"ci95": table["ci"], "se": table["std"] / np.sqrt(table["n"].clip(lower=1)), "std": table["std"],
+                "none": 0.0 * table["std"]}[kind]
+        lower, upper = table["mean"] - half, table["mean"] + half
+    return table.assign(lower=lower, upper=upper)
+
+
 def band(curve: pd.DataFrame, kind: str = "ci95", column: str = "smoothed") -> pd.DataFrame:
     """The mean of each group at each step and the band `kind` (`BANDS`) around it: `group`, `step`, `mean`,
-    `lower`, `upper`, `n`, over the runs with a finite value there. `none` and a single run give lower = upper =
-    mean."""
-    lookup(BANDS, kind, "band")
-    if kind == "ci95":
-        return confidence_band(curve, column)
-    table = _mean_and_ci(curve, ["group", "step"], column, 0.95)
-    table = table[table["n"] > 0]
-    if kind == "range":
-        finite = curve[column].where(np.isfinite(curve[column]))
-        extremes = finite.groupby([curve["group"], curve["step"]]).agg(["min", "max"]).reset_index()
-        table = table.merge(extremes, on=["group", "step"], how="left")
-        lower, upper = table["min"], table["max"]
-    else:
-        half = {"se": table["std"] / np.sqrt(table["n"]), "std": table["std"], "none": 0.0 * table["std"]}[kind]
-        lower, upper = table["mean"] - half, table["mean"] + half
-    return table.assign(lower=lower, upper=upper)[["group", "step", "mean", "lower", "upper", "n"]]
+    `lower`, `upper`, `n`, over the runs with a finite value there (`spread`)."""
+    table = spread(curve, ["group", "step"], column, kind)
+    table = table[table["n"] > 0].sort_values(["group", "step"], ignore_index=True)
+    return table[["group", "step", "mean", "lower", "upper", "n"]]
 
 
 def summarize(histories: pd.DataFrame, runs: pd.DataFrame, metric: str, statistic: str = "best",
@@ -265,8 +282,9 @@ def group_summary(per_run: pd.Series, runs: pd.DataFrame, group_by: list[str], l
 
 
 def metric_vs_param(per_run: pd.Series, runs: pd.DataFrame, x_param: str, line_param: str | None,
-                    level: float = 0.95) -> pd.DataFrame:
-    """Per-run statistic against a hyperparameter: one row per (line, x) with mean, ci, n.
+                    band_kind: str = "ci95") -> pd.DataFrame:
+    """Per-run statistic against a hyperparameter: one row per (line, x) with `mean`, the band `band_kind`
+    (`BANDS`, as on the curves) as `lower` / `upper`, `n` and `diverged`.
 
     x values are ordered numerically when they are numbers, with non-numeric ones (e.g. `full` truncation)
     after them; `x_order` holds that order.
@@ -277,7 +295,7 @@ def metric_vs_param(per_run: pd.Series, runs: pd.DataFrame, x_param: str, line_p
                  if line_param else np.full(len(runs), "all runs")),
         "value": per_run.reindex(runs["run_id"]).to_numpy(),
     })
-    table = _mean_and_ci(frame, ["line", "x"], "value", level, sort=False)
+    table = spread(frame, ["line", "x"], "value", band_kind)
     order = {x: i for i, x in enumerate(sorted(table["x"].unique(), key=natural_key))}
     table["x_order"] = table["x"].map(order)
     return table.sort_values(["line", "x_order"], ignore_index=True)
@@ -385,10 +403,10 @@ def at_epoch(curves: pd.DataFrame, epoch: float | None) -> pd.DataFrame:
     return curves.merge(chosen[["run_id", "probe"]], on=["run_id", "probe"])
 
 
-def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Geometric mean over a group's runs of the norm at each lag, with its `level` confidence band.
+def lag_band(curves: pd.DataFrame, kind: str = "ci95") -> pd.DataFrame:
+    """Geometric mean over a group's runs of the norm at each lag, with the band `kind` (`BANDS`) around it.
 
-    Norms span many decades, so the mean and Student-t interval are taken of log10. Steps before the truncation's
+    Norms span many decades, so the mean and the band are taken of log10. Steps before the truncation's
     reach get no gradient at all and are left out, so a truncated group's curve ends where its gradient does;
     a norm that underflowed float32 elsewhere counts as `FLOAT32_FLOOR`, not as missing (dropping it would lift
     the mean to the runs that had not underflowed yet); a norm that is NaN or inf (a diverged network) is left
@@ -396,11 +414,10 @@ def lag_band(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """
     reached = curves[curves["t"] >= curves["reach"]]
     positive = reached.assign(log=lambda f: np.log10(f["value"].clip(lower=FLOAT32_FLOOR)))
-    table = _mean_and_ci(positive, ["group", "lag"], "log", level)
+    table = spread(positive, ["group", "lag"], "log", kind).sort_values(["group", "lag"], ignore_index=True)
     return pd.DataFrame({
         "group": table["group"], "lag": table["lag"], "mean": 10 ** table["mean"],
-        "lower": 10 ** (table["mean"] - table["ci"]), "upper": 10 ** (table["mean"] + table["ci"]), "n": table["n"],
-        "diverged": table["diverged"],
+        "lower": 10 ** table["lower"], "upper": 10 ** table["upper"], "n": table["n"], "diverged": table["diverged"],
     })
 
 

@@ -1,6 +1,7 @@
 """Command line: `rnnlab run experiments/NAME.yaml [--set key=value ...] [--tracking-uri URI]` (or `python -m rnnlib`).
 
-`rnnlab validate FILE` checks a YAML, `rnnlab lab` starts the dashboard, `rnnlab export` / `import` move runs.
+`rnnlab validate FILE` checks a YAML, `rnnlab lab` starts the dashboard, `rnnlab export` / `import` move runs,
+`rnnlab report` writes a page's view as one HTML file that opens offline.
 
 Exit codes: 0 all runs finished, 1 some runs failed, 2 invalid config or arguments, 3 tracking store
 unusable, 130 interrupted (the open run ends KILLED).
@@ -36,6 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the new folder to write the bundle into")
     export.add_argument("--with-models", action="store_true", help="also copy model/model.keras (Keras files)")
     export.add_argument("--tracking-uri", default=None)
+    report = commands.add_parser(
+        "report", help="write a view of an experiment as one self-contained HTML file that opens offline")
+    report.add_argument("--experiment", required=True, metavar="NAME")
+    report.add_argument("--view", choices=["compare", "gradients"], default="compare",
+                        help="the page whose view to write (default: compare)")
+    report.add_argument("--link", default="", metavar="URL",
+                        help="a dashboard link (or its query: 'metric=val_loss&group_by=model.label&band=se'): "
+                             "the view it shows; what it leaves out takes the page's defaults")
+    report.add_argument("--metric", help="Compare's metric (default: val_loss)")
+    report.add_argument("--group-by", action="append", metavar="PARAM",
+                        help="group runs by this param; repeat for several (default: the params that vary)")
+    report.add_argument("--band", help="ci95, se, std, range or none (default: range below 5 runs per group)")
+    report.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    report.add_argument("--tracking-uri", default=None)
     load = commands.add_parser("import", help="load a bundle folder's runs into a store")
     load.add_argument("bundle", help="a folder written by `export`")
     load.add_argument("--tracking-uri", default=None)
@@ -167,6 +182,57 @@ def _export(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    """`rnnlab report`: the view from the store, through the same functions the page draws with."""
+    from pathlib import Path
+    from urllib.parse import parse_qs, urlsplit
+
+    from rnnlib import tracking
+    from rnnlib.viz import report, views
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_store(uri)
+    link = args.link if "?" in args.link or "=" not in args.link.split("/")[-1] else "?" + args.link
+    query = {k: v for k, v in parse_qs(urlsplit(link).query, keep_blank_values=True).items()}
+    for field, value in (("metric", args.metric), ("band", args.band), ("group_by", args.group_by)):
+        if value:
+            query[field] = value if isinstance(value, list) else [value]
+    all_runs = tracking.runs_frame(uri, args.experiment)
+    try:
+        if all_runs.empty:
+            names = ", ".join(tracking.list_experiments(uri)["name"]) or "none"
+            raise ValueError(f"No runs in experiment {args.experiment!r} at {uri}; experiments there: {names}.")
+        runs = views.select_runs(all_runs, query)
+        if runs.empty:
+            raise ValueError("No run matches the link's filters.")
+        if args.view == "compare":
+            settings = views.compare_settings_from(query, runs)
+            histories = tracking.metric_histories(uri, runs["run_id"].tolist(), views.history_keys(runs, settings))
+            selection = {k: v for k, v in query.items() if k in ("sweep", "selected") or k.startswith("f.")}
+            text = report.compare_report(args.experiment, runs, histories, settings, selection, tracking.git_commit())
+        else:
+            flows = {run_id: tracking.load_gradient_flow(uri, run_id) for run_id in runs["run_id"]}
+            runs = runs[runs["run_id"].map(lambda run_id: flows[run_id] is not None)]
+            if runs.empty:
+                raise ValueError("No run of this experiment has a gradient-flow record: recurrent runs log one unless "
+                                 "training.probe_every is 0; AR(τ) models have no state to probe.")
+            flow_settings = views.gradient_settings_from(query, runs, flows)
+            histories = tracking.metric_histories(uri, runs["run_id"].tolist(), list(views.GRADIENT_HISTORIES))
+            text = report.gradient_report(args.experiment, runs, flows, histories, flow_settings,
+                                          tracking.git_commit())
+    except ValueError as error:  # a view these runs cannot show: say which value, write nothing
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(out)  # never a half-written report under the final name
+    print(f"Wrote {out} ({len(text) / 1e6:.1f} MB, {len(runs)} runs): open it in any browser, offline.",
+          file=sys.stderr)
+    return 0
+
+
 def _import(args) -> int:
     from rnnlib import tracking
     from rnnlib.tracking import bundles
@@ -179,7 +245,7 @@ def _import(args) -> int:
     return 0
 
 
-BUNDLE_COMMANDS = {"export": _export, "import": _import}
+BUNDLE_COMMANDS = {"export": _export, "import": _import, "report": _report}
 
 
 class _GracefulStop(Callback):

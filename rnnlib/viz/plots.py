@@ -1,6 +1,7 @@
 """Figures as pure functions: DataFrames in, `plotly.graph_objects.Figure` out. No Streamlit here."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,41 @@ def _run_lines(runs: pd.DataFrame, x: str, y: str, group: str, color: str) -> go
 MAX_DECADE_TICKS = 12
 
 
+def plain(text: Any) -> Any:
+    """`text` as plotly shows it literally: plotly reads `<a href>`, `<b>`, `<br>` ... in names, categories and
+    text as markup (a run named `<a href=...>` would be a link in every visitor's chart), entities it turns back
+    into the characters. Non-text values pass through."""
+    if not isinstance(text, str):
+        return text
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def plain_labels(fig: go.Figure) -> go.Figure:
+    """Every label that comes from the data (trace names, category values, texts, parallel-coordinate labels and
+    ticks) made `plain`; the figure's own titles and templates keep their markup."""
+    for trace in fig.data:
+        for field in ("name", "x", "y", "text", "labels"):
+            value = getattr(trace, field, None) if field in trace else None
+            if isinstance(value, str):
+                trace[field] = plain(value)
+            elif isinstance(value, np.ndarray) and value.dtype.kind not in "OUS":
+                continue  # numbers
+            elif value is not None and len(value) and any(isinstance(v, str) for v in value):
+                trace[field] = [plain(v) for v in value]
+        for dimension in getattr(trace, "dimensions", None) or ():
+            dimension.label = plain(dimension.label)
+            if dimension.ticktext is not None:
+                dimension.ticktext = [plain(v) for v in dimension.ticktext]
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        if axis.categoryarray is not None:
+            axis.categoryarray = [plain(v) for v in axis.categoryarray]
+        if axis.ticktext is not None:
+            axis.ticktext = [plain(v) for v in axis.ticktext]
+    return fig
+
+
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    plain_labels(fig)
     fig.update_layout(  # no template: Streamlit themes the chart, and building one costs ~0.2 s per figure
         title=title, hovermode="x unified", height=460,
         legend={"orientation": "v", "yanchor": "top", "y": 1, "xanchor": "left", "x": 1.01},
@@ -134,9 +169,10 @@ def _baseline_lines(fig: go.Figure, baselines: dict[str, float] | None) -> None:
 
 
 def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_param: str | None,
-                           baselines: dict[str, float] | None = None, log_y: bool = False) -> go.Figure:
+                           baselines: dict[str, float] | None = None, log_y: bool = False,
+                           band_name: str | None = None) -> go.Figure:
     """A per-run statistic against a hyperparameter (`rnnlib.analysis.compare.metric_vs_param`): one line per value
-    of `line_param`, error bars = 95% confidence interval over seeds."""
+    of `line_param`, error bars = the table's band (`lower` .. `upper`, the band chosen for the curves)."""
     fig = go.Figure()
     colors = group_colors(table["line"])
     for line in colors:
@@ -144,14 +180,16 @@ def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_
         fig.add_trace(go.Scatter(
             x=rows["x"], y=rows["mean"], mode="lines+markers", name=f"{line_param or ''}={line}" if line_param
             else line, line={"color": colors[line], "width": 2.5}, marker={"size": 9},
-            error_y={"type": "data", "array": rows["ci"], "visible": True, "thickness": 1.5},
+            error_y={"type": "data", "array": rows["upper"] - rows["mean"], "arrayminus": rows["mean"] - rows["lower"],
+                     "symmetric": False, "visible": True, "thickness": 1.5},
             customdata=np.stack([rows["n"], rows["diverged"]], axis=-1),
             hovertemplate="%{x}: %{y:.4g} (n=%{customdata[0]}, %{customdata[1]} diverged)<extra></extra>",
         ))
     order = table.sort_values("x_order")["x"].drop_duplicates().tolist()
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
     _baseline_lines(fig, baselines)
-    return _layout(fig, f"{metric} vs {x_param}", x_param, metric, log_y)
+    title = f"{metric} vs {x_param}" + (f" (bars: {band_name})" if band_name else "")
+    return _layout(fig, title, x_param, metric, log_y)
 
 
 def parallel_coordinates_figure(table: pd.DataFrame, dimensions: list[str], color_by: str) -> go.Figure:
@@ -178,37 +216,67 @@ def parallel_coordinates_figure(table: pd.DataFrame, dimensions: list[str], colo
 
 
 def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFrame | None = None,
-                        reference_name: str = "at initialisation", seeds: pd.DataFrame | None = None) -> go.Figure:
+                        reference_name: str = "at initialisation", seeds: pd.DataFrame | None = None,
+                        band_name: str = "95% confidence band (Student t)",
+                        panels: dict[str, tuple[str, str]] | None = None) -> go.Figure:
     """Gradient norm vs lag T - t on a log axis, one curve per group (`rnnlib.analysis.compare.lag_band`).
 
     Args:
         reference: the same groups at another moment (e.g. initialisation), drawn dashed.
         seeds: per-run curves (`rnnlib.analysis.compare.flow_curves` rows of one probe), thin lines under the means.
+        band_name: what the band around each curve is (`rnnlib.analysis.compare.BANDS`).
+        panels: group -> (panel, label within the panel) (`rnnlib.analysis.compare.panel_of`): one panel per
+            value side by side, sharing the y axis, a color per label within the panels.
     """
-    fig = go.Figure()
-    colors = group_colors(band["group"])
-    for group in colors:
+    from plotly.subplots import make_subplots
+
+    groups = sorted(set(band["group"]), key=group_sort_key)
+    place = panels or {}
+    panel_names = sorted({place.get(g, ("", g))[0] for g in groups}, key=group_sort_key)
+    labels = {g: place.get(g, ("", g))[1] for g in groups}
+    colors = group_colors(labels.values())
+    band = band if "diverged" in band else band.assign(diverged=0)
+    runs_in = {g: int((band[band["group"] == g]["n"] + band[band["group"] == g]["diverged"]).max()) for g in groups}
+    if panels:
+        titles = []
+        for name in panel_names:
+            counts = sorted({runs_in[g] for g in groups if place[g][0] == name})
+            titles.append(plain(f"{name} (n={counts[0]})" if len(counts) == 1 else f"{name} (n={counts[0]}–{counts[-1]})"))
+        fig = make_subplots(rows=1, cols=len(panel_names), shared_yaxes=True, horizontal_spacing=0.03,
+                            subplot_titles=titles)
+    else:
+        fig = go.Figure()
+    legend_shown = set()
+    for group in groups:
         rows = band[band["group"] == group]
-        diverged = rows["diverged"] if "diverged" in rows else pd.Series(0, index=rows.index)
-        color = colors[group]
+        diverged = rows["diverged"]
+        label, color = labels[group], colors[labels[group]]
+        where = {"row": 1, "col": panel_names.index(place[group][0]) + 1} if panels else {}
         fig.add_trace(go.Scatter(
             x=np.concatenate([rows["lag"], rows["lag"][::-1]]), y=np.concatenate([rows["upper"], rows["lower"][::-1]]),
             fill="toself", mode="lines", fillcolor=rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
-            legendgroup=group, showlegend=False, name=f"{group} 95% CI",
-        ))
+            legendgroup=label, showlegend=False, name=f"{group} {band_name}",
+        ), **where)
         if seeds is not None:
             runs = seeds[(seeds["group"] == group) & (seeds["value"] > 0)]
-            fig.add_trace(_run_lines(runs, "lag", "value", group, rgba(color, 0.4)))
+            fig.add_trace(_run_lines(runs, "lag", "value", label, rgba(color, 0.4)), **where)
         if reference is not None:
             before = reference[reference["group"] == group]
-            fig.add_trace(go.Scatter(x=before["lag"], y=before["mean"], mode="lines", legendgroup=group,
+            fig.add_trace(go.Scatter(x=before["lag"], y=before["mean"], mode="lines", legendgroup=label,
                                      line={"color": color, "width": 1.5, "dash": "dash"},
-                                     name=f"{group} {reference_name}"))
+                                     name=f"{label} {reference_name}", showlegend=label not in legend_shown),
+                          **where)
+        name = label if panels else legend_name(group, runs_in[group], int(diverged.max()))
         fig.add_trace(go.Scatter(x=rows["lag"], y=rows["mean"], mode="lines", line={"color": color, "width": 2.5},
-                                 legendgroup=group, name=legend_name(group, int((rows["n"] + diverged).max()),
-                                                                     int(diverged.max()))))
-    fig = _layout(fig, f"{quantity} vs lag T − t (geometric mean over runs, 95% band)", "lag T − t (steps back)",
-                  quantity, log_y=True)
+                                 legendgroup=label, name=name, showlegend=label not in legend_shown,
+                                 hovertemplate=f"{plain(group)}<br>lag %{{x}}: %{{y:.3g}}<extra></extra>"), **where)
+        legend_shown.add(label)
+    title = f"{quantity} vs lag T − t (geometric mean over runs; band: {band_name})"
+    fig = _layout(fig, title, "lag T − t (steps back)", quantity, log_y=True)
+    if panels:
+        fig.update_yaxes(title=None, col=2)
+        for col in range(3, len(panel_names) + 1):
+            fig.update_yaxes(title=None, col=col)
     # Fit the axis to the means, not the bands: with few seeds a Student-t band in log space can span dozens of
     # decades and would flatten every curve.
     means = pd.concat([band["mean"], reference["mean"] if reference is not None else pd.Series(dtype=float)])

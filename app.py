@@ -5,25 +5,25 @@ a fresh server, skipping this file, its navigation and its sidebar.)"""
 
 import streamlit as st
 
-from ui import data, mode, sidebar
+from ui import data, mode, scope, sidebar
 
 st.set_page_config(page_title="RNN Lab", page_icon=":material/replay:", layout="wide")
 page = st.navigation({
     "Lab": [
-        st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("app_pages/train.py", title="Reproduce" if mode.read_only() else "Train",
+        st.Page(scope.page("home"), title="Home", icon=":material/home:", default=True),
+        st.Page(scope.page("train"), title="Reproduce" if mode.read_only() else "Train",
                 icon=":material/model_training:"),
-        st.Page("app_pages/compare.py", title="Compare", icon=":material/monitoring:"),
-        st.Page("app_pages/predictions.py", title="Predictions", icon=":material/query_stats:"),
+        st.Page(scope.page("compare"), title="Compare", icon=":material/monitoring:"),
+        st.Page(scope.page("predictions"), title="Predictions", icon=":material/query_stats:"),
     ],
     "Inside the network": [
-        st.Page("app_pages/gradients.py", title="Gradient flow", icon=":material/trending_down:"),
-        st.Page("app_pages/gates.py", title="Gates and states", icon=":material/grid_on:"),
+        st.Page(scope.page("gradients"), title="Gradient flow", icon=":material/trending_down:"),
+        st.Page(scope.page("gates"), title="Gates and states", icon=":material/grid_on:"),
     ],
     "How RNNs learn": [
-        st.Page("app_pages/unrolled.py", title="Unrolled BPTT", icon=":material/account_tree:"),
-        st.Page("app_pages/products.py", title="Vanishing & exploding", icon=":material/functions:"),
-        st.Page("app_pages/forms.py", title="Sequence forms", icon=":material/swap_horiz:"),
+        st.Page(scope.page("unrolled"), title="Unrolled BPTT", icon=":material/account_tree:"),
+        st.Page(scope.page("products"), title="Vanishing & exploding", icon=":material/functions:"),
+        st.Page(scope.page("forms"), title="Sequence forms", icon=":material/swap_horiz:"),
     ],
 })
 sidebar.render(data.tracking_uri())

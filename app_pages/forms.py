@@ -3,12 +3,13 @@ from streamlit.errors import StreamlitPageNotFoundError
 
 from rnnlib.analysis import lessons
 from rnnlib.viz import diagrams
+from ui import scope
 
 
 def train_link(task_name: str) -> None:
     label = f"Train on **{task_name}**"
     try:
-        st.page_link("app_pages/train.py", label=label, icon=":material/model_training:")
+        st.page_link(scope.page("train"), label=label, icon=":material/model_training:")
     except StreamlitPageNotFoundError:  # this page run on its own, without the app's navigation (AppTest)
         st.markdown(f":material/model_training: [{label}](train)")
 

@@ -19,13 +19,12 @@ st.caption("A trained network's own weights, run on one input sequence with the 
 uri = data.tracking_uri()
 link = Permalink("gates_")
 
-names = scope.experiment_names(uri, "No runs yet. Train something first.")
 left, right = st.columns([1, 2])
-experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
-runs = scope.with_param(scope.finished_runs(data.runs(uri, experiment)), "model.kind", "recurrent")
-if runs.empty:
-    link.stop("No finished run of a recurrent cell in this experiment: a run logs its weights when it ends (AR(τ) "
-              "baselines have no gates or state to show).", icon=":material/info:")
+experiment, runs = scope.experiment_runs(
+    link, uri, "No runs yet. Train something first.",
+    lambda frame: scope.with_param(scope.finished_runs(frame), "model.kind", "recurrent"),
+    "No finished run of a recurrent cell in this experiment: a run logs its weights when it ends (AR(τ) "
+    "baselines have no gates or state to show).", widget=left.selectbox)
 run_id = link.choice("Run", "run", runs["run_id"].tolist(), widget=right.selectbox, format_func=scope.run_label(runs))
 run_config = data.run_config(uri, run_id, scope.run_label(runs))
 weights = data.weights(uri, run_id, scope.run_label(runs)) if run_config else None

@@ -4,7 +4,7 @@ import streamlit as st
 
 from rnnlib.core import config, paths
 from rnnlib.run import jobs
-from ui import data, jobs_panel, mode, safe
+from ui import data, jobs_panel, mode, safe, scope
 
 st.title("RNN Lab")
 st.markdown(
@@ -19,8 +19,8 @@ experiments = data.experiments(uri)
 left, right = st.columns(2)
 train_label = "**Reproduce** a run: its exact YAML and command" if mode.read_only() else \
     "**Train**: launch an experiment or sweep"
-left.page_link("app_pages/train.py", label=train_label, icon=":material/model_training:")
-right.page_link("app_pages/compare.py", label="**Compare**: curves, summaries, metric vs hyperparameter",
+left.page_link(scope.page("train"), label=train_label, icon=":material/model_training:")
+right.page_link(scope.page("compare"), label="**Compare**: curves, summaries, metric vs hyperparameter",
                 icon=":material/monitoring:")
 
 if experiments.empty and mode.read_only():

@@ -11,12 +11,10 @@ st.caption("What trained models answer on held-out data, next to the truth: fore
 uri = data.tracking_uri()
 link = Permalink("predictions_")
 
-names = scope.experiment_names(uri, "No runs yet. Train something first: every run logs its predictions.")
 left, right = st.columns([1, 2])
-experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
-runs = scope.finished_runs(data.runs(uri, experiment))
-if runs.empty:
-    link.stop("No finished run in this experiment: a run logs its predictions when it ends.", icon=":material/info:")
+experiment, runs = scope.experiment_runs(
+    link, uri, "No runs yet. Train something first: every run logs its predictions.", scope.finished_runs,
+    "No finished run in this experiment: a run logs its predictions when it ends.", widget=left.selectbox)
 labels = scope.run_label(runs)
 run_ids = link.choices("Runs", "runs", runs["run_id"].tolist(), default=scope.best_runs(runs, 1),
                        widget=right.multiselect, format_func=labels, placeholder="pick one or more runs")

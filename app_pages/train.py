@@ -4,7 +4,7 @@ import streamlit as st
 
 from rnnlib.core import config
 from rnnlib.run import jobs
-from ui import data, jobs_panel, mode, scope, train_form
+from ui import data, jobs_panel, mode, safe, scope, train_form
 from ui.permalink import Permalink
 
 uri = data.tracking_uri()
@@ -13,12 +13,9 @@ if mode.read_only():
     st.caption("This lab is read-only: it trains nothing. Every run logged its resolved config; with it and "
                "the `rnnlab` command from this project's repository, the same run trains on your machine.")
     link = Permalink("reproduce_")
-    names = scope.experiment_names(uri, "No runs yet in this store.")
     left, right = st.columns([1, 2])
-    experiment = link.choice("Experiment", "experiment", names, widget=left.selectbox)
-    runs = scope.training_runs(data.runs(uri, experiment))
-    if runs.empty:
-        link.stop("This experiment has no training runs.")
+    experiment, runs = scope.experiment_runs(link, uri, "No runs yet in this store.", scope.training_runs,
+                                             "This experiment has no training runs.", widget=left.selectbox)
     run_id = link.choice("Run", "run", runs["run_id"].tolist(), widget=right.selectbox,
                          format_func=scope.run_label(runs))
     run_config = data.run_config(uri, run_id, scope.run_label(runs))
@@ -54,8 +51,9 @@ if submitted is not None:
     else:
         job = jobs.launch(experiment, uri)
         data.refresh()
-        st.success(f"Started **{experiment.name}**: {job.num_runs} run(s). Progress below; results on the "
-                   "Compare page as epochs come in.", icon=":material/rocket_launch:")
+        st.success(f"Started **{safe.text(experiment.name)}**: {safe.text(config.describe_grid(experiment))}, "
+                   f"{job.num_epochs:,} epochs in all. Progress below, with the time left from the first epoch on; "
+                   "results on the Compare page as epochs come in.", icon=":material/rocket_launch:")
 
 st.subheader("Jobs")
 jobs_panel.show(uri)

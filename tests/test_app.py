@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import streamlit as st
 import yaml
@@ -176,7 +177,7 @@ def test_train_page_job_shows_progress_and_cancel_ends_its_run_killed(tmp_path, 
     area.set_value(area.value.replace("epochs: 2", "epochs: 500") + "\n")
     next(b for b in at.button if b.proto.form_id == "train_yaml").click()
     at.run()
-    assert "Started **smoke**: 6 run(s)" in at.success[0].value
+    assert "Started **smoke**: 6 runs: 3 model.cell\\_type × 2 training.truncation" in at.success[0].value
     (job,) = jobs.list_jobs(uri)
     client = MlflowClient(uri)
     deadline = time.time() + 120
@@ -597,3 +598,34 @@ def test_hostile_query_parameters_give_notices_never_tracebacks(fixture_store, m
     at = open_page(fixture_store, monkeypatch, f"app_pages/{page}.py", query=query)  # asserts no exception
     shown = " ".join(e.value for e in [*at.markdown, *at.warning, *at.info, *at.error])
     assert "<script>" not in shown and "Traceback" not in shown
+
+
+def test_a_wide_csv_previews_a_sample_and_is_parsed_once_per_choice(fixture_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "data"))
+    from rnnlib.tasks import sources
+
+    calls = []
+    parse = sources.parse_csv
+    monkeypatch.setattr(sources, "parse_csv", lambda *args: calls.append(args[1:]) or parse(*args))
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    rng = np.random.default_rng(0)
+    wide = pd.DataFrame(rng.normal(size=(3_000, 600)), columns=[f"c{i}" for i in range(600)])
+    key = upload(at, "wide.csv", wide.to_csv(index=False).encode())[:16]
+    assert any("3,000 steps × 600 columns" in m.value for m in at.markdown)
+    assert any("shows 12 of 600 columns, one step in 2" in c.value for c in at.caption)
+    preview = figure(at, 0)
+    y = preview["data"][0]["y"]
+    points = len(base64.b64decode(y["bdata"])) // np.dtype(y["dtype"]).itemsize if isinstance(y, dict) else len(y)
+    assert len(preview["data"]) == 12 and points == 1_500
+    at.number_input(key=f"train_csv_window_{key}").set_value(8).run()  # reruns read the parsed file
+    at.multiselect(key=f"train_csv_targets_{key}").set_value(["c3"]).run()
+    assert calls == [(None, ",")]
+
+
+def test_the_server_refuses_uploads_over_the_csv_limit_not_only_the_widget():
+    import tomllib
+
+    from rnnlib.tasks import sources
+
+    settings = tomllib.loads((PROJECT_DIR / ".streamlit" / "config.toml").read_text())
+    assert settings["server"]["maxUploadSize"] * 2**20 == sources.MAX_CSV_BYTES

@@ -271,3 +271,13 @@ def test_a_logged_config_of_an_unknown_task_says_so():
 def test_truncation_messages_name_random_length_tbptt_for_what_it_is():
     (problem,) = problems(MINIMAL + "training: {truncation: sometimes}\n").splitlines()
     assert "{mode: random_length, mean: ..} (random-length TBPTT)" in problem
+
+
+def test_a_launch_says_how_many_runs_it_makes_and_why():
+    stocks = cfg.load_config(EXPERIMENTS_DIR / "stocks.yaml")
+    assert cfg.describe_grid(stocks) == ("16 runs: 2 model.kind × 3 model.cell_type × 2 task.transform × 2 seed "
+                                            "(AR points once)")
+    assert len(cfg.expand_grid(stocks)) == 16
+    smoke = cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml")
+    assert cfg.describe_grid(smoke) == "6 runs: 3 model.cell_type × 2 training.truncation"
+    assert cfg.describe_grid(cfg.validate({**smoke.model_dump(mode="json"), "grid": {}})) == "1 run"

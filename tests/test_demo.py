@@ -1,8 +1,10 @@
 """The hosted demo: the committed bundle `demo/bundle` (made by scripts/make-demo-bundle.sh from the project's own
 YAMLs) loads into a fresh store and every page shows it read-only, with its comparisons readable."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,6 +80,48 @@ def test_the_demo_comparisons_read_well_at_first_open(demo_uri, monkeypatch):
     assert len(runs[runs["kind"] != "sweep"]) == 12
 
 
+def file_hashes(*folders) -> dict[str, str]:
+    """sha256 of every file under `folders` (the demo's own log left out)."""
+    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for folder in folders
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != "demo.log"}
+
+
+DEMO_PAGES = ["", "train", "compare", "predictions", "gradients", "gates", "unrolled", "products", "forms"]
+
+
+def click_through_every_page(url: str) -> int:
+    """A stranger in a real browser: every page of every demo experiment, every toggle, radio and button tried
+    (downloads and reports included); returns how many controls were clicked. Fails on any exception shown."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        if os.environ.get("RNNLAB_REQUIRE_BROWSER"):
+            pytest.fail("chromium not found: apt-get install chromium")
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    clicked = 0
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
+        for path in DEMO_PAGES:
+            for experiment in (EXPERIMENTS if path in ("compare", "gradients", "predictions", "gates") else [""]):
+                page.goto(f"{url}/{path}" + (f"?experiment={experiment}" if experiment else ""))
+                page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=90_000)
+                controls = page.locator('[data-testid="stCheckbox"] label, [data-testid="stRadio"] label, '
+                                        'button[kind="secondary"], button[kind="primary"]')
+                for index in range(min(controls.count(), 12)):
+                    control = controls.nth(index)
+                    if not control.is_visible() or not control.is_enabled():
+                        continue
+                    control.click(timeout=10_000)
+                    clicked += 1
+                    page.wait_for_timeout(300)
+                    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=90_000)
+                assert page.locator('[data-testid="stException"]').count() == 0, f"{path} {experiment}"
+        browser.close()
+    return clicked
+
+
 def test_the_demo_script_serves_the_bundle_read_only(tmp_path):
     """`bash scripts/demo.sh` as a host runs it: the bundle in a fresh store, the dashboard answering read-only."""
     with socket.socket() as sock:
@@ -103,7 +147,36 @@ def test_the_demo_script_serves_the_bundle_read_only(tmp_path):
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         assert set(tracking.list_experiments(uri)["name"]) == set(EXPERIMENTS)  # the bundle, imported
         assert "--read-only" in (PROJECT_DIR / "scripts" / "demo.sh").read_text()
-        assert not (tmp_path / "jobs").exists()  # read-only: no demo sweep was started
+        before = file_hashes(tmp_path, PROJECT_DIR / "demo" / "bundle")
+        clicked = click_through_every_page(f"http://127.0.0.1:{port}")
+        assert clicked >= 20  # toggles, buttons and radios, on every page
+        assert file_hashes(tmp_path, PROJECT_DIR / "demo" / "bundle") == before  # not one byte written
+        assert not (tmp_path / "jobs").exists()  # read-only: no demo sweep, no job was started
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_the_community_cloud_entrypoint_serves_the_bundle_read_only_from_its_own_folder(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from rnnlib.run import hosted
+
+    monkeypatch.setenv("RNNLAB_READ_ONLY", "0")  # the entrypoint switches it on; the test puts it back
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", hosted.demo_store(folder=tmp_path / "store"))
+    at = AppTest.from_file(str(PROJECT_DIR / "hosted" / "streamlit_app.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    listed = " ".join(m.value for m in at.markdown)
+    assert all(f"compare?experiment={name})" in listed for name in EXPERIMENTS)  # Home lists the bundle's
+    at.switch_page(str(PROJECT_DIR / "app_pages" / "train.py")).run()
+    assert not at.exception and at.title[0].value == "Reproduce a run"  # read-only, whatever the environment said
+    assert hosted.demo_store(folder=tmp_path / "store") == os.environ["MLFLOW_TRACKING_URI"]  # imported once
+    assert (tmp_path / "store" / "imported").exists()
+
+
+def test_the_cloud_requirements_are_the_dashboards_without_the_project():
+    def packages(name):
+        return [line for line in (PROJECT_DIR / name).read_text().splitlines() if line and not line.startswith("#")]
+
+    assert packages("hosted/requirements.txt") == [p for p in packages("requirements-dashboard.txt")
+                                                   if not p.startswith("-e ")]

@@ -1,8 +1,19 @@
 """Which experiment and runs a page looks at: the store's experiments, training and finished runs, run labels.
 (A page's settings in its URL: `ui.permalink`.)"""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
+
+# The pages by absolute path: Streamlit resolves a relative one against the entrypoint's folder, which is not
+# the project's when the hosted demo starts from hosted/streamlit_app.py.
+PAGES_DIR = Path(__file__).resolve().parent.parent / "app_pages"
+
+
+def page(name: str) -> Path:
+    """The page file `name` (`compare`), for `st.Page` and `st.page_link`."""
+    return PAGES_DIR / f"{name}.py"
 
 
 def experiment_names(uri: str, empty_message: str) -> list[str]:
@@ -12,9 +23,24 @@ def experiment_names(uri: str, empty_message: str) -> list[str]:
     names = data.experiments(uri)["name"].tolist()
     if not names:
         st.info(empty_message, icon=":material/science:")
-        st.page_link("app_pages/train.py", label="Train a model", icon=":material/model_training:")
+        st.page_link(page("train"), label="Train a model", icon=":material/model_training:")
         st.stop()
     return names
+
+
+def experiment_runs(link, uri: str, empty_message: str, select, no_runs_message: str, widget=None
+                    ) -> tuple[str, pd.DataFrame]:
+    """A page's experiment picker (`link`'s field `experiment`, drawn by `widget`) and the runs of it that
+    `select` keeps (e.g. `finished_runs`); with no experiment the page says `empty_message`, with no such run
+    `no_runs_message`, and stops."""
+    from ui import data
+
+    names = experiment_names(uri, empty_message)
+    experiment = link.choice("Experiment", "experiment", names, widget=widget)
+    runs = select(data.runs(uri, experiment))
+    if runs.empty:
+        link.stop(no_runs_message, icon=":material/info:")
+    return experiment, runs
 
 
 def training_runs(runs: pd.DataFrame) -> pd.DataFrame:

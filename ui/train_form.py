@@ -92,6 +92,9 @@ def _run_settings(prefix: str, default_name: str) -> dict:
     learning_rate = left.number_input("Learning rate", 1e-6, 10.0, 3e-3, format="%g", key=f"{prefix}_learning_rate")
     optimizer = middle.selectbox("Optimizer", list(config.OPTIMIZERS), key=f"{prefix}_optimizer")
     name = right.text_input("Experiment name", default_name, key=f"{prefix}_name_{default_name}")
+    st.caption("A launch trains one run per combination of cells × truncations × seeds (3 × 2 × 2 = 12 runs by "
+               "default), one after another; the message after Start gives the count and the job below the time "
+               "left.")
     grid = {"model.cell_type": cells,
             "training.truncation": [config.truncation_from_label(t) for t in _parse_list(truncations)],
             "seed": _parse_list(seeds)}
@@ -130,12 +133,12 @@ def from_csv() -> dict | None:
         delimiter = left.selectbox("Delimiter", delimiters, format_func=sources.DELIMITERS.__getitem__,
                                    index=delimiters.index(sources.guess_delimiter(content)),
                                    key=f"train_csv_delimiter_{file_key}")
-        columns, guessed = sources.sniff(content, delimiter)
+        columns, guessed = _sniffed(content, file_key, delimiter)
         options = [None, *columns]
         time_column = right.selectbox("Time column", options, index=options.index(guessed),
                                       format_func=lambda c: "none: row order is time" if c is None else c,
                                       key=f"train_csv_time_{file_key}")
-        series = sources.parse_csv(content, time_column, delimiter)
+        series = _parsed(content, file_key, time_column, delimiter)
     except sources.SeriesError as error:
         st.error(f"**{safe.text(upload.name)} cannot be used.** {safe.text(error)}", icon=":material/block:")
         return None
@@ -187,17 +190,42 @@ def _when(time) -> str:
     return str(time).removesuffix(" 00:00:00")
 
 
+def _sniffed(content: bytes, file_key: str, delimiter: str) -> tuple[list[str], str | None]:
+    """`sources.sniff` once per file and delimiter."""
+    kept = st.session_state.get("train_csv_sniffed")
+    if kept is None or kept[0] != (file_key, delimiter):
+        kept = ((file_key, delimiter), sources.sniff(content, delimiter))
+        st.session_state["train_csv_sniffed"] = kept
+    return kept[1]
+
+
+def _parsed(content: bytes, file_key: str, time_column: str | None, delimiter: str):
+    """`sources.parse_csv` once per file and choice of columns: a rerun (every widget change) reuses it. One
+    parsed file is kept per session."""
+    key = (file_key, time_column, delimiter)
+    kept = st.session_state.get("train_csv_parsed")
+    if kept is None or kept[0] != key:
+        with st.spinner("Reading the file…"):
+            kept = (key, sources.parse_csv(content, time_column, delimiter))
+        st.session_state["train_csv_parsed"] = kept
+    return kept[1]
+
+
 def _preview(series, file_name: str) -> None:
     frame = series.frame
     index = frame.index
     span = (f"from {_when(index[0])} to {_when(index[-1])}" if not isinstance(index, pd.RangeIndex)
             else "time is the row order")
     empty = int(frame.isna().sum().sum())
-    st.markdown(f"**{safe.text(file_name)}**: {len(frame):,} steps × {frame.shape[1]} columns, {span}; "
+    st.markdown(f"**{safe.text(file_name)}**: {len(frame):,} steps × {frame.shape[1]:,} columns, {span}; "
                 f"{empty:,} empty cells.")
+    sample, stride = plots.preview_sample(frame)
+    if stride > 1 or sample.shape[1] < frame.shape[1]:
+        st.caption(f"The chart shows {sample.shape[1]:,} of {frame.shape[1]:,} columns"
+                   + (f", one step in {stride:,}" if stride > 1 else "") + "; training reads them all.")
     chart, table = st.columns([3, 2])
     chart.plotly_chart(plots.series_preview_figure(frame), width="stretch", key="train_csv_preview")
-    head = frame.head(PREVIEW_ROWS)
+    head = frame.iloc[:PREVIEW_ROWS, : plots.PREVIEW_COLUMNS]
     if isinstance(index, pd.DatetimeIndex) and (index == index.normalize()).all():
         head = head.set_axis(head.index.date).rename_axis(index.name)  # dates, without midnight
     table.dataframe(head, width="stretch")

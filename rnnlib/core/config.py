@@ -755,6 +755,18 @@ def expand_grid(config: ExperimentConfig) -> list[tuple[dict, ExperimentConfig]]
     return runs
 
 
+def describe_grid(config: ExperimentConfig) -> str:
+    """How many runs a launch of `config` makes and why: `12 runs: 3 model.cell_type × 2 training.truncation ×
+    2 seed`, `1 run`; AR points counted once (`expand_grid`)."""
+    count = len(expand_grid(config))
+    factors = [f"{len(values)} {key}" for key, values in config.grid.items() if len(values) > 1]
+    total = f"{count} run" + ("" if count == 1 else "s")
+    product = math.prod(len(values) for values in config.grid.values())
+    if not factors:
+        return total
+    return f"{total}: " + " × ".join(factors) + (" (AR points once)" if product != count else "")
+
+
 def _with_values(raw: Mapping, point: Mapping) -> dict:
     result = copy.deepcopy(dict(raw))
     for key, value in point.items():

@@ -547,16 +547,28 @@ def decoder_figure(probabilities: np.ndarray, alphabet: str, decoded: Sequence[s
     return fig
 
 
+PREVIEW_COLUMNS = 12  # columns a series preview draws at most (5,000 traces took the browser 52 s)
+PREVIEW_POINTS = 2_000  # points per column it draws at most (a 49 MB file drew 82 MB of chart data)
+
+
+def preview_sample(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """(what `series_preview_figure` draws of `frame`: its first `PREVIEW_COLUMNS` columns at every k-th step,
+    k) with k chosen so that at most `PREVIEW_POINTS` steps are drawn."""
+    stride = max(1, -(-len(frame) // PREVIEW_POINTS))
+    return frame.iloc[::stride, :PREVIEW_COLUMNS], stride
+
+
 def series_preview_figure(frame: pd.DataFrame) -> go.Figure:
-    """Every column of a series against its time index, each in its own units (one y axis per column would
-    clutter: columns are standardised for the picture, the hover shows the raw value)."""
+    """The columns of a series against its time index (`preview_sample` of them), each in its own units (one y
+    axis per column would clutter: columns are standardised for the picture, the hover shows the raw value)."""
+    frame, _ = preview_sample(frame)
     fig = go.Figure()
     colors = group_colors(list(frame.columns))
-    spread = frame.std().replace(0.0, 1.0)
+    spread = frame.std().replace(0.0, 1.0).fillna(1.0)
     for column in frame.columns:
         values = frame[column]
         fig.add_trace(go.Scatter(x=frame.index, y=(values - values.mean()) / spread[column], mode="lines",
                                  name=str(column), line={"color": colors[column], "width": 1},
-                                 customdata=values, hovertemplate="%{x}: %{customdata:.4g}<extra>" + str(column)
-                                 + "</extra>"))
+                                 customdata=values, hovertemplate="%{x}: %{customdata:.4g}<extra>"
+                                 + plain(str(column)) + "</extra>"))
     return _layout(fig, "", str(frame.index.name or "step"), "standardised value")

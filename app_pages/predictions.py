@@ -35,7 +35,7 @@ task = tasks.build(first)
 arrays = data.predictions(uri, tuple(run_ids), labels)
 run_ids = [r for r in run_ids if r in arrays]
 chosen = chosen[chosen["run_id"].isin(run_ids)]
-varying = [p for p in compare.varying_params(chosen) if p != "seed"]
+varying = compare.default_group_by(chosen)  # what tells the runs apart, model first
 prediction_views.VIEWS[task.prediction_view](prediction_views.Selection(
     uri=uri, task=task, run_ids=run_ids, configs=configs, arrays=arrays,
     labels={r: labels(r) for r in run_ids},

@@ -3,7 +3,7 @@ import streamlit as st
 from rnnlib.analysis import compare
 from rnnlib.viz import views
 from ui import compare_controls as controls
-from ui import data, report_button, scope
+from ui import data, report_button, safe, scope
 
 st.title("Compare runs")
 st.caption("Cells and truncation lengths side by side: the mean of each group of runs with its spread (the band "
@@ -39,6 +39,10 @@ st.subheader("Summary")
 statistic, step = controls.statistic_picker(link, int(histories["step"].max()) if not histories.empty else 1)
 summary_slot = st.container()
 
+st.subheader("Verdicts")
+interval, width = controls.verdict_settings(link)
+verdicts_slot = st.container()
+
 st.subheader("Metric vs hyperparameter")
 x_param, line_param = controls.hyperparameter_pickers(link, params, compare.varying_params(runs))
 vs_param_slot = st.container()
@@ -46,7 +50,7 @@ vs_param_slot = st.container()
 settings = views.CompareSettings(
     metric=curve_settings.metric, group_by=tuple(group_by), band=curve_settings.band,
     smoothing=curve_settings.smoothing, log_y=curve_settings.log_y, show_runs=curve_settings.show_runs,
-    statistic=statistic, step=step, x_param=x_param, line_param=line_param,
+    statistic=statistic, step=step, x_param=x_param, line_param=line_param, interval=interval, width=width,
 )
 view = views.compare_view(runs, histories, settings)
 
@@ -58,6 +62,16 @@ with summary_slot:
     st.dataframe(view.groups, hide_index=True, width="stretch", column_config=views.group_columns(settings))
     with st.expander(f"Per run ({len(view.per_run)})"):
         st.dataframe(view.per_run, hide_index=True, width="stretch")
+with verdicts_slot:
+    if view.verdicts.empty:
+        st.info("A verdict needs two groups with at least two runs each that did not diverge.")
+    else:
+        st.markdown("\n".join(f"- {safe.text(text)}" for text in view.verdicts["verdict"]))
+        st.dataframe(view.verdicts.drop(columns="verdict"), hide_index=True, width="stretch",
+                     column_config=views.VERDICT_COLUMNS)
+        st.caption(f"{settings.metric} ({settings.statistic_name}) per run; the better group first. p is Welch's "
+                   "two-sided test, corrected by Holm for the pairs shown; a verdict needs p (Holm) < 0.05 and "
+                   "an interval that excludes 0.")
 with vs_param_slot:
     st.plotly_chart(view.vs_param, width="stretch", key="compare_vs_param")
 

@@ -629,3 +629,14 @@ def test_the_server_refuses_uploads_over_the_csv_limit_not_only_the_widget():
 
     settings = tomllib.loads((PROJECT_DIR / ".streamlit" / "config.toml").read_text())
     assert settings["server"]["maxUploadSize"] * 2**20 == sources.MAX_CSV_BYTES
+
+
+def test_compare_gives_a_verdict_for_every_pair_of_groups_and_keeps_its_interval_in_the_link(fixture_store,
+                                                                                            monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/compare.py", query={"group_by": "model.label"})
+    sentences = [m.value for m in at.markdown if "(n = 4 vs 4)" in m.value]
+    assert len(sentences) == 1 and sentences[0].count("\n") == 2  # 3 cells: 3 pairs, one line each
+    table = next(d.value for d in at.dataframe if "p_holm" in d.value)
+    assert len(table) == 3 and (table["p_holm"] >= table["p"]).all()
+    at.radio(key="compare_interval").set_value("bootstrap").run()
+    assert not at.exception and query(at)["interval"] == "bootstrap"

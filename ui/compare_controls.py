@@ -6,7 +6,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from rnnlib.analysis import compare
+from rnnlib.analysis import compare, verdicts
 from rnnlib.viz import views
 from ui.permalink import Permalink, shown
 
@@ -135,6 +135,20 @@ def statistic_picker(link: Permalink, max_step: int) -> tuple[str, int | None]:
     step = link.number("Epoch N", "step", 1, 0, max(max_step, 1), widget=right.number_input,
                        disabled=statistic != "at_step")
     return statistic, (step if statistic == "at_step" else None)
+
+
+def verdict_settings(link: Permalink) -> tuple[str, float]:
+    """The verdicts' interval (Welch t or bootstrap) and the interval width their seed counts aim at."""
+    left, right = st.columns([3, 2])
+    interval = link.choice("Interval of a difference", "interval", list(verdicts.METHODS), widget=left.radio,
+                           format_func=verdicts.METHODS.get, horizontal=True,
+                           help="Welch's t assumes roughly normal run-to-run spread; the bootstrap resamples "
+                                "the runs themselves (rough with 2–3 runs a group).")
+    width = link.fraction("Interval width wanted (0: half the largest difference)", "width", 0.0, 0.0, 1e9,
+                          widget=right.number_input, format="%g",
+                          help="How many seeds per group would give a 95% interval this wide, at the spread "
+                               "seen so far.")
+    return interval, width
 
 
 def hyperparameter_pickers(link: Permalink, params: list[str], varying: list[str]) -> tuple[str, str | None]:

@@ -61,6 +61,9 @@ def compare_sections(view: views.CompareView, settings: views.CompareSettings) -
         Section(f"Summary: {settings.metric} ({settings.statistic_name})", table=view.groups.rename(columns=views.group_columns(settings)),
                 caption="One row per group, best first. A diverged run has no statistic and is counted apart."),
         Section("Per run", table=view.per_run, fold=f"Per run ({len(view.per_run)})"),
+        Section("Verdicts", table=view.verdicts.rename(columns=views.VERDICT_COLUMNS),
+                caption=f"Each pair of groups, better first: the difference of means with a "
+                        f"{_interval(settings.interval)}, Hedges' g, Welch's p corrected for the pairs shown (Holm)."),
         Section("Metric vs hyperparameter", view.vs_param),
         Section("Params that differ", table=view.differences),
         Section("Parallel coordinates", view.parallel),
@@ -79,6 +82,12 @@ def gradient_sections(view: views.GradientView) -> list[Section]:
         *([Section("Exploding gradients and clipping", view.norms, caption=views.NORMS_CAPTION)]
           if view.norms is not None else []),
     ]
+
+
+def _interval(method: str) -> str:
+    from rnnlib.analysis.verdicts import METHODS
+
+    return "95% " + METHODS.get(method, method)
 
 
 def _band(kind: str) -> str:

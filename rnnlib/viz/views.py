@@ -12,13 +12,18 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from rnnlib.analysis import compare
+from rnnlib.analysis import compare, verdicts
 from rnnlib.core import records
 from rnnlib.viz import plots
 
 # ---- Compare --------------------------------------------------------------------------------------------------
 
 STATISTICS = {"best": "best", "last": "last", "at_step": "at epoch N"}
+
+
+VERDICT_COLUMNS = {"n_better": "n (better)", "n_worse": "n (worse)", "difference": "difference (better − worse)",
+                   "lower": "95% lower", "upper": "95% upper", "effect_size": "Hedges' g", "p": "p (Welch)",
+                   "p_holm": "p (Holm)", "seeds_needed": "seeds for that width"}
 
 
 def group_columns(settings: "CompareSettings") -> dict[str, str]:
@@ -41,6 +46,8 @@ class CompareSettings:
     step: int | None = None
     x_param: str = ""
     line_param: str | None = "model.label"
+    interval: str = "welch"  # the verdicts' interval (`rnnlib.analysis.verdicts.METHODS`)
+    width: float = 0.0  # the interval width the verdicts' seed counts aim at; 0: half the largest difference
 
     @property
     def statistic_name(self) -> str:
@@ -73,6 +80,7 @@ class CompareView:
     vs_param: go.Figure
     differences: pd.DataFrame  # the params that differ between runs
     parallel: go.Figure
+    verdicts: pd.DataFrame  # each pair of groups: difference, interval, effect size, Holm p, verdict (`verdicts.pairs`)
 
     @property
     def table(self) -> pd.DataFrame:
@@ -112,6 +120,7 @@ def compare_view(runs: pd.DataFrame, histories: pd.DataFrame, settings: CompareS
         groups=groups,
         per_run=summary, vs_param=vs_param, differences=differences,
         parallel=plots.parallel_coordinates_figure(table, dimensions, s.metric),
+        verdicts=verdicts.pairs(per_run, runs, group_by, s.interval, s.width or None),
     )
 
 
@@ -279,6 +288,8 @@ def compare_settings_from(query: Mapping[str, list[str]], runs: pd.DataFrame) ->
         step=_number(query, "step", 1, int) if statistic == "at_step" else None,
         x_param=_pick(query, "x_param", params, default.x_param),
         line_param=_pick(query, "line_param", ["", *params], "model.label" if "model.label" in params else "") or None,
+        interval=_pick(query, "interval", list(verdicts.METHODS), "welch"),
+        width=max(_number(query, "width", 0.0, float), 0.0),
     )
 
 

@@ -90,6 +90,21 @@ if units:
     with left:
         st.plotly_chart(plots.unit_lines_figure(tidy, units, quantities), width="stretch", key="gates_unit_lines")
 
+st.subheader("The state's path")
+path, explained = probes.state_trajectory(traces[layer][memory_state][0], fit_on=batch_traces[layer][memory_state])
+sequence_signal = task.memory_signal(x)
+marked = probes.memory_steps(sequence_signal[0] if sequence_signal is not None else None)
+st.plotly_chart(plots.state_trajectory_figure(
+    path, explained, marked, f"{memory_state}_t of this sequence on the first two principal components",
+    state=memory_state),
+    width="stretch", key="gates_trajectory")
+st.caption(f"The {run_config.model.units}-dimensional state {memory_state}_t step by step, projected on the two "
+           f"directions along which it varies most over {NUM_STATISTICS_SEQUENCES} sequences of the task (PCA, "
+           "numpy, from the run's logged weights). "
+           + ("Stars mark the steps where what the task needs remembered changes: a network that has learned "
+              "it jumps there and holds still in between." if marked else "")
+           + f" The two components explain {explained.sum():.0%} of the variance.")
+
 st.subheader("Gate saturation")
 saturation = probes.gate_saturation({layer: batch_traces[layer]}, cell_type)
 if saturation.empty:

@@ -286,7 +286,10 @@ def test_gates_page_shows_lstm_gate_saturation_for_an_lstm_run(fixture_store, mo
                 if r.data.params.get("model.cell_type") == "lstm")
     at = open_page(fixture_store, monkeypatch, "app_pages/gates.py",
                    query={"experiment": "smoke", "run": lstm.info.run_id})
-    saturation = figure(at, 2)
+    path = figure(at, 2)  # the state's path, stars where the adding problem's memory changes
+    assert [t.get("name") for t in path["data"]][:2] == ["state c_t", "marked steps"]  # an LSTM remembers in c
+    assert "PC 1 (" in path["layout"]["xaxis"]["title"]["text"]
+    saturation = figure(at, 3)
     assert {t["name"] for t in saturation["data"]} == {"closed (< 0.1)", "open (> 0.9)"}
     assert any("forget gate" in str(x) for x in saturation["data"][0]["x"])
 

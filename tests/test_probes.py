@@ -79,3 +79,26 @@ def test_numpy_predictions_from_logged_weights_equal_the_keras_model():
         expected = keras.ops.convert_to_numpy(model(x.astype(np.float32)))
         np.testing.assert_allclose(probes.predictions(models.export_weights(model), traces, task), expected,
                                    atol=1e-5)
+
+
+def test_a_state_path_is_projected_on_the_principal_components_of_the_states_it_is_fitted_on():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(20, 30, 8)) * np.array([5.0, 3.0, 1, 1, 1, 1, 1, 0.5])
+    one = many[3]
+    path, explained = probes.state_trajectory(one, fit_on=many)
+    reference = PCA(n_components=2).fit(many.reshape(-1, 8))
+    expected = reference.transform(one)
+    signs = np.sign((path[["pc1", "pc2"]].to_numpy() * expected).sum(axis=0))
+    assert np.allclose(path[["pc1", "pc2"]].to_numpy(), expected * signs, atol=1e-10)  # up to each axis' sign
+    assert explained == pytest.approx(reference.explained_variance_ratio_, rel=1e-10)
+    assert path["t"].tolist() == list(range(30)) and explained[0] > explained[1]
+
+
+def test_the_marked_steps_of_the_adding_problem_are_where_its_memory_changes():
+    task = tasks.build(cfg.validate({"name": "marks", "task": {"name": "adding", "length": 20}}).task)
+    x, _ = probes.example_sequences(task, 3)
+    marked = probes.memory_steps(task.memory_signal(x)[0])
+    assert marked == np.flatnonzero(x[0, :, 1] == 1).tolist() and len(marked) == 2
+    assert probes.memory_steps(None) == []

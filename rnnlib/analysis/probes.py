@@ -78,3 +78,33 @@ def predictions(weights: dict[str, np.ndarray], traces: dict[int, dict[str, np.n
         return logits
     exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+def state_trajectory(states: np.ndarray, fit_on: np.ndarray | None = None,
+                     components: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
+    """One sequence's state path, `states` `[T, units]`, projected on the first principal components of the
+    states `fit_on` (`[..., units]`: e.g. every step of many sequences, so the axes are the ones the network
+    uses in general; default: `states` itself). Returns (`t`, `pc1`, `pc2`, ... per step, the share of
+    `fit_on`'s variance each component explains). PCA by SVD of the centred states, signs fixed so that each
+    component's largest loading is positive."""
+    reference = np.asarray(fit_on if fit_on is not None else states, np.float64).reshape(-1, states.shape[-1])
+    mean = reference.mean(axis=0)
+    _, singular, basis = np.linalg.svd(reference - mean, full_matrices=False)
+    count = min(components, basis.shape[0])
+    basis = basis[:count]
+    basis *= np.sign(basis[np.arange(count), np.abs(basis).argmax(axis=1)])[:, None]
+    variance = singular**2
+    explained = variance[:count] / variance.sum() if variance.sum() > 0 else np.zeros(count)
+    projected = (np.asarray(states, np.float64) - mean) @ basis.T
+    table = pd.DataFrame(projected, columns=[f"pc{i + 1}" for i in range(count)])
+    table.insert(0, "t", np.arange(len(table)))
+    return table, explained
+
+
+def memory_steps(signal: np.ndarray | None) -> list[int]:
+    """The steps of one sequence where what the task needs remembered changes (`Task.memory_signal`, `[T]`): for
+    the adding problem, the two marked steps."""
+    if signal is None:
+        return []
+    signal = np.asarray(signal, np.float64)
+    return [int(t) for t in np.flatnonzero(np.diff(signal, prepend=0.0) != 0)]

@@ -547,6 +547,37 @@ def decoder_figure(probabilities: np.ndarray, alphabet: str, decoded: Sequence[s
     return fig
 
 
+def state_trajectory_figure(path: pd.DataFrame, explained: np.ndarray, marked: Sequence[int], title: str,
+                            state: str = "h", reference: pd.DataFrame | None = None) -> go.Figure:
+    """A state path in the plane of its first two principal components (`rnnlib.analysis.probes.state_trajectory`),
+    colored by time, the steps in `marked` starred and numbered; `reference` (e.g. the same sequence at
+    initialisation) drawn faint."""
+    fig = go.Figure()
+    if reference is not None:
+        fig.add_trace(go.Scatter(x=reference["pc1"], y=reference["pc2"], mode="lines", name="at initialisation",
+                                 line={"color": "#bbbbbb", "width": 1.5, "dash": "dot"}))
+    fig.add_trace(go.Scatter(
+        x=path["pc1"], y=path["pc2"], mode="lines+markers", name=f"state {state}_t", line={"color": "#999999", "width": 1},
+        marker={"color": path["t"], "colorscale": "Viridis", "size": 6, "showscale": True,
+                "colorbar": {"title": "t"}},
+        hovertemplate="t=%{marker.color}: (%{x:.3f}, %{y:.3f})<extra></extra>",
+    ))
+    stars = path[path["t"].isin(list(marked))]
+    if len(stars):
+        fig.add_trace(go.Scatter(x=stars["pc1"], y=stars["pc2"], mode="markers+text", name="marked steps",
+                                 text=[f"t={t}" for t in stars["t"]], textposition="top center",
+                                 marker={"symbol": "star", "size": 16, "color": "#d62728",
+                                         "line": {"color": "white", "width": 1}}))
+    ends = path.iloc[[0, -1]]
+    fig.add_trace(go.Scatter(x=ends["pc1"], y=ends["pc2"], mode="text", text=["start", "end"],
+                             textposition=["bottom left", "bottom right"], showlegend=False, hoverinfo="skip"))
+    fig = _layout(fig, title, f"PC 1 ({explained[0]:.0%} of variance)",
+                  f"PC 2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "PC 2")
+    fig.update_layout(hovermode="closest", height=520,  # the legend above: the time colorbar takes the right
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0})
+    return fig
+
+
 PREVIEW_COLUMNS = 12  # columns a series preview draws at most (5,000 traces took the browser 52 s)
 PREVIEW_POINTS = 2_000  # points per column it draws at most (a 49 MB file drew 82 MB of chart data)
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import streamlit as st
 
 from rnnlib.analysis import compare
@@ -35,7 +37,9 @@ quantity = link.choice("Quantity", "quantity", quantities, widget=left.radio, ho
                        format_func=records.GRADIENT_QUANTITIES.get,
                        help="‖∂L_T/∂h_t‖ and ‖∂L_T/∂c_t‖: what the training update receives from the loss at the "
                             "last step, truncation included. ‖∂h_T/∂h_t‖₂: how strongly the final state depends on "
-                            "the state t steps earlier (the product of step Jacobians, no truncation).")
+                            "the state t steps earlier (the product of step Jacobians, no truncation). "
+                            "‖∂y_T/∂x_t‖: connectivity, how much the last output depends on the input t steps "
+                            "earlier, through the whole network (the same for every layer).")
 layer = link.choice("Layer", "layer", list(range(num_layers)), widget=middle.selectbox, disabled=num_layers == 1)
 label = records.GRADIENT_QUANTITIES[quantity]
 curves = views.flow_curves(flows, runs, views.GradientSettings(group_by=tuple(group_by), quantity=quantity,
@@ -77,6 +81,17 @@ st.caption(f"Lag T − t at which {label} first falls below 10⁻³ of its value
 st.dataframe(view.vanishing, hide_index=True, width="stretch", column_config=views.VANISHING_COLUMNS)
 with st.expander(f"Per run ({len(view.per_run)})"):
     st.dataframe(view.per_run, hide_index=True, width="stretch", column_config=views.VANISHING_COLUMNS)
+
+st.subheader("What truncation does to the gradient")
+bias_statistic = link.choice("Statistic", "bias_statistic", list(records.TRUNCATION_BIAS), widget=st.radio,
+                             horizontal=True, format_func=records.TRUNCATION_BIAS.get)
+settings = dataclasses.replace(settings, bias_statistic=bias_statistic)
+bias = views.bias_figure(runs, flows, settings, show_init=show_init)
+if bias is None:
+    st.info("These runs were logged before the truncation-bias meter existed: train them again to see it.")
+else:
+    st.plotly_chart(bias, width="stretch", key="gradients_bias")
+    st.caption(views.BIAS_CAPTION)
 
 st.subheader("One run over training")
 run_id = link.choice("Run", "run", run_ids, format_func=scope.run_label(runs))

@@ -229,14 +229,24 @@ def test_gradient_flow_page_shows_lag_curves_truncation_and_where_gradients_vani
     # TBPTT(5): the loss at T reaches steps T-1 .. T-5, so at lag 5 the gradient is exactly zero
     assert summary.loc["gru · 5", "at_init"] == "5" and summary.loc["rnn · 5", "trained"] == "5"
     assert max(decoded(truncated["x"])) == 4  # its curve ends at lag k - 1: nothing flows further back
-    heatmap = figure(at, 1)
+    bias = figure(at, 1)  # the truncation-bias meter: cosine vs truncation, one line per cell
+    assert "cosine with the full gradient vs truncation" in bias["layout"]["title"]["text"]
+    lines = {t["name"]: dict(zip(t["x"], decoded(t["y"]))) for t in bias["data"]}
+    assert {"model.label=rnn", "model.label=lstm", "model.label=gru"} <= set(lines)
+    assert all(line["full"] == 1.0 for name, line in lines.items() if "=" in name)  # full BPTT is itself
+    assert lines["model.label=rnn"]["5"] < 1.0  # TBPTT(5) turns a tanh RNN's gradient away from the full one
+    assert "model.label=rnn at initialisation" in lines
+    heatmap = figure(at, 2)
     assert heatmap["data"][0]["type"] == "heatmap"
+    at.radio(key="gradients_bias_statistic").set_value("error").run()
+    assert figure(at, 1)["layout"]["yaxis"]["title"]["text"].startswith("relative error")
+    assert query(at)["bias_statistic"] == "error"
     assert query(at)["experiment"] == "smoke"
     at.radio(key="gradients_quantity").set_value("jacobian").run()
     assert not at.exception
     assert "‖∂h_T/∂h_t‖₂" in figure(at)["layout"]["title"]["text"]
     assert query(at)["quantity"] == "jacobian"
-    norms = figure(at, 2)
+    norms = figure(at, 3)
     assert norms["layout"]["yaxis"]["type"] == "log" and "clipnorm" in json.dumps(norms["layout"])
 
 
@@ -246,7 +256,7 @@ def test_gradient_flow_heatmap_draws_the_truncation_reach_of_a_tbptt_run(fixture
     (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'gru-5-s1'")
     at = open_page(fixture_store, monkeypatch, "app_pages/gradients.py")
     at.selectbox(key="gradients_run").set_value(run.info.run_id).run()
-    window = [t for t in figure(at, 1)["data"] if t["name"].startswith("truncation reach")]
+    window = [t for t in figure(at, 2)["data"] if t["name"].startswith("truncation reach")]
     assert window and set(decoded(window[0]["x"])) == {14.5}  # T = 20, k = 5: no gradient left of t = 15
 
 

@@ -101,7 +101,7 @@ def test_every_page_renders_in_a_real_browser(browser, server):
 
 
 @pytest.mark.parametrize("path, name, charts, text", [
-    ("gradients?experiment=smoke&quantity=loss_hidden", "gradients", 3, "Where the gradient vanishes"),
+    ("gradients?experiment=smoke&quantity=loss_hidden", "gradients", 4, "Where the gradient vanishes"),
     ("gates?experiment=smoke&seed=3", "gates", 4, "What to look for (adding problem)"),
     ("unrolled", "unrolled", 1, "shared"),
     ("products", "products", 1, "Overlay real runs"),

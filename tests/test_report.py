@@ -94,7 +94,8 @@ def test_a_gradient_flow_report_holds_the_lag_chart_and_the_vanishing_table(fixt
     specs = chart_specs(text)
     assert "vs lag" in specs[0]["layout"]["title"]["text"] and "no band" in specs[0]["layout"]["title"]["text"]
     assert "Where the gradient vanishes" in text and "lag after training" in text
-    assert "Exploding gradients and clipping" in text and len(specs) == 2
+    assert "Exploding gradients and clipping" in text and len(specs) == 3
+    assert "What truncation does to the gradient" in text  # the bias meter, as on the page
     assert "gradients?experiment=smoke" in text
 
 

@@ -63,7 +63,7 @@ def default_group_by(runs: pd.DataFrame) -> list[str]:
 
 
 def higher_is_better(metric: str) -> bool:
-    return bool(re.search(r"accuracy|sequences_per_second", metric))
+    return bool(re.search(r"accuracy|sequences_per_second|trunc_cosine", metric))
 
 
 def is_loss(metric: str) -> bool:
@@ -388,6 +388,25 @@ def flow_curves(flows: dict, runs: pd.DataFrame, group_by: list[str], quantity: 
         }))
     columns = ["run_id", "run_name", "group", "probe", "epoch", "step", "t", "lag", "reach", "value"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def bias_at(flows: dict, runs: pd.DataFrame, statistic: str, epoch: float | None) -> pd.Series:
+    """Each run's truncation-bias meter `statistic` (`records.TRUNCATION_BIAS`) at its probe closest to `epoch`
+    (None: its last probe), indexed by run id; runs whose record has no meter (logged before it) are left out."""
+    values = {}
+    for run_id in runs["run_id"]:
+        flow = flows.get(run_id)
+        if flow is None or not len(flow.bias.get(statistic, ())):
+            continue
+        probe = len(flow.epochs) - 1 if epoch is None else int(np.argmin(np.abs(flow.epochs - epoch)))
+        values[run_id] = float(flow.bias[statistic][probe])
+    return pd.Series(values, name=statistic, dtype=float)
+
+
+def bias_line_param(runs: pd.DataFrame) -> str | None:
+    """What the truncation-bias chart draws one line per: the model when several are compared."""
+    varying = varying_params(runs)
+    return next((p for p in ("model.label", "model.cell_type") if p in varying), None)
 
 
 def at_epoch(curves: pd.DataFrame, epoch: float | None) -> pd.DataFrame:

@@ -217,7 +217,8 @@ class TrainingConfig(_Frozen):
 
     Gradient flow over time (`rnnlib.worker.gradients`) is probed at initialisation and then every `probe_every`
     batches (null: at the end of every epoch; 0: never) on `num_probe_sequences` fixed sequences, and logged as
-    the run's `gradient_flow.npz` artifact.
+    the run's `gradient_flow.npz` artifact. Each probe also meters the truncation: the truncated parameter
+    gradient against full BPTT's on those sequences, over `bias_samples` drawn schedules for a random mode.
     """
 
     epochs: int = pydantic.Field(10, ge=1, le=100_000)
@@ -230,6 +231,7 @@ class TrainingConfig(_Frozen):
     truncation: Truncation = Truncation()
     probe_every: int | None = pydantic.Field(None, ge=0)
     num_probe_sequences: int = pydantic.Field(4, ge=1, le=256)
+    bias_samples: int = pydantic.Field(8, ge=2, le=256)
 
 
 if typing.TYPE_CHECKING:

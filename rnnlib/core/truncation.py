@@ -59,6 +59,20 @@ SCHEDULES = {
 }
 
 
+RANDOM_MODES = frozenset({"random_length"})  # modes whose schedule is drawn anew for every batch
+
+
+def is_random(truncation) -> bool:
+    """Whether `truncation`'s schedule is random (the bias meter then samples several)."""
+    return truncation.mode in RANDOM_MODES
+
+
+def gradient_scale(truncation) -> float:
+    """The factor on the gradient each step passes back to the one before it inside an update's window: 1 for
+    plain truncation."""
+    return 1.0
+
+
 def schedule(length: int, truncation, rng: np.random.Generator) -> list[Update]:
     """The updates for one batch of sequences of `length` steps under `truncation` (a config `Truncation`)."""
     return lookup(SCHEDULES, truncation.mode, "truncation mode")(length, truncation, rng)

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from rnnlib.analysis.compare import FLOAT32_FLOOR, group_runs, group_sort_key, natural_key
+from rnnlib.core import records
 from rnnlib.viz.colors import PALETTE, rgba
 
 BASELINE_STYLE = {"color": "#555555", "dash": "dash", "width": 1.5}
@@ -190,6 +191,31 @@ def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_
     _baseline_lines(fig, baselines)
     title = f"{metric} vs {x_param}" + (f" (bars: {band_name})" if band_name else "")
     return _layout(fig, title, x_param, metric, log_y)
+
+
+def truncation_bias_figure(table: pd.DataFrame, statistic: str, line_param: str | None,
+                           reference: pd.DataFrame | None = None, band_name: str | None = None) -> go.Figure:
+    """The truncation-bias meter against the truncation (`metric_vs_param` tables of one meter statistic): one
+    line per model at the chosen probe, the same at initialisation dashed (`reference`), and full BPTT's value
+    (cosine 1, every error 0) as a dotted line."""
+    label = records.TRUNCATION_BIAS[statistic]
+    fig = metric_vs_param_figure(table, label, "training.truncation", line_param, band_name=band_name)
+    if reference is not None and not reference.empty:
+        colors = group_colors(table["line"])
+        for line, rows in reference.groupby("line", sort=False):
+            rows = rows.sort_values("x_order")
+            fig.add_trace(go.Scatter(
+                x=rows["x"], y=rows["mean"], mode="lines+markers",
+                name=f"{line_param}={line} at initialisation" if line_param else f"{line} at initialisation",
+                line={"color": colors.get(line, "#888888"), "width": 1.5, "dash": "dash"}, marker={"size": 6},
+                hovertemplate="%{x}: %{y:.4g} at initialisation<extra></extra>",
+            ))
+    fig.add_hline(y=1.0 if statistic == "cosine" else 0.0, line={"dash": "dot", "color": "#555555"},
+                  annotation_text="full BPTT", annotation_position="bottom right")
+    fig = _layout(fig, f"{label} vs truncation" + (f" (bars: {band_name})" if band_name else ""),
+                  "training.truncation", label)
+    fig.update_layout(hovermode="closest")
+    return fig
 
 
 def parallel_coordinates_figure(table: pd.DataFrame, dimensions: list[str], color_by: str) -> go.Figure:

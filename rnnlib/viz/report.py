@@ -79,6 +79,8 @@ def gradient_sections(view: views.GradientView) -> list[Section]:
                         "(median over runs), at initialisation and after training."),
         Section("Per run", table=view.per_run.rename(columns=views.VANISHING_COLUMNS),
                 fold=f"Per run ({len(view.per_run)})"),
+        *([Section("What truncation does to the gradient", view.bias, caption=views.BIAS_CAPTION)]
+          if view.bias is not None else []),
         *([Section("Exploding gradients and clipping", view.norms, caption=views.NORMS_CAPTION)]
           if view.norms is not None else []),
     ]

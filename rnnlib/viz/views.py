@@ -143,6 +143,7 @@ class GradientSettings:
     panels: str = ""  # a param of group_by: one panel per value of it, or "" for one chart
     show_init: bool = True
     show_runs: bool = False
+    bias_statistic: str = "cosine"  # the truncation-bias meter's statistic (`records.TRUNCATION_BIAS`)
 
 
 def default_gradient_group_by(runs: pd.DataFrame) -> list[str]:
@@ -166,6 +167,7 @@ class GradientView:
     label: str  # the quantity's name, e.g. ‖∂L_T/∂h_t‖
     norms: go.Figure | None  # the largest gradient norm of each epoch (before clipping), None when not logged
     curves: pd.DataFrame  # `compare.flow_curves`: every probe of every run
+    bias: go.Figure | None = None  # the truncation-bias meter vs truncation, None for records without it
 
 
 def flow_curves(flows: Mapping[str, Any], runs: pd.DataFrame, settings: GradientSettings) -> pd.DataFrame:
@@ -198,7 +200,33 @@ def gradient_view(runs: pd.DataFrame, flows: Mapping[str, Any], histories: pd.Da
         band_name=compare.BANDS[s.band],
     )
     return GradientView(lag=lag, vanishing=compare.vanishing_summary(table), per_run=compare.vanishing_text(table),
-                        label=label, norms=norms, curves=curves)
+                        label=label, norms=norms, curves=curves, bias=bias_figure(runs, flows, s, show_init))
+
+
+def bias_figure(runs: pd.DataFrame, flows: Mapping[str, Any], settings: GradientSettings,
+                show_init: bool = True) -> go.Figure | None:
+    """The truncation-bias meter's chosen statistic against the truncation, one line per model, at the chosen
+    probe and (dashed) at initialisation; None when no run logged the meter."""
+    s = settings
+    now = compare.bias_at(dict(flows), runs, s.bias_statistic, s.epoch)
+    if now.empty:
+        return None
+    measured = runs[runs["run_id"].isin(now.index)]
+    line = compare.bias_line_param(measured)
+    table = compare.metric_vs_param(now, measured, "training.truncation", line, s.band)
+    reference = (compare.metric_vs_param(compare.bias_at(dict(flows), measured, s.bias_statistic, 0.0), measured,
+                                         "training.truncation", line, s.band)
+                 if show_init and s.epoch != 0 else None)
+    return plots.truncation_bias_figure(table, s.bias_statistic, line, reference, band_name=compare.BANDS[s.band])
+
+
+BIAS_CAPTION = (
+    "At every probe the run's truncated gradient of all its weights is set against full BPTT's, on the probe "
+    "sequences and the same weights, through the windows its updates use (for a random mode over "
+    "`training.bias_samples` drawn schedules). Cosine 1 and error 0 are full BPTT. Bias is how far the mean of "
+    "the sampled gradients is from the full one, variance how far each sample is from that mean (0 for a fixed "
+    "schedule): an unbiased estimator has bias near 0 however large its variance. Each scored step counts 1/N, as "
+    "in the full loss. Over training: Compare's `trunc_cosine`, `trunc_error`, `trunc_bias`, `trunc_variance`.")
 
 
 # ---- Settings as a link ---------------------------------------------------------------------------------------
@@ -306,6 +334,7 @@ def gradient_settings_from(query: Mapping[str, list[str]], runs: pd.DataFrame,
         band=_pick(query, "band", list(compare.BANDS), compare.default_band(runs, list(group_by))),
         panels=_pick(query, "panels", ["", *group_by], default_panels(runs, list(group_by))),
         show_init=_flag(query, "show_init", True), show_runs=_flag(query, "show_runs", False),
+        bias_statistic=_pick(query, "bias_statistic", list(records.TRUNCATION_BIAS), "cosine"),
     )
 
 

@@ -8,7 +8,12 @@ LSTM's cell state), through every path.
 
 Truncation is reproduced as training applies it: the loss at T only reaches back to the start of the last
 update, because the state carried into an update is a constant (`truncation.gradient_reach`). The
-Jacobian view ∂h_T/∂h_t is a property of the dynamics and is computed without truncation.
+Jacobian view ∂h_T/∂h_t is a property of the dynamics and is computed without truncation, and so is the
+connectivity ‖∂y_T/∂x_t‖ (Distill's "Memorization in RNNs"): how much the last output depends on each input.
+
+The truncation-bias meter (`GradientProbe.truncation_gradient`, `truncation_bias`) compares gradients of the
+parameters themselves: full BPTT's on the probe sequences against the one the run's truncation gives on the same
+sequences and weights, through the same windows its updates use.
 """
 
 import numpy as np
@@ -26,34 +31,35 @@ MAX_JACOBIAN_ROWS = 1024
 PROBE_SEED_OFFSET = 7919
 
 
-def unroll(cells, x, perturbations, cut=None):
+def unroll(cells, x, perturbations, keep=None):
     """Run stacked cells over `x` `[batch, T, features]` step by step, adding `perturbations` to the states.
 
     Args:
         cells: the Keras cells of the stacked recurrent layers, bottom first (only these layers run).
         perturbations: per layer, one `[batch, T, units]` tensor per state (h; h and c for the LSTM), added to
             that state after each step (zeros: the forward pass is unchanged).
-        cut: `<float>[T]`, 1 at the step whose incoming states are constants (no gradient flows back past it,
-            as at the first step of a truncated update), else 0. A mask rather than an index so that one compiled
-            graph serves every update.
+        keep: `<float>[T]`, the factor on the gradient that flows back through the states entering each step
+            (the forward pass is unchanged): 0 where they are constants (no gradient flows back past the first
+            step of a truncated update), 1 for plain backpropagation (the default), other values for a
+            compensated truncation. A mask rather than indices so that one compiled graph serves every update.
 
     Returns:
         The hidden states of the last layer, `[batch, T, units]`.
     """
     hidden = ops.transpose(x, (1, 0, 2))  # time-major, for `ops.scan`
-    cut = ops.zeros((x.shape[1],)) if cut is None else cut
+    keep = ops.ones((x.shape[1],)) if keep is None else keep
     for cell, layer_perturbations in zip(cells, perturbations):
 
         def step(states, inputs, cell=cell):
-            x_t, cut_t, *perturbations_t = inputs
-            states = [state * (1.0 - cut_t) + ops.stop_gradient(state) * cut_t for state in states]
+            x_t, keep_t, *perturbations_t = inputs
+            states = [ops.stop_gradient(state) + (state - ops.stop_gradient(state)) * keep_t for state in states]
             _, states = cell(x_t, states, training=False)
             states = [state + perturbation for state, perturbation in zip(states, perturbations_t)]
             return states, states  # TensorFlow's scan wants outputs shaped like the carry
 
         initial = [ops.zeros((x.shape[0], cell.units)) for _ in layer_perturbations]
         time_major = [ops.transpose(p, (1, 0, 2)) for p in layer_perturbations]
-        _, outputs = ops.scan(step, initial, [hidden, cut, *time_major])
+        _, outputs = ops.scan(step, initial, [hidden, keep, *time_major])
         hidden = outputs[0]
     return ops.transpose(hidden, (1, 0, 2))
 
@@ -78,9 +84,25 @@ class GradientProbe:
         self.task = task
         loss = keras.losses.get(task.loss)
         self._loss_gradients = backends.gradient_function(
-            lambda x, target, cut, *flat: ops.sum(loss(target, self.head(
-                unroll(self.cells, x, self._nest(flat), cut)[:, -1])))
+            lambda x, target, keep, *flat: ops.sum(loss(target, self.head(
+                unroll(self.cells, x, self._nest(flat), keep)[:, -1])))
         )
+        self._input_gradients = backends.gradient_function(
+            lambda selector, *rest: ops.sum(self.head(
+                unroll(self.cells, rest[-1], self._nest(rest[:-1]))[:, -1]) * selector)
+        )
+        self.variables = list(model.trainable_variables)
+        final = task.target_form == "final"
+
+        def sequence_loss(x, target, weights, keep, *values):
+            """Σ_t weights_t · (mean loss of step t over the batch), the weights as trainable inputs."""
+            with keras.StatelessScope(state_mapping=list(zip(self.variables, values))):
+                hidden = unroll(self.cells, x, self._nest(self._zeros(*x.shape[:2])), keep)
+                if final:
+                    return ops.mean(loss(target, self.head(hidden[:, -1])))
+                return ops.sum(ops.mean(loss(target, self.head(hidden)), axis=0) * weights)
+
+        self._parameter_gradients = backends.gradient_function(sequence_loss)
         self._state_gradients = {
             index: backends.gradient_function(
                 lambda x, selector, *flat, index=index: ops.sum(
@@ -106,10 +128,10 @@ class GradientProbe:
         """
         x = np.asarray(x, np.float32)
         batch, length = x.shape[:2]
-        cut = np.zeros(length, np.float32)
-        cut[reach] = 1.0
+        keep = np.ones(length, np.float32)
+        keep[reach] = 0.0
         target = y if self.task.target_form == "final" else y[:, -1]
-        total, grads = self._loss_gradients([x, np.asarray(target), cut], self._zeros(batch, length))
+        total, grads = self._loss_gradients([x, np.asarray(target), keep], self._zeros(batch, length))
         nested = self._nest(grads)  # per layer: ∂L/∂h_t (and ∂L/∂c_t through the carried cell state only)
         result = {"loss_hidden": np.stack([_mean_norm(layer[0]) for layer in nested])}
         if "c" in get_cell(self.cell_type).states:
@@ -143,6 +165,62 @@ class GradientProbe:
             result[index, finite] = np.linalg.svd(rows[:, finite], compute_uv=False)[..., 0].mean(axis=0)
         return result
 
+    def input_connectivity(self, x: np.ndarray) -> np.ndarray:
+        """‖∂y_T/∂x_t‖ (Frobenius norm of the Jacobian of the last output y_T with respect to the input x_t) for
+        every t, averaged over sequences: `<float>[T]`. No truncation: it is what the trained network's output
+        depends on. Row j of the Jacobian is the gradient of y_T[j], all rows in one backward pass by
+        replicating each sequence once per output (at most `MAX_JACOBIAN_ROWS` rows); NaN where not finite."""
+        outputs = self.task.num_outputs
+        num_sequences = max(1, min(len(x), MAX_JACOBIAN_ROWS // outputs))
+        replicated = np.repeat(np.asarray(x[:num_sequences], np.float32), outputs, axis=0)
+        selector = np.tile(np.eye(outputs, dtype=np.float32), (num_sequences, 1))
+        length = x.shape[1]
+        _, (grads,) = self._input_gradients([selector, *self._zeros(len(replicated), length)], [replicated])
+        rows = grads.reshape(num_sequences, outputs, length, -1)
+        norms = np.sqrt(np.square(rows.astype(np.float64)).sum(axis=(1, 3)))  # [sequences, T]
+        norms[~np.isfinite(norms)] = np.nan
+        return norms.mean(axis=0)
+
+    def parameter_gradient(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                           keep: np.ndarray | None = None) -> np.ndarray:
+        """The gradient of Σ_t weights_t · loss_t (loss_t: step t's mean loss over the sequences; for a task
+        scored at the last step only, that loss) with respect to every trainable weight, backpropagated with
+        the gradient factors `keep` (`unroll`), flattened into one float64 vector."""
+        length = x.shape[1]
+        keep = np.ones(length, np.float32) if keep is None else keep
+        target = np.asarray(y)
+        _, grads = self._parameter_gradients(
+            [np.asarray(x, np.float32), target, np.asarray(weights, np.float32), np.asarray(keep, np.float32)],
+            [ops.convert_to_numpy(v.value) for v in self.variables])
+        return np.concatenate([np.asarray(g, np.float64).ravel() for g in grads])
+
+    def truncation_gradient(self, x: np.ndarray, y: np.ndarray, updates: list[truncation.Update],
+                            gradient_scale: float = 1.0, full: np.ndarray | None = None) -> np.ndarray:
+        """The parameter gradient one schedule of truncated updates gives on `x` at the current weights.
+
+        Every scored step t contributes the gradient of its loss backpropagated only through its own update's
+        window (from `start`, whose incoming state is a constant), each step weighted 1/N over the N scored
+        steps as in the full gradient; so a schedule of one update over the whole sequence gives full BPTT's
+        gradient exactly (`full`, when given, is returned for it). `gradient_scale` multiplies the gradient
+        each step passes back to the one before it within a window (a compensated truncation's factor).
+        Updates whose windows overlap (k1 < k2) run in separate passes; the others share one.
+        """
+        length = x.shape[1]
+        weights_all = scored_weights(self.task, length)
+        if len(updates) == 1 and updates[0].start == 0 and updates[0].stop == length and gradient_scale == 1.0:
+            return full if full is not None else self.parameter_gradient(x, y, weights_all)
+        total = None
+        for group in _disjoint_groups(_scored_updates(self.task, updates, length)):
+            keep = np.full(length, gradient_scale, np.float32)
+            weights = np.zeros(length, np.float32)
+            for update in group:
+                keep[update.start] = 0.0
+                weights[update.loss_start : update.stop] = weights_all[update.loss_start : update.stop]
+            gradient = self.parameter_gradient(x, y, weights, keep)
+            total = gradient if total is None else total + gradient
+        assert total is not None, "a schedule scores at least one step"
+        return total
+
     def _zeros(self, batch, length):
         return [np.zeros((batch, length, cell.units), np.float32) for cell in self.cells
                 for _ in range(_num_states(cell))]
@@ -156,11 +234,80 @@ class GradientProbe:
         return nested
 
 
+def scored_weights(task: Task, length: int) -> np.ndarray:
+    """`<float>[T]`: 1/N on each of the N steps a training loss scores (the last step for a task with one
+    target; the steps after `task.unscored_steps` otherwise), 0 elsewhere: the full loss is their mean."""
+    weights = np.zeros(length, np.float32)
+    if task.target_form == "final":
+        weights[-1] = 1.0
+    else:
+        weights[task.unscored_steps :] = 1.0 / (length - task.unscored_steps)
+    return weights
+
+
+def _scored_updates(task: Task, updates: list[truncation.Update], length: int) -> list[truncation.Update]:
+    """The updates that score a step (as training runs them), their `loss_start` past the unscored steps."""
+    if task.target_form == "final":
+        return [u for u in updates if u.stop == length]
+    return [truncation.Update(u.start, max(u.loss_start, task.unscored_steps), u.stop) for u in updates
+            if u.stop > task.unscored_steps]
+
+
+def _disjoint_groups(updates: list[truncation.Update]) -> list[list[truncation.Update]]:
+    """Updates split into groups whose windows `[start, stop)` do not overlap, so that each group's cuts leave
+    the other updates' windows alone and one backward pass serves a whole group (one group when k1 = k2)."""
+    groups: list[list[truncation.Update]] = []
+    for update in updates:
+        group = next((g for g in groups if g[-1].stop <= update.start), None)
+        if group is None:
+            groups.append([update])
+        else:
+            group.append(update)
+    return groups
+
+
+def truncation_bias(full: np.ndarray, samples: list[np.ndarray]) -> dict[str, float]:
+    """How far truncated gradients (`samples`, one per sampled schedule) are from full BPTT's (`full`).
+
+    Returns:
+        `cosine`: the mean cosine similarity of a sample with the full gradient (1: the same direction);
+        `error`: the mean relative norm error ‖g − g_full‖ / ‖g_full‖;
+        `bias`: ‖mean(g) − g_full‖ / ‖g_full‖, the error of the samples' mean (the estimator's bias);
+        `variance`: the samples' mean squared distance from their mean over ‖g_full‖² (0 for one sample).
+        All NaN when the full gradient is zero or not finite (a diverged network).
+    """
+    full = np.asarray(full, np.float64)
+    stack = np.asarray(samples, np.float64)
+    reference = float(np.linalg.norm(full))
+    if not (np.isfinite(reference) and reference > 0 and np.isfinite(stack).all()):
+        return dict.fromkeys(TRUNCATION_BIAS, float("nan"))
+    norms = np.linalg.norm(stack, axis=1)
+    # 1 - ‖â − b̂‖² / 2 is the cosine, exactly 1 for identical vectors
+    unit = stack / np.where(norms > 0, norms, 1.0)[:, None]
+    cosines = 1.0 - np.square(np.linalg.norm(unit - full / reference, axis=1)) / 2.0
+    cosines[norms == 0] = 0.0
+    mean = stack.mean(axis=0)
+    spread = float(np.square(stack - mean).sum(axis=1).sum() / (len(stack) - 1)) if len(stack) > 1 else 0.0
+    return {
+        "cosine": float(cosines.mean()),
+        "error": float((np.linalg.norm(stack - full, axis=1) / reference).mean()),
+        "bias": float(np.linalg.norm(mean - full) / reference),
+        "variance": spread / reference ** 2,
+    }
+
+
+TRUNCATION_BIAS = records.TRUNCATION_BIAS
+
+
 class FlowRecorder:
-    """Probes a training model's gradient flow on fixed sequences and keeps every probe (`records.GradientFlow`)."""
+    """Probes a training model's gradient flow on fixed sequences and keeps every probe (`records.GradientFlow`).
+
+    Each probe also meters the run's truncation (`truncation_bias`): its schedule drawn `bias_samples` times
+    for a random mode (once for a fixed one), on the probe sequences and the current weights."""
 
     def __init__(self, model, task: Task, config: ExperimentConfig):
         self.task, self.truncation = task, config.training.truncation
+        self.bias_samples = config.training.bias_samples if truncation.is_random(self.truncation) else 1
         self.probe = GradientProbe(model, task)
         self.rng = np.random.default_rng(config.seed + PROBE_SEED_OFFSET)
         x, self.y = task.sample_batch(self.rng, config.training.num_probe_sequences)
@@ -176,8 +323,19 @@ class FlowRecorder:
         assert reach is not None, "a schedule scores every step, the last one too"
         loss, norms = self.probe.loss_gradients(self.x, self.y, reach)
         norms["jacobian"] = self.probe.jacobian_norms(self.x)
-        self.flow.append(step, epoch, reach, loss, norms)
+        norms["input"] = np.repeat(self.probe.input_connectivity(self.x)[None], len(self.probe.cells), axis=0)
+        self.flow.append(step, epoch, reach, loss, norms, self.meter())
         return self.flow
+
+    def meter(self) -> dict[str, float]:
+        """The truncation-bias meter now (`truncation_bias`); the schedules drawn from the probe's own generator."""
+        length = self.task.sequence_length
+        full = self.probe.parameter_gradient(self.x, self.y, scored_weights(self.task, length))
+        scale = truncation.gradient_scale(self.truncation)
+        samples = [self.probe.truncation_gradient(self.x, self.y, truncation.schedule(length, self.truncation,
+                                                                                        self.rng), scale, full)
+                   for _ in range(self.bias_samples)]
+        return truncation_bias(full, samples)
 
 
 def _mean_norm(gradients: np.ndarray) -> np.ndarray:

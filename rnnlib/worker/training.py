@@ -114,6 +114,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     history = []
     for epoch in range(1, config.training.epochs + 1):
         logs = _train_epoch(config, task, stepper, rng, callbacks, epoch, probe)
+        logs.update(probe.latest_bias())
         val_loss, val_metrics = evaluate(model, task, x_val, y_val, batch_size, warmup)
         logs.update({"epoch": float(epoch), "val_loss": val_loss, **{f"val_{k}": v for k, v in val_metrics.items()}})
         history.append(logs)
@@ -144,6 +145,10 @@ class _Prober:
     @property
     def flow(self):
         return self.recorder.flow if self.recorder else None
+
+    def latest_bias(self) -> dict[str, float]:
+        """The latest probe's truncation-bias meter as epoch metrics (`trunc_cosine`, ...), {} without probes."""
+        return self.recorder.flow.latest_bias() if self.recorder else {}
 
     def maybe(self, step: int, epoch_end: bool = False) -> None:
         """Probe after `step` batches when the schedule says so (always at step 0)."""

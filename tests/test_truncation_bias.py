@@ -1,0 +1,156 @@
+"""The truncation-bias meter and the connectivity probe: truncated parameter gradients against finite differences
+of the numpy reference equations, full BPTT metered as exactly itself, the tanh RNN's bias shrinking with k, and
+the metrics a training run logs."""
+
+import keras
+import numpy as np
+import pytest
+
+from rnnlib import tasks
+from rnnlib.core import cells, truncation
+from rnnlib.core import config as cfg
+from rnnlib.worker import gradients, models, training
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def build(task, cell_type="rnn", units=3, truncation_mode="full", seed=0, **training_options):
+    config = cfg.validate({"task": task, "model": {"cell_type": cell_type, "units": units},
+                           "training": {"batch_size": 2, "truncation": truncation_mode, **training_options}})
+    built = tasks.build(config.task)
+    keras.utils.set_random_seed(seed)
+    model = models.build_model(config.model, built, batch_size=2, stateful=True)
+    return config, built, model
+
+
+def truncated_objective_gradient(weights, x, y, updates, num_scored, epsilon=1e-6):
+    """Finite differences of Σ_u Σ_{t scored by u} loss_t / N, where update u runs the Elman cell from the state
+    at its `start` held constant (computed with the unperturbed weights): the truncated gradient, independently."""
+    kernel, recurrent, bias = cells.layer_weights(weights, "rnn", 0)
+    states, h = [], np.zeros((len(x), recurrent.shape[0]))
+    for t in range(x.shape[1]):
+        states.append(h)
+        h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+
+    def objective(w):
+        kernel, recurrent, bias = cells.layer_weights(w, "rnn", 0)
+        total = 0.0
+        for update in updates:
+            h = states[update.start]
+            for t in range(update.start, update.stop):
+                h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+                if t >= update.loss_start:
+                    prediction = h @ w["head/kernel"] + w["head/bias"]
+                    total += np.mean((y[:, t] - prediction) ** 2) / num_scored
+        return total
+
+    gradient = []
+    for path, value in weights.items():
+        for index in np.ndindex(value.shape):
+            shifted = []
+            for sign in (1.0, -1.0):
+                w = {k: v.copy() for k, v in weights.items()}
+                w[path][index] += sign * epsilon
+                shifted.append(objective(w))
+            gradient.append((shifted[0] - shifted[1]) / (2 * epsilon))
+    return np.array(gradient)
+
+
+@pytest.mark.parametrize("mode", [4, {"k1": 3, "k2": 5}, {"mode": "random_length", "mean": 4}])
+def test_truncated_gradient_equals_an_independent_finite_difference_gradient(mode):
+    config, task, model = build({"name": "sine", "window": 12}, truncation_mode=mode)
+    x, y = task.sample_batch(np.random.default_rng(2), 2)
+    updates = truncation.schedule(12, config.training.truncation, np.random.default_rng(5))
+    probe = gradients.GradientProbe(model, task)
+    measured = probe.truncation_gradient(x, y, updates)
+    weights = {v.path: np.asarray(v.numpy(), np.float64) for v in model.trainable_variables}
+    expected = truncated_objective_gradient(weights, np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                            updates, num_scored=12)
+    np.testing.assert_allclose(measured, expected, rtol=2e-3, atol=2e-6)
+    full = probe.parameter_gradient(x, y, gradients.scored_weights(task, 12))
+    assert not np.allclose(measured, full, rtol=1e-3)  # truncation changed the gradient
+
+
+@pytest.mark.parametrize("mode", ["full", 40])
+def test_full_bptt_and_a_window_as_long_as_the_sequence_meter_as_exactly_full(mode):
+    config, task, model = build({"name": "adding", "length": 40}, truncation_mode=mode)
+    flow = gradients.FlowRecorder(model, task, config).record(0, 0.0)
+    assert flow.latest_bias() == {"trunc_cosine": 1.0, "trunc_error": 0.0, "trunc_bias": 0.0,
+                                  "trunc_variance": 0.0}
+
+
+def test_a_tanh_rnn_loses_gradient_direction_under_short_windows_and_regains_it_with_k():
+    cosines = []
+    for k in (2, 5, 10, 20, 60):
+        config, task, model = build({"name": "adding", "length": 60}, units=16, truncation_mode=k)
+        cosines.append(gradients.FlowRecorder(model, task, config).record(0, 0.0).latest_bias()["trunc_cosine"])
+    assert cosines[0] < 0.99
+    assert all(a < b for a, b in zip(cosines, cosines[1:])), cosines
+    assert cosines[-1] == 1.0
+
+
+def test_a_random_mode_is_metered_over_several_schedules_with_bias_and_variance_apart():
+    config, task, model = build({"name": "adding", "length": 40}, units=8,
+                                truncation_mode={"mode": "random_length", "mean": 8}, bias_samples=6)
+    recorder = gradients.FlowRecorder(model, task, config)
+    assert recorder.bias_samples == 6
+    meter = recorder.record(0, 0.0).latest_bias()
+    assert meter["trunc_variance"] > 0.0
+    assert 0.0 < meter["trunc_bias"] < meter["trunc_error"]  # the mean of samples is closer than a sample
+    assert meter["trunc_cosine"] < 1.0
+
+
+def test_truncation_bias_statistics_of_known_vectors_and_nan_for_a_vanished_gradient():
+    full = np.array([1.0, 0.0])
+    stats = gradients.truncation_bias(full, [np.array([1.0, 1.0]), np.array([1.0, -1.0])])
+    assert stats["cosine"] == pytest.approx(np.sqrt(0.5))
+    assert stats["error"] == pytest.approx(1.0)
+    assert stats["bias"] == pytest.approx(0.0, abs=1e-12)  # the two errors cancel: unbiased
+    assert stats["variance"] == pytest.approx(2.0)  # (1 + 1) / (2 - 1)
+    assert all(np.isnan(v) for v in gradients.truncation_bias(np.zeros(2), [np.ones(2)]).values())
+
+
+def test_connectivity_is_the_norm_of_the_last_outputs_finite_difference_jacobian_in_each_input():
+    config, task, model = build({"name": "adding", "length": 6}, units=3)
+    x, _ = task.sample_batch(np.random.default_rng(3), 2)
+    measured = gradients.GradientProbe(model, task).input_connectivity(x)
+    weights = {v.path: np.asarray(v.numpy(), np.float64) for v in model.trainable_variables}
+    kernel, recurrent, bias = cells.layer_weights(weights, "rnn", 0)
+
+    def output(sequence):
+        h = np.zeros(3)
+        for x_t in sequence:
+            h = np.tanh(x_t @ kernel + h @ recurrent + bias)
+        return h @ weights["head/kernel"] + weights["head/bias"]
+
+    expected = np.zeros(6)
+    for sequence in np.asarray(x, np.float64):
+        for t in range(6):
+            jacobian = []
+            for feature in range(sequence.shape[1]):
+                shifted = []
+                for sign in (1.0, -1.0):
+                    moved = sequence.copy()
+                    moved[t, feature] += sign * 1e-6
+                    shifted.append(output(moved))
+                jacobian.append((shifted[0] - shifted[1]) / 2e-6)
+            expected[t] += np.linalg.norm(jacobian) / len(x)
+    np.testing.assert_allclose(measured, expected, rtol=2e-3)
+    assert measured[0] < measured[-1]  # the last input matters most to a fresh tanh RNN
+
+
+def test_training_logs_the_meter_every_epoch_and_keeps_it_in_the_gradient_flow_record():
+    config, _, _ = build({"name": "adding", "length": 12}, units=4, truncation_mode=3, epochs=2,
+                         steps_per_epoch=2, num_validation_sequences=4)
+    result = training.train(config)
+    for logs in result.history:
+        assert 0.0 < logs["trunc_cosine"] < 1.0 and logs["trunc_error"] > 0.0
+        assert logs["trunc_variance"] == 0.0  # one fixed schedule
+    flow = result.gradient_flow
+    assert flow.bias["cosine"].shape == (3,)  # at initialisation and after each epoch
+    assert flow.bias["cosine"][-1] == result.history[-1]["trunc_cosine"]
+    assert flow.norms["input"].shape == (3, 1, 12)
+    back = type(flow).from_bytes(flow.to_bytes())
+    np.testing.assert_array_equal(back.bias["error"], flow.bias["error"])
+    frame = back.bias_frame()
+    assert set(frame["statistic"]) == {"cosine", "error", "bias", "variance"} and len(frame) == 12

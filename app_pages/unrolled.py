@@ -1,9 +1,11 @@
 import streamlit as st
 
 from rnnlib.analysis import lessons
+from rnnlib.core import truncation as truncation_schedules
 from rnnlib.viz import diagrams
 
-MODES = {"full": "Full BPTT", "tbptt": "Truncated (TBPTT)", "random_length": "Random-length TBPTT"}
+MODES = {"full": "Full BPTT", "tbptt": "Truncated (TBPTT)", "random_length": "Random-length TBPTT",
+         "unbiased": "Unbiased random truncation"}
 
 st.title("Unrolled backpropagation through time")
 st.markdown(
@@ -21,8 +23,9 @@ seed = 0
 if mode == "tbptt":
     k1 = right.slider("k1: update every k1 steps", 1, 60, 4, key="unrolled_k1")
     k2 = right.slider("k2: backpropagate k2 steps", 1, 60, 8, key="unrolled_k2")
-elif mode == "random_length":
-    mean = right.slider("Mean chunk length", 1.0, 20.0, 6.0, step=0.5, key="unrolled_mean")
+elif mode in ("random_length", "unbiased"):
+    mean = right.slider("Mean chunk length", 1.0 if mode == "random_length" else 1.5, 20.0, 6.0, step=0.5,
+                        key=f"unrolled_mean_{mode}")
     seed = right.number_input("Seed of the random lengths", 0, 10_000, 0, key="unrolled_seed")
 
 # Follow the last loss by default, also when T changes; keep another choice while it exists. The slider's
@@ -40,7 +43,8 @@ except ValueError as error:
     st.error(f"Cannot draw this truncation: {error}.", icon=":material/error:")
     st.stop()
 updates = lessons.truncation_updates(length, truncation, seed)
-reach = lessons.unrolled_gradient_reach(length, updates, step)
+scale = truncation_schedules.gradient_scale(truncation)
+reach = lessons.unrolled_gradient_reach(length, updates, step, scale)
 summary = lessons.reach_summary(reach)
 
 st.plotly_chart(diagrams.unrolled_bptt_figure(reach), width="stretch", key="unrolled_graph")
@@ -65,7 +69,15 @@ EXPLANATIONS = {
                      "still a biased estimate of the full gradient, like fixed TBPTT: long dependencies are cut "
                      "more often than short ones and nothing makes up for it. (Tallec & Ollivier's 2017 unbiased "
                      "truncation, d2l §9.7, reweights the gradient by the truncation probabilities; this mode does "
-                     "not.) Change the seed to draw another schedule.",
+                     "not; the next mode does.) Change the seed to draw another schedule.",
+    "unbiased": f"The same random chunks (each step's incoming state is cut with probability p = 1/{mean}, "
+                "independently), with Tallec & Ollivier's (2017) compensation, d2l §9.7's ξ_t: wherever the "
+                f"gradient is not cut, each step it passes back multiplies it by 1/(1 − p) = {scale:.3g} (the "
+                "factors above the red states). A path of n steps survives with probability (1 − p)^n and is "
+                "then weighted (1 − p)^-n, so on average every path counts exactly once: the expected gradient "
+                "is full BPTT's. Every step's loss weighs the same, whatever its chunk's length. The price is "
+                "variance: rare long chunks carry large factors (Gradient flow measures it: bias ≈ 0, variance "
+                "> 0). Change the seed to draw another schedule.",
 }
 st.markdown(
     f"**Highlighted in red**: the hidden states that receive gradient from the loss at t={step} (the star) and "

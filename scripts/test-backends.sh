@@ -14,6 +14,7 @@ fi
 status=0
 for backend in $backends; do
   echo "== KERAS_BACKEND=$backend"
-  KERAS_BACKEND=$backend .venv/bin/python -m pytest -q tests/test_cells.py tests/test_truncation.py tests/test_gradients.py "$@" || status=1
+  KERAS_BACKEND=$backend .venv/bin/python -m pytest -q tests/test_cells.py tests/test_truncation.py tests/test_gradients.py \
+    tests/test_truncation_bias.py "$@" || status=1
 done
 exit $status

@@ -51,6 +51,7 @@ def test_config_is_frozen():
         ("{mode: tbptt, k1: 4, k2: 4}", "tbptt", 4, 4, None, "4"),
         ("{mode: random_length, mean: 8}", "random_length", None, None, 8.0, "rand8"),
         ("{mode: randomized, mean: 8}", "random_length", None, None, 8.0, "rand8"),  # its name in version 1
+        ("{mode: unbiased, mean: 2.5}", "unbiased", None, None, 2.5, "unbiased2.5"),
     ],
 )
 def test_truncation_short_forms(text, mode, k1, k2, mean, label):
@@ -106,6 +107,7 @@ def test_flattened_params_use_dotted_keys_and_the_truncation_label():
         (MINIMAL + "training: {truncation: {k1: 9, k2: 3}}", "k1 (9) must not exceed k2 (3)"),
         (MINIMAL + "training: {truncation: sometimes}", "expected `full`, a positive integer k"),
         (MINIMAL + "training: {truncation: {mode: random_length}}", "random_length truncation needs `mean`"),
+        (MINIMAL + "training: {truncation: {mode: unbiased, mean: 1}}", "unbiased truncation needs mean > 1"),
         (MINIMAL + "training: {learning_rate: -1}", "training.learning_rate: Input should be greater than 0"),
         (MINIMAL + "training: {learning_rate: .nan}", "training.learning_rate"),
         (MINIMAL + "grid: {seed: []}", "grid.seed: empty list"),
@@ -266,6 +268,11 @@ def test_a_config_from_a_later_version_is_read_leniently_and_says_what_it_sets_a
 def test_a_logged_config_of_an_unknown_task_says_so():
     with pytest.raises(ConfigError, match="unknown task; expected one of"):
         cfg.read_logged_config("task: {name: teleport, distance: 3}\n")
+
+
+@pytest.mark.parametrize("label", ["full", "20", "5/10", "rand8", "unbiased2.5"])
+def test_every_truncation_label_reads_back_as_its_truncation(label):
+    assert cfg.Truncation.model_validate(cfg.truncation_from_label(label)).label == label
 
 
 def test_truncation_messages_name_random_length_tbptt_for_what_it_is():

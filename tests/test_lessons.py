@@ -243,6 +243,24 @@ def test_unrolled_page_names_random_length_tbptt_a_biased_estimate():
     assert "still a biased estimate of the full gradient" in text and "this mode does not" in text
 
 
+def test_unrolled_page_draws_the_unbiased_modes_compensation_factors_on_the_reached_states():
+    at = open_page("unrolled")
+    at.radio(key="unrolled_mode").set_value("unbiased").run()
+    at.slider(key="unrolled_mean_unbiased").set_value(4.0).run()
+    trunc = config.Truncation.model_validate({"mode": "unbiased", "mean": 4.0})
+    seed = next(s for s in range(100) if lessons.truncation_updates(24, trunc, s)[-1].start <= 20)  # a long last chunk
+    at.number_input(key="unrolled_seed").set_value(seed).run()
+    assert not at.exception
+    reached = trace_values(at, "h_t: receives gradient", "x")
+    factors = dict(zip(trace_values(at, "gradient × factor", "x"), trace_values(at, "gradient × factor", "text")))
+    step = max(reached)
+    assert set(factors) == set(reached) - {step}  # every reached state but the followed one is scaled
+    farthest = min(reached)
+    assert factors[farthest] == f"×{(4 / 3) ** (step - farthest):.2g}"  # 1 / (1 - 1/4) per step back
+    text = " ".join(m.value for m in at.markdown)
+    assert "expected gradient is full BPTT's" in text
+
+
 def test_unrolled_page_explains_k1_longer_than_k2_instead_of_failing():
     at = open_page("unrolled")
     at.radio(key="unrolled_mode").set_value("tbptt").run()

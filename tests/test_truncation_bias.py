@@ -154,3 +154,65 @@ def test_training_logs_the_meter_every_epoch_and_keeps_it_in_the_gradient_flow_r
     np.testing.assert_array_equal(back.bias["error"], flow.bias["error"])
     frame = back.bias_frame()
     assert set(frame["statistic"]) == {"cosine", "error", "bias", "variance"} and len(frame) == 12
+
+
+def sampled_gradients(mode, num_schedules, length=20):
+    config, task, model = build({"name": "sine", "window": length}, units=4, truncation_mode=mode)
+    probe = gradients.GradientProbe(model, task)
+    x, y = task.sample_batch(np.random.default_rng(1), 2)
+    full = probe.parameter_gradient(x, y, gradients.scored_weights(task, length))
+    trunc, rng = config.training.truncation, np.random.default_rng(0)
+    samples = [probe.truncation_gradient(x, y, truncation.schedule(length, trunc, rng),
+                                         truncation.gradient_scale(trunc)) for _ in range(num_schedules)]
+    return full, samples
+
+
+def cosine(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_the_unbiased_mode_averages_to_the_full_gradient_where_random_lengths_do_not():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("2,000 backward passes: JAX and PyTorch run the probes eagerly (minutes); the FD test covers them")
+    full, unbiased = sampled_gradients({"mode": "unbiased", "mean": 5}, 1000)
+    _, plain = sampled_gradients({"mode": "random_length", "mean": 5}, 1000)
+    assert cosine(np.mean(unbiased, axis=0), full) > 0.999
+    assert cosine(np.mean(plain, axis=0), full) < 0.99  # biased towards short-range dependencies
+    unbiased_meter, plain_meter = gradients.truncation_bias(full, unbiased), gradients.truncation_bias(full, plain)
+    assert unbiased_meter["bias"] < 0.05 < plain_meter["bias"]
+    assert unbiased_meter["variance"] > plain_meter["variance"]  # the price of compensation
+
+
+def test_the_compensated_keras_layer_trains_on_the_gradient_the_meter_computes():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("reads the layer's gradient with TensorFlow's tape")
+    import tensorflow as tf
+
+    config, task, _ = build({"name": "sine", "window": 10}, truncation_mode={"mode": "unbiased", "mean": 4})
+    scale = truncation.gradient_scale(config.training.truncation)
+    assert scale == pytest.approx(4 / 3)
+    keras.utils.set_random_seed(0)
+    model = models.build_model(config.model, task, batch_size=2, stateful=True, gradient_scale=scale)
+    x, y = task.sample_batch(np.random.default_rng(1), 2)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(keras.losses.mean_squared_error(y, model(x)))
+    layered = np.concatenate([np.ravel(g) for g in tape.gradient(loss, model.trainable_variables)])
+    probe = gradients.GradientProbe(model, task)
+    metered = probe.truncation_gradient(x, y, [truncation.Update(0, 0, 10)], scale)
+    np.testing.assert_allclose(layered, metered, rtol=1e-4, atol=1e-7)
+    plain = probe.truncation_gradient(x, y, [truncation.Update(0, 0, 10)])
+    assert not np.allclose(plain, metered, rtol=1e-3)
+    portable = models.portable_copy(model, config.model, task)  # what is saved: Keras' own layers, same weights
+    models.reset_states(models.recurrent_layers(model))
+    np.testing.assert_allclose(portable.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5)
+
+
+def test_an_unbiased_update_weighs_every_scored_step_by_one_over_the_mean():
+    config, task, model = build({"name": "sine", "window": 12}, truncation_mode={"mode": "unbiased", "mean": 4})
+    stepper = training._UpdateStepper(model, task, 0, config.training.truncation)
+    y = np.zeros((2, 12, 1), np.float32)
+    _, weight = stepper._targets(y, truncation.Update(3, 3, 9), final=False)
+    np.testing.assert_allclose(weight, 6 / 4)  # Keras' mean over 6 steps times 6/4: the sum over 4
+    plain = training._UpdateStepper(model, task, 0, cfg.Truncation.model_validate({"mode": "random_length",
+                                                                                   "mean": 4}))
+    assert plain._targets(y, truncation.Update(3, 3, 9), final=False)[1] is None

@@ -145,7 +145,8 @@ def make_truncation(mode: str, k1: int | None = None, k2: int | None = None,
         ValueError: with the config's own explanation, e.g. when k1 > k2.
     """
     values = {"full": {"mode": "full"}, "tbptt": {"mode": "tbptt", "k1": k1, "k2": k2},
-              "random_length": {"mode": "random_length", "mean": mean}}
+              "random_length": {"mode": "random_length", "mean": mean},
+              "unbiased": {"mode": "unbiased", "mean": mean}}
     try:
         return config.Truncation.model_validate(lookup(values, mode, "truncation mode"))
     except pydantic.ValidationError as error:  # keep only the sentences meant for the user
@@ -159,7 +160,8 @@ def truncation_updates(length: int, truncation: config.Truncation, seed: int = 0
     return schedule(length, truncation, np.random.default_rng(seed))
 
 
-def unrolled_gradient_reach(length: int, updates: list[Update], step: int) -> pd.DataFrame:
+def unrolled_gradient_reach(length: int, updates: list[Update], step: int,
+                            gradient_scale: float = 1.0) -> pd.DataFrame:
     """Which hidden states the loss at `step` sends gradient to, and how the updates tile the sequence.
 
     Args:
@@ -174,7 +176,10 @@ def unrolled_gradient_reach(length: int, updates: list[Update], step: int) -> pd
         - in_followed_update: t is unrolled with gradient by the update that scores `step`;
         - scored_with_step: t's loss is part of that same update (its gradients add up in one step);
         - reached: h_t receives gradient from the loss at `step` (reach <= t <= step);
-        - followed: t == step.
+        - followed: t == step;
+        - weight: the factor on the gradient that loss sends to h_t, `gradient_scale` ** (step − t) where it is
+          reached (the unbiased mode's compensation, `rnnlib.core.truncation.gradient_scale`; 1 for plain
+          truncation), 0 where it is not.
     """
     if not 0 <= step < length:
         raise ValueError(f"The loss step to follow must be in [0, {length - 1}], got {step}.")
@@ -197,6 +202,7 @@ def unrolled_gradient_reach(length: int, updates: list[Update], step: int) -> pd
         "scored_with_step": scorer == scorer[step],
         "reached": (t >= reach) & (t <= step),
         "followed": t == step,
+        "weight": np.where((t >= reach) & (t <= step), float(gradient_scale) ** (step - t).clip(min=0), 0.0),
     })
 
 

@@ -12,7 +12,7 @@ An experiment YAML looks like::
       optimizer: adam
       learning_rate: 0.001
       clipnorm: 1.0           # clip the global gradient norm; null for no clipping
-      truncation: full        # full | k | {k1: 5, k2: 10} | {mode: random_length, mean: 20}
+      truncation: full        # full | k | {k1: 5, k2: 10} | {mode: random_length | unbiased, mean: 20}
     seed: 0
     grid:                     # optional sweep: the cartesian product of these values
       model.cell_type: [rnn, lstm, gru]
@@ -41,7 +41,7 @@ from rnnlib.tasks.base import refuse_boolean_number
 
 AR_KINDS = ("ar", "ar_mlp")  # model kinds without state: a fixed look-back of `ar_order` steps
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-TRUNCATION_MODES = ("full", "tbptt", "random_length")
+TRUNCATION_MODES = ("full", "tbptt", "random_length", "unbiased")
 MAX_GRID_POINTS = 10_000
 
 # The version of the config schema this code writes. Every logged `config.yaml` carries it as `schema_version`
@@ -137,12 +137,17 @@ class Truncation(_Frozen):
       the truncation probabilities: with plain chunks the expected update is biased towards short-range
       dependencies, like fixed TBPTT, and the per-chunk mean weighs the steps of short chunks more. Written
       `randomized` before schema version 2.
+    - `unbiased`: the same geometric chunks with Tallec & Ollivier's (2017) compensation (d2l.ai section 9.7's
+      ξ_t): each step's incoming state is cut with probability p = 1/mean, independently (the chunk starts), and
+      the gradient it passes back is multiplied by 1/(1 − p) where it is not, so the expected gradient is full
+      BPTT's; each update's loss is the sum of its steps' losses over `mean` (every step weighs the same). The
+      price is variance: a path of n steps carries (1 − p)^-n. Needs mean > 1.
 
     YAML accepts the short forms `full`, a bare integer k (k1 = k2 = k), `{k1: .., k2: ..}` and
-    `{mode: random_length, mean: ..}`.
+    `{mode: random_length, mean: ..}` / `{mode: unbiased, mean: ..}`.
     """
 
-    mode: Literal["full", "tbptt", "random_length"] = "full"
+    mode: Literal["full", "tbptt", "random_length", "unbiased"] = "full"
     k1: int | None = pydantic.Field(None, ge=1)
     k2: int | None = pydantic.Field(None, ge=1)
     mean: float | None = pydantic.Field(None, ge=1.0)
@@ -161,8 +166,9 @@ class Truncation(_Frozen):
             if text.isdigit():
                 return {"mode": "tbptt", "k1": int(text), "k2": int(text)}
             raise ValueError(
-                f"got {_short_repr(value)}; expected `full`, a positive integer k, {{k1: .., k2: ..}} or "
-                "{mode: random_length, mean: ..} (random-length TBPTT)"
+                f"got {_short_repr(value)}; expected `full`, a positive integer k, {{k1: .., k2: ..}}, "
+                "{mode: random_length, mean: ..} (random-length TBPTT) or {mode: unbiased, mean: ..} (compensated, "
+                "unbiased)"
             )
         if isinstance(value, Mapping) and "mode" not in value and ("k1" in value or "k2" in value):
             return {"mode": "tbptt", **value}
@@ -178,23 +184,27 @@ class Truncation(_Frozen):
                                  "further back than it backpropagates")
             if self.mean is not None:
                 raise ValueError("`mean` belongs to mode random_length, not tbptt")
-        elif self.mode == "random_length":
+        elif self.mode in ("random_length", "unbiased"):
             if self.mean is None:
-                raise ValueError("random_length truncation needs `mean`, the mean chunk length")
+                raise ValueError(f"{self.mode} truncation needs `mean`, the mean chunk length")
             if self.k1 is not None or self.k2 is not None:
-                raise ValueError("random_length truncation takes `mean`, not k1/k2")
+                raise ValueError(f"{self.mode} truncation takes `mean`, not k1/k2")
+            if self.mode == "unbiased" and self.mean <= 1.0:
+                raise ValueError("unbiased truncation needs mean > 1: with mean 1 every step is cut and no "
+                                 "gradient crosses a step to be compensated")
         elif any(v is not None for v in (self.k1, self.k2, self.mean)):
             raise ValueError("full BPTT takes no k1, k2 or mean")
         return self
 
     @property
     def label(self) -> str:
-        """Short name used in tables and as the `training.truncation` param: full, 20, 10/20, rand20."""
+        """Short name used in tables and as the `training.truncation` param: full, 20, 10/20, rand20,
+        unbiased20."""
         if self.mode == "full":
             return "full"
         if self.mode == "tbptt":
             return str(self.k2) if self.k1 == self.k2 else f"{self.k1}/{self.k2}"
-        return f"rand{self.mean:g}"
+        return f"{'rand' if self.mode == 'random_length' else 'unbiased'}{self.mean:g}"
 
     @pydantic.model_serializer(mode="plain")
     def _short_form(self):
@@ -202,7 +212,7 @@ class Truncation(_Frozen):
             return "full"
         if self.mode == "tbptt":
             return self.k1 if self.k1 == self.k2 else {"k1": self.k1, "k2": self.k2}
-        return {"mode": "random_length", "mean": self.mean}
+        return {"mode": self.mode, "mean": self.mean}
 
 
 class TrainingConfig(_Frozen):
@@ -304,17 +314,18 @@ class ExperimentConfig(_Frozen):
 
 
 def truncation_from_label(label) -> Any:
-    """The YAML form of a truncation label (`Truncation.label`): full, 20, 10/20, rand20. Anything else is
-    returned unchanged for validation to reject with its message."""
+    """The YAML form of a truncation label (`Truncation.label`): full, 20, 10/20, rand20, unbiased20. Anything
+    else is returned unchanged for validation to reject with its message."""
     text = str(label).strip().lower()
     k1, sep, k2 = text.partition("/")
     if sep and k1.isdigit() and k2.isdigit():
         return {"k1": int(k1), "k2": int(k2)}
-    if text.startswith("rand"):
-        try:
-            return {"mode": "random_length", "mean": float(text.removeprefix("rand"))}
-        except ValueError:
-            return label
+    for prefix, mode in (("rand", "random_length"), ("unbiased", "unbiased")):
+        if text.startswith(prefix):
+            try:
+                return {"mode": mode, "mean": float(text.removeprefix(prefix))}
+            except ValueError:
+                return label
     return int(text) if text.isdigit() else label
 
 

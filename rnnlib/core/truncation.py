@@ -52,14 +52,23 @@ def random_length_schedule(length: int, truncation, rng: np.random.Generator) ->
     return updates
 
 
+def unbiased_schedule(length: int, truncation, rng: np.random.Generator) -> list[Update]:
+    """The chunks of `random_length_schedule`: each step's incoming state is cut with probability 1/mean,
+    independently (a geometric chunk length is that memoryless draw). What makes the estimate unbiased is the
+    compensation of the gradient inside each chunk (`gradient_scale`) and the equal weight of every step's loss
+    (`loss_scale`), which training applies."""
+    return random_length_schedule(length, truncation, rng)
+
+
 SCHEDULES = {
     "full": full_schedule,
     "tbptt": tbptt_schedule,
     "random_length": random_length_schedule,
+    "unbiased": unbiased_schedule,
 }
 
 
-RANDOM_MODES = frozenset({"random_length"})  # modes whose schedule is drawn anew for every batch
+RANDOM_MODES = frozenset({"random_length", "unbiased"})  # modes whose schedule is drawn anew for every batch
 
 
 def is_random(truncation) -> bool:
@@ -69,8 +78,21 @@ def is_random(truncation) -> bool:
 
 def gradient_scale(truncation) -> float:
     """The factor on the gradient each step passes back to the one before it inside an update's window: 1 for
-    plain truncation."""
-    return 1.0
+    plain truncation; 1 / (1 − p) for the unbiased mode, whose cut probability per step is p = 1/mean (Tallec &
+    Ollivier 2017's compensation, d2l.ai §9.7's ξ_t = 1/(1 − p) where the gradient is kept), so that the
+    expected product of factors along every path is 1."""
+    if truncation.mode != "unbiased":
+        return 1.0
+    return truncation.mean / (truncation.mean - 1.0)
+
+
+def loss_scale(truncation, update: Update) -> float:
+    """The factor on an update's mean loss over its scored steps: 1, except in the unbiased mode, where each
+    update is the sum of its steps' losses over `mean` (every step weighs the same, whatever its chunk's length,
+    so the expected sum of a sequence's updates is the full gradient times its expected number of updates)."""
+    if truncation.mode != "unbiased":
+        return 1.0
+    return (update.stop - update.loss_start) / truncation.mean
 
 
 def schedule(length: int, truncation, rng: np.random.Generator) -> list[Update]:

@@ -124,6 +124,15 @@ def unrolled_bptt_figure(reach: pd.DataFrame, title: str | None = None) -> go.Fi
                    for u, s in cuts.items()], hoverinfo="text",
     ))
 
+    weights = reach[reach["reached"] & (reach["weight"] != 1.0)]
+    if len(weights):  # the unbiased mode's compensation factors, above the states they scale
+        fig.add_trace(go.Scatter(
+            x=weights["t"], y=np.full(len(weights), HIDDEN_ROW + 0.32), mode="text", name="gradient × factor",
+            text=[f"×{w:.2g}" for w in weights["weight"]], textfont={"size": 10, "color": GRADIENT},
+            hovertext=[f"h<sub>{t}</sub> gets the gradient × {w:.4g}" for t, w in zip(weights["t"], weights["weight"])],
+            hoverinfo="text",
+        ))
+
     for text, x, y in (("W<sub>hh</sub>", 0.5, HIDDEN_ROW + 0.12), ("W<sub>xh</sub>", 0.18, 0.5),
                        ("W<sub>hy</sub>", 0.18, 1.5)):
         if length > 1 or text != "W<sub>hh</sub>":

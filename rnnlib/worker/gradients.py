@@ -78,7 +78,7 @@ class GradientProbe:
 
         self.model = model
         layers = models.recurrent_layers(model)
-        self.cells = [layer.cell for layer in layers]
+        self.cells = [models.base_cell(layer) for layer in layers]
         self.cell_type = models.cell_type_of(layers[0])
         self.head = model.get_layer("head")
         self.task = task

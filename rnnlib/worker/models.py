@@ -25,15 +25,43 @@ def cell_type_of(layer: keras.layers.Layer) -> str:
     return cells.get_cell(layer.name.rsplit("_", 1)[0]).name
 
 
-def build_model(model_config, task: Task, batch_size: int | None = None, stateful: bool = False) -> keras.Model:
+def build_model(model_config, task: Task, batch_size: int | None = None, stateful: bool = False,
+                gradient_scale: float = 1.0) -> keras.Model:
     """The network a config's `model` asks for, by its `kind` (`BUILDERS`): recurrent
-    (`build_recurrent_model`) or an AR(τ) baseline (`build_autoregressive_model`, which ignores `stateful`: it
-    has no state)."""
-    return BUILDERS[model_config.kind](model_config, task, batch_size, stateful)
+    (`build_recurrent_model`) or an AR(τ) baseline (`build_autoregressive_model`, which ignores `stateful` and
+    `gradient_scale`: it has no state)."""
+    return BUILDERS[model_config.kind](model_config, task, batch_size, stateful, gradient_scale)
+
+
+class GradientScaledCell(keras.layers.Layer):
+    """A Keras cell whose incoming states pass `scale` times the gradient back (the forward pass unchanged):
+    `s + (scale − 1)(s − stop_gradient(s))`. The unbiased truncation's compensation
+    (`rnnlib.core.truncation.gradient_scale`); the wrapped `cell` holds the weights, under the same names."""
+
+    def __init__(self, cell, scale: float, **kwargs):
+        super().__init__(name=kwargs.pop("name", f"scaled_{cell.name}"), **kwargs)
+        self.cell, self.scale = cell, float(scale)
+        self.units, self.state_size, self.output_size = cell.units, cell.state_size, cell.output_size
+
+    def build(self, input_shape):
+        self.cell.build(input_shape)
+        self.built = True
+
+    def get_initial_state(self, batch_size=None):
+        return self.cell.get_initial_state(batch_size)
+
+    def call(self, inputs, states, training=False):
+        scaled = [ops.stop_gradient(s) + (s - ops.stop_gradient(s)) * self.scale for s in states]
+        return self.cell(inputs, scaled, training=training)
+
+
+def base_cell(layer: keras.layers.RNN):
+    """The Keras cell of a recurrent layer of `build_recurrent_model`, unwrapped from `GradientScaledCell`."""
+    return layer.cell.cell if isinstance(layer.cell, GradientScaledCell) else layer.cell
 
 
 def build_autoregressive_model(model_config, task: Task, batch_size: int | None = None,
-                               stateful: bool = False) -> keras.Model:
+                               stateful: bool = False, gradient_scale: float = 1.0) -> keras.Model:
     """AR(τ): at every step t, a prediction from inputs t - τ + 1 ... t only (τ = `ar_order`).
 
     A causal 1-D convolution with kernel size τ is exactly that window, slid along the sequence: `ar` is the
@@ -64,7 +92,7 @@ def warmup_steps(model_config) -> int:
 
 
 def build_recurrent_model(model_config, task: Task, batch_size: int | None = None,
-                          stateful: bool = False) -> keras.Model:
+                          stateful: bool = False, gradient_scale: float = 1.0) -> keras.Model:
     """A stack of `num_layers` recurrent layers and a dense head.
 
     Args:
@@ -73,6 +101,9 @@ def build_recurrent_model(model_config, task: Task, batch_size: int | None = Non
             a softmax over classes for cross-entropy tasks, a linear unit for regression.
         batch_size: fixed batch size, required when `stateful` (truncated BPTT carries state in the layers).
         stateful: keep the last state of each batch as the initial state of the next call.
+        gradient_scale: the factor on the gradient each step passes back to the one before (1: plain
+            backpropagation with Keras' own layers; otherwise a generic `keras.layers.RNN` over
+            `GradientScaledCell`s, with the same weights).
 
     Returns:
         A model mapping `[batch, time, task.num_features]` to `[batch, task.num_outputs]` or
@@ -83,14 +114,18 @@ def build_recurrent_model(model_config, task: Task, batch_size: int | None = Non
     hidden = inputs
     for index in range(model_config.num_layers):
         is_last = index == model_config.num_layers - 1
-        hidden = layer_type(
-            model_config.units,
-            return_sequences=not is_last or task.target_form == "per_step",
-            stateful=stateful,
-            recurrent_initializer=keras.initializers.Orthogonal(gain=model_config.recurrent_gain),
-            name=f"{model_config.cell_type}_{index}",
-            **backends.recurrent_layer_options(keras.backend.backend(), model_config.cell_type, stateful),
-        )(hidden)
+        options = {"return_sequences": not is_last or task.target_form == "per_step", "stateful": stateful,
+                   "name": f"{model_config.cell_type}_{index}"}
+        initializer = keras.initializers.Orthogonal(gain=model_config.recurrent_gain)
+        if gradient_scale == 1.0:
+            layer = layer_type(model_config.units, recurrent_initializer=initializer, **options,
+                               **backends.recurrent_layer_options(keras.backend.backend(), model_config.cell_type,
+                                                                  stateful))
+        else:
+            cell = getattr(keras.layers, f"{layer_type.__name__}Cell")(model_config.units,
+                                                                      recurrent_initializer=initializer)
+            layer = keras.layers.RNN(GradientScaledCell(cell, gradient_scale), **options)
+        hidden = layer(hidden)
         if model_config.dropout and not is_last:
             hidden = keras.layers.Dropout(model_config.dropout, name=f"dropout_{index}")(hidden)
     activation = "softmax" if task.loss == "sparse_categorical_crossentropy" else None

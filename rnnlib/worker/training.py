@@ -90,12 +90,13 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     task = tasks.build(config.task)
     batch_size = config.training.batch_size
-    model = models.build_model(config.model, task, batch_size=batch_size, stateful=True)
+    model = models.build_model(config.model, task, batch_size=batch_size, stateful=True,
+                               gradient_scale=truncation.gradient_scale(config.training.truncation))
     models.compile_model(model, task, config.training)
     x_val, y_val = task.validation_data(task.validation_size(config.training.num_validation_sequences))
     rng = np.random.default_rng(config.seed)
     warmup = max(models.warmup_steps(config.model), task.unscored_steps)
-    stepper = _UpdateStepper(model, task, warmup)
+    stepper = _UpdateStepper(model, task, warmup, config.training.truncation)
 
     info = {
         "backend": keras.backend.backend(),
@@ -191,11 +192,12 @@ def _train_epoch(config, task, stepper, rng, callbacks, epoch, probe) -> dict[st
 class _UpdateStepper:
     """Runs one batch of sequences through a truncation schedule on a stateful model."""
 
-    def __init__(self, model, task, warmup: int = 0):
+    def __init__(self, model, task, warmup: int = 0, truncation_config=None):
         from rnnlib.worker import models
 
         self.model = model
         self.task = task
+        self.truncation = truncation_config  # its `truncation.loss_scale` weighs each update (None: 1)
         self.warmup = warmup  # leading steps never scored (`models.warmup_steps`, `Task.unscored_steps`)
         self.layers = models.recurrent_layers(model)
 
@@ -232,13 +234,15 @@ class _UpdateStepper:
             return y, None
         target = y[:, update.start : update.stop]
         loss_start = max(update.loss_start, self.warmup)
-        if loss_start == update.start:
+        scale = 1.0 if self.truncation is None else truncation.loss_scale(
+            self.truncation, truncation.Update(update.start, loss_start, update.stop))
+        if loss_start == update.start and scale == 1.0:
             return target, None
         # Keras averages weighted losses over all steps of the update: scale so the loss is the mean over the
-        # scored steps only.
+        # scored steps only (times the mode's `loss_scale`).
         span, scored = update.stop - update.start, update.stop - loss_start
         weight = np.zeros(target.shape[:2], np.float32)
-        weight[:, loss_start - update.start :] = span / scored
+        weight[:, loss_start - update.start :] = span / scored * scale
         return target, weight
 
     def _advance(self, x, position, to):

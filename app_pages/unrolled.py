@@ -70,7 +70,7 @@ EXPLANATIONS = {
                      "more often than short ones and nothing makes up for it. (Tallec & Ollivier's 2017 unbiased "
                      "truncation, d2l §9.7, reweights the gradient by the truncation probabilities; this mode does "
                      "not; the next mode does.) Change the seed to draw another schedule.",
-    "unbiased": f"The same random chunks (each step's incoming state is cut with probability p = 1/{mean}, "
+    "unbiased": f"The same random chunks (each step's incoming state is cut with probability p = 1/{mean or 0:g}, "
                 "independently), with Tallec & Ollivier's (2017) compensation, d2l §9.7's ξ_t: wherever the "
                 f"gradient is not cut, each step it passes back multiplies it by 1/(1 − p) = {scale:.3g} (the "
                 "factors above the red states). A path of n steps survives with probability (1 − p)^n and is "

@@ -125,10 +125,11 @@ def unrolled_bptt_figure(reach: pd.DataFrame, title: str | None = None) -> go.Fi
     ))
 
     weights = reach[reach["reached"] & (reach["weight"] != 1.0)]
-    if len(weights):  # the unbiased mode's compensation factors, above the states they scale
+    if len(weights):  # the unbiased mode's compensation factors, beside the edge into each state they scale
         fig.add_trace(go.Scatter(
-            x=weights["t"], y=np.full(len(weights), HIDDEN_ROW + 0.32), mode="text", name="gradient × factor",
-            text=[f"×{w:.2g}" for w in weights["weight"]], textfont={"size": 10, "color": GRADIENT},
+            x=weights["t"], y=np.full(len(weights), INPUT_ROW + 0.28), mode="text", name="gradient × factor",
+            textposition="middle right",
+            text=[f"×{w:.2g}" for w in weights["weight"]], textfont={"size": 9, "color": GRADIENT},
             hovertext=[f"h<sub>{t}</sub> gets the gradient × {w:.4g}" for t, w in zip(weights["t"], weights["weight"])],
             hoverinfo="text",
         ))

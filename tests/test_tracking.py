@@ -182,5 +182,5 @@ def test_cli_logs_to_a_real_mlflow_server(mlflow_server, cli_env, tmp_path):
         "model/model.keras", "model/weights.npz", "model/predictions.npz"}
     assert (tmp_path / "server-artifacts").is_dir()
     flow = tracking.load_gradient_flow(mlflow_server, trial.info.run_id)
-    assert flow.cell_type == "lstm" and set(flow.norms) == {"loss_hidden", "loss_cell", "jacobian"}
+    assert flow.cell_type == "lstm" and set(flow.norms) == {"loss_hidden", "loss_cell", "jacobian", "input"}
     np.testing.assert_allclose(flow.norms["jacobian"][:, 0, -1], 1.0, rtol=1e-5)  # ∂h_T/∂h_T = I

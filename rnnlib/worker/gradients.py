@@ -280,7 +280,7 @@ def truncation_bias(full: np.ndarray, samples: list[np.ndarray]) -> dict[str, fl
     stack = np.asarray(samples, np.float64)
     reference = float(np.linalg.norm(full))
     if not (np.isfinite(reference) and reference > 0 and np.isfinite(stack).all()):
-        return dict.fromkeys(TRUNCATION_BIAS, float("nan"))
+        return dict.fromkeys(records.TRUNCATION_BIAS, float("nan"))
     norms = np.linalg.norm(stack, axis=1)
     # 1 - ‖â − b̂‖² / 2 is the cosine, exactly 1 for identical vectors
     unit = stack / np.where(norms > 0, norms, 1.0)[:, None]
@@ -295,8 +295,6 @@ def truncation_bias(full: np.ndarray, samples: list[np.ndarray]) -> dict[str, fl
         "variance": spread / reference ** 2,
     }
 
-
-TRUNCATION_BIAS = records.TRUNCATION_BIAS
 
 
 class FlowRecorder:

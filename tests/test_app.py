@@ -103,7 +103,7 @@ def test_statistic_and_metric_vs_hyperparameter(fixture_store, monkeypatch):
     at = open_page(fixture_store, monkeypatch, "app_pages/compare.py")
     vs = figure(at, 1)
     assert vs["layout"]["xaxis"]["categoryarray"] == ["5", "full"]
-    assert {t["name"] for t in vs["data"]} == {"model.label=gru", "model.label=lstm", "model.label=rnn"}
+    assert {t["name"] for t in vs["data"]} == {"gru", "lstm", "rnn"}
     best = at.dataframe[0].value["mean"].tolist()
     at.radio(key="compare_statistic").set_value("at_step").run()
     at.number_input(key="compare_step").set_value(2).run()
@@ -232,10 +232,10 @@ def test_gradient_flow_page_shows_lag_curves_truncation_and_where_gradients_vani
     bias = figure(at, 1)  # the truncation-bias meter: cosine vs truncation, one line per cell
     assert "cosine with the full gradient vs truncation" in bias["layout"]["title"]["text"]
     lines = {t["name"]: dict(zip(t["x"], decoded(t["y"]))) for t in bias["data"]}
-    assert {"model.label=rnn", "model.label=lstm", "model.label=gru"} <= set(lines)
+    assert {"rnn", "lstm", "gru"} <= set(lines)
     assert all(line["full"] == 1.0 for name, line in lines.items() if "=" in name)  # full BPTT is itself
-    assert lines["model.label=rnn"]["5"] < 1.0  # TBPTT(5) turns a tanh RNN's gradient away from the full one
-    assert "model.label=rnn at initialisation" in lines
+    assert lines["rnn"]["5"] < 1.0  # TBPTT(5) turns a tanh RNN's gradient away from the full one
+    assert "rnn at initialisation" in lines
     heatmap = figure(at, 2)
     assert heatmap["data"][0]["type"] == "heatmap"
     at.radio(key="gradients_bias_statistic").set_value("error").run()

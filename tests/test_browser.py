@@ -147,7 +147,8 @@ def open_offline(browser, path, name):
 
 def test_an_exported_compare_view_opens_offline_with_the_pages_legend_and_numbers(browser, server, tmp_path):
     page = visit(browser, f"{server}/compare?experiment=smoke&group_by=model.label&band=std", "compare-export")
-    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    # all three charts drawn before reading the first (the curves); until then `.first` may be another chart
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3", timeout=60_000)
     page_legend = legend_texts(page.locator(".js-plotly-plot").first)
     with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name="Export this view (HTML)").click()

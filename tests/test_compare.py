@@ -104,7 +104,7 @@ def test_metric_vs_param_orders_numbers_then_words_and_draws_one_line_per_cell()
     assert table[table["line"] == "lstm"]["x"].tolist() == ["5", "full"]
     fig = plots.metric_vs_param_figure(table, "val_loss", "training.truncation", "model.cell_type",
                                        baselines={"baseline": 1 / 6})
-    assert {trace.name for trace in fig.data} == {"model.cell_type=lstm", "model.cell_type=rnn"}
+    assert {trace.name for trace in fig.data} == {"lstm", "rnn"}
     assert list(fig.layout.xaxis.categoryarray) == ["5", "full"]
     assert fig.layout.shapes[0].y0 == pytest.approx(1 / 6)  # the baseline line
     assert all(trace.error_y.array is not None for trace in fig.data)

@@ -119,6 +119,11 @@ def filter_runs(runs: pd.DataFrame, filters: dict[str, list[str]]) -> pd.DataFra
 SELF_NAMED_PARAMS = ("model.label", "model.cell_type", "model.kind", "training.truncation")
 
 
+def value_label(name: str, value: object) -> str:
+    """One param's value as a label reads it: `gru` for a self-naming param, `clipnorm=1` for any other."""
+    return str(value) if name in SELF_NAMED_PARAMS else f"{name.rsplit('.', 1)[-1]}={value}"
+
+
 def group_labels(runs: pd.DataFrame, group_by: list[str]) -> pd.Series:
     """One label per run, e.g. `lstm · 20` for group_by = [model.cell_type, training.truncation], or
     `gru · clipnorm=1` for [model.label, training.clipnorm]."""

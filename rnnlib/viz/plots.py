@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from rnnlib.analysis.compare import FLOAT32_FLOOR, group_runs, group_sort_key, natural_key
+from rnnlib.analysis.compare import FLOAT32_FLOOR, group_runs, group_sort_key, natural_key, value_label
 from rnnlib.core import records
 from rnnlib.viz.colors import PALETTE, rgba
 
@@ -179,8 +179,8 @@ def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_
     for line in colors:
         rows = table[table["line"] == line].sort_values("x_order")
         fig.add_trace(go.Scatter(
-            x=rows["x"], y=rows["mean"], mode="lines+markers", name=f"{line_param or ''}={line}" if line_param
-            else line, line={"color": colors[line], "width": 2.5}, marker={"size": 9},
+            x=rows["x"], y=rows["mean"], mode="lines+markers", name=value_label(line_param, line) if line_param else line,
+            line={"color": colors[line], "width": 2.5}, marker={"size": 9},
             error_y={"type": "data", "array": rows["upper"] - rows["mean"], "arrayminus": rows["mean"] - rows["lower"],
                      "symmetric": False, "visible": True, "thickness": 1.5},
             customdata=np.stack([rows["n"], rows["diverged"]], axis=-1),
@@ -206,7 +206,7 @@ def truncation_bias_figure(table: pd.DataFrame, statistic: str, line_param: str 
             rows = rows.sort_values("x_order")
             fig.add_trace(go.Scatter(
                 x=rows["x"], y=rows["mean"], mode="lines+markers",
-                name=f"{line_param}={line} at initialisation" if line_param else f"{line} at initialisation",
+                name=f"{value_label(line_param, line) if line_param else line} at initialisation",
                 line={"color": colors.get(line, "#888888"), "width": 1.5, "dash": "dash"}, marker={"size": 6},
                 hovertemplate="%{x}: %{y:.4g} at initialisation<extra></extra>",
             ))

@@ -110,6 +110,14 @@ def test_metric_vs_param_orders_numbers_then_words_and_draws_one_line_per_cell()
     assert all(trace.error_y.array is not None for trace in fig.data)
 
 
+def test_the_truncation_meters_reference_is_full_bptt_and_a_loss_keeps_its_baseline():
+    runs = make_runs()
+    assert compare.baselines(runs, "trunc_cosine") == {"full BPTT": 1.0}
+    assert compare.baselines(runs, "trunc_variance") == {"full BPTT": 0.0}
+    assert compare.baselines(runs, "val_loss") != {"full BPTT": 0.0}
+    assert compare.baselines(runs, "trunc_other") == {}
+
+
 def test_diff_params_keeps_only_what_differs():
     runs = make_runs()
     runs["params.training.truncation.mode"] = runs["params.training.truncation"].map({"5": "tbptt", "full": "full"})

@@ -273,6 +273,7 @@ def test_a_logged_config_of_an_unknown_task_says_so():
 @pytest.mark.parametrize("label", ["full", "20", "5/10", "rand8", "unbiased2.5"])
 def test_every_truncation_label_reads_back_as_its_truncation(label):
     assert cfg.Truncation.model_validate(cfg.truncation_from_label(label)).label == label
+    assert cfg.Truncation.model_validate(label).label == label  # a YAML may write the label itself
 
 
 def test_truncation_messages_name_random_length_tbptt_for_what_it_is():

@@ -9,7 +9,7 @@ import pytest
 from rnnlib import tasks
 from rnnlib.core import cells, truncation
 from rnnlib.core import config as cfg
-from rnnlib.worker import gradients, models, training
+from rnnlib.worker import backends, gradients, models, training
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -162,8 +162,9 @@ def sampled_gradients(mode, num_schedules, length=20):
     x, y = task.sample_batch(np.random.default_rng(1), 2)
     full = probe.parameter_gradient(x, y, gradients.scored_weights(task, length))
     trunc, rng = config.training.truncation, np.random.default_rng(0)
-    samples = [probe.truncation_gradient(x, y, truncation.schedule(length, trunc, rng),
-                                         truncation.gradient_scale(trunc)) for _ in range(num_schedules)]
+    schedules = [truncation.schedule(length, trunc, rng) for _ in range(num_schedules)]
+    metered_full, samples = probe.truncation_gradients(x, y, schedules, truncation.gradient_scale(trunc))
+    np.testing.assert_allclose(metered_full, full, rtol=1e-6)
     return full, samples
 
 
@@ -216,3 +217,42 @@ def test_an_unbiased_update_weighs_every_scored_step_by_one_over_the_mean():
     plain = training._UpdateStepper(model, task, 0, cfg.Truncation.model_validate({"mode": "random_length",
                                                                                    "mean": 4}))
     assert plain._targets(y, truncation.Update(3, 3, 9), final=False)[1] is None
+
+
+def direct_gradient(probe, x, y, weights, keep):
+    """The recipe's gradient by plain reverse-mode through one `unroll` with the weights as inputs: what the
+    two-pass `parameter_gradients` decomposes."""
+    loss = keras.losses.get(probe.task.loss)
+
+    def objective(x, target, weights, keep, *values):
+        with keras.StatelessScope(state_mapping=list(zip(probe.variables, values))):
+            hidden = gradients.unroll(probe.cells, x, probe._nest(probe._zeros(*x.shape[:2])), keep)
+            if probe.task.target_form == "final":
+                return keras.ops.mean(loss(target, probe.head(hidden[:, -1]))) * weights[-1]
+            return keras.ops.sum(keras.ops.mean(loss(target, probe.head(hidden)), axis=0) * weights)
+
+    _, grads = backends.gradient_function(objective)(
+        [np.asarray(x, np.float32), np.asarray(y), weights, keep],
+        [keras.ops.convert_to_numpy(v.value) for v in probe.variables])
+    return np.concatenate([np.ravel(g) for g in grads])
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("task", [{"name": "sine", "window": 9}, {"name": "adding", "length": 9}])
+def test_recipes_computed_together_equal_each_recipes_direct_backpropagation_in_stacked_layers(cell_type, task):
+    config = cfg.validate({"task": task, "model": {"cell_type": cell_type, "units": 3, "num_layers": 2},
+                           "training": {"batch_size": 2}})
+    built = tasks.build(config.task)
+    keras.utils.set_random_seed(4)
+    model = models.build_model(config.model, built, batch_size=2, stateful=True)
+    probe = gradients.GradientProbe(model, built)
+    x, y = built.sample_batch(np.random.default_rng(0), 3)
+    rng = np.random.default_rng(1)
+    weights = rng.uniform(0.0, 1.0, (4, 9)).astype(np.float32)
+    keep = rng.choice([0.0, 1.0, 1.5], (4, 9)).astype(np.float32)
+    together = probe.parameter_gradients(x, y, weights, keep)
+    assert together.shape == (4, model.count_params())
+    for row in range(4):
+        np.testing.assert_allclose(together[row], direct_gradient(probe, x, y, weights[row], keep[row]),
+                                   rtol=2e-4, atol=2e-6)
+    assert not np.allclose(together[0], together[1], rtol=1e-2)  # each recipe its own gradient

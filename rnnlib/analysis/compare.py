@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats
 
 from rnnlib.core import divergence
-from rnnlib.core.records import vanishing_lag
+from rnnlib.core.records import TRUNCATION_BIAS, vanishing_lag
 from rnnlib.core.registry import lookup
 
 STATISTICS = ("best", "last", "at_step")
@@ -88,8 +88,11 @@ def baselines(runs: pd.DataFrame, metric: str) -> dict[str, float]:
     """The trivial predictors' scores to draw on a chart of `metric`: `{label: value}`.
 
     The loss baseline for `train_loss` / `val_loss`; for a validation metric `val_<m>`, the task's metric
-    baselines (`Task.metric_baselines`, e.g. persistence and seasonal naive MAE), when the runs logged them.
+    baselines (`Task.metric_baselines`, e.g. persistence and seasonal naive MAE), when the runs logged them; for
+    the truncation-bias meter's `trunc_<statistic>`, full BPTT's value (cosine 1, every error 0).
     """
+    if metric.startswith("trunc_") and metric.removeprefix("trunc_") in TRUNCATION_BIAS:
+        return {"full BPTT": 1.0 if metric == "trunc_cosine" else 0.0}
     if is_loss(metric):
         value = baseline(runs)
         return {} if value is None else {baseline_name(runs): value}

@@ -165,10 +165,13 @@ class Truncation(_Frozen):
                 return {"mode": "full"}
             if text.isdigit():
                 return {"mode": "tbptt", "k1": int(text), "k2": int(text)}
+            parsed = truncation_from_label(text)  # the labels legends show: 10/20, rand20, unbiased20
+            if isinstance(parsed, dict):
+                return {"mode": "tbptt", **parsed} if "mode" not in parsed else parsed
             raise ValueError(
                 f"got {_short_repr(value)}; expected `full`, a positive integer k, {{k1: .., k2: ..}}, "
-                "{mode: random_length, mean: ..} (random-length TBPTT) or {mode: unbiased, mean: ..} (compensated, "
-                "unbiased)"
+                "{mode: random_length, mean: ..} (random-length TBPTT), {mode: unbiased, mean: ..} (compensated, "
+                "unbiased) or a label as legends show them (10/20, rand20, unbiased20)"
             )
         if isinstance(value, Mapping) and "mode" not in value and ("k1" in value or "k2" in value):
             return {"mode": "tbptt", **value}

@@ -11,7 +11,7 @@ update, because the state carried into an update is a constant (`truncation.grad
 Jacobian view ∂h_T/∂h_t is a property of the dynamics and is computed without truncation, and so is the
 connectivity ‖∂y_T/∂x_t‖ (Distill's "Memorization in RNNs"): how much the last output depends on each input.
 
-The truncation-bias meter (`GradientProbe.truncation_gradient`, `truncation_bias`) compares gradients of the
+The truncation-bias meter (`GradientProbe.truncation_gradients`, `truncation_bias`) compares gradients of the
 parameters themselves: full BPTT's on the probe sequences against the one the run's truncation gives on the same
 sequences and weights, through the same windows its updates use.
 """
@@ -27,6 +27,10 @@ from rnnlib.worker import backends, models
 
 # Jacobians are taken row by row, one replica of a sequence per unit of h_T: cap the replicated batch.
 MAX_JACOBIAN_ROWS = 1024
+# `GradientProbe.parameter_gradients` takes recipes in chunks of at most this many, holding at most
+# `MAX_WEIGHT_COPIES` floats of weight copies (e.g. 64 copies of a 32-unit GRU, one of a 1,024-unit LSTM).
+MAX_RECIPES_PER_PASS = 64
+MAX_WEIGHT_COPIES = 1 << 22
 # Offset of the probe sequences' seed from the training seed, so they are fixed per run and not training data.
 PROBE_SEED_OFFSET = 7919
 
@@ -38,30 +42,51 @@ def unroll(cells, x, perturbations, keep=None):
         cells: the Keras cells of the stacked recurrent layers, bottom first (only these layers run).
         perturbations: per layer, one `[batch, T, units]` tensor per state (h; h and c for the LSTM), added to
             that state after each step (zeros: the forward pass is unchanged).
-        keep: `<float>[T]`, the factor on the gradient that flows back through the states entering each step
-            (the forward pass is unchanged): 0 where they are constants (no gradient flows back past the first
-            step of a truncated update), 1 for plain backpropagation (the default), other values for a
-            compensated truncation. A mask rather than indices so that one compiled graph serves every update.
+        keep: `<float>[T]`, or `[batch, T]` for one per sequence: the factor on the gradient that flows back
+            through the states entering each step (the forward pass is unchanged): 0 where they are constants
+            (no gradient flows back past the first step of a truncated update), 1 for plain backpropagation (the
+            default), other values for a compensated truncation. A mask rather than indices so that one
+            compiled graph serves every update.
 
     Returns:
         The hidden states of the last layer, `[batch, T, units]`.
     """
     hidden = ops.transpose(x, (1, 0, 2))  # time-major, for `ops.scan`
     keep = ops.ones((x.shape[1],)) if keep is None else keep
+    keep = ops.expand_dims(keep if len(keep.shape) == 1 else ops.transpose(keep), -1)  # [T, 1] or [T, batch, 1]
     for cell, layer_perturbations in zip(cells, perturbations):
-
-        def step(states, inputs, cell=cell):
-            x_t, keep_t, *perturbations_t = inputs
-            states = [ops.stop_gradient(state) + (state - ops.stop_gradient(state)) * keep_t for state in states]
-            _, states = cell(x_t, states, training=False)
-            states = [state + perturbation for state, perturbation in zip(states, perturbations_t)]
-            return states, states  # TensorFlow's scan wants outputs shaped like the carry
-
-        initial = [ops.zeros((x.shape[0], cell.units)) for _ in layer_perturbations]
-        time_major = [ops.transpose(p, (1, 0, 2)) for p in layer_perturbations]
-        _, outputs = ops.scan(step, initial, [hidden, keep, *time_major])
-        hidden = outputs[0]
+        hidden = _scan_layer(cell, hidden, keep, [ops.transpose(p, (1, 0, 2)) for p in layer_perturbations])[0]
     return ops.transpose(hidden, (1, 0, 2))
+
+
+def forward_states(cells, x):
+    """Every layer's states at every step, `[layer][state]` -> `[batch, T, units]` (h; h and c for the LSTM),
+    as constants: the forward pass of `unroll`."""
+    hidden = ops.transpose(x, (1, 0, 2))
+    keep = ops.ones((x.shape[1], 1))
+    result = []
+    for cell in cells:
+        zeros = [ops.repeat(ops.zeros_like(hidden[..., :1]), cell.units, axis=-1)] * _num_states(cell)
+        states = [ops.stop_gradient(s) for s in _scan_layer(cell, hidden, keep, zeros)]
+        result.append([ops.transpose(s, (1, 0, 2)) for s in states])
+        hidden = states[0]
+    return result
+
+
+def _scan_layer(cell, inputs, keep, perturbations):
+    """One layer of `unroll`, time-major: inputs `[T, batch, features]`, keep `[T, 1]` or `[T, batch, 1]`, one
+    `[T, batch, units]` perturbation per state. Returns each state's sequence, `[T, batch, units]`."""
+
+    def step(states, step_inputs):
+        x_t, keep_t, *perturbations_t = step_inputs
+        states = [ops.stop_gradient(state) + (state - ops.stop_gradient(state)) * keep_t for state in states]
+        _, states = cell(x_t, states, training=False)
+        states = [state + perturbation for state, perturbation in zip(states, perturbations_t)]
+        return states, states  # TensorFlow's scan wants outputs shaped like the carry
+
+    initial = [ops.zeros_like(p[0]) for p in perturbations]  # [batch, units], whatever the traced batch size
+    _, outputs = ops.scan(step, initial, [inputs, keep, *perturbations])
+    return list(outputs)
 
 
 class GradientProbe:
@@ -92,17 +117,8 @@ class GradientProbe:
                 unroll(self.cells, rest[-1], self._nest(rest[:-1]))[:, -1]) * selector)
         )
         self.variables = list(model.trainable_variables)
-        final = task.target_form == "final"
-
-        def sequence_loss(x, target, weights, keep, *values):
-            """Σ_t weights_t · (mean loss of step t over the batch), the weights as trainable inputs."""
-            with keras.StatelessScope(state_mapping=list(zip(self.variables, values))):
-                hidden = unroll(self.cells, x, self._nest(self._zeros(*x.shape[:2])), keep)
-                if final:
-                    return ops.mean(loss(target, self.head(hidden[:, -1])))
-                return ops.sum(ops.mean(loss(target, self.head(hidden)), axis=0) * weights)
-
-        self._parameter_gradients = backends.gradient_function(sequence_loss)
+        self._adjoints = backends.gradient_function(self._recipe_loss)
+        self._local_gradients = backends.gradient_function(self._local_loss)
         self._state_gradients = {
             index: backends.gradient_function(
                 lambda x, selector, *flat, index=index: ops.sum(
@@ -181,45 +197,118 @@ class GradientProbe:
         norms[~np.isfinite(norms)] = np.nan
         return norms.mean(axis=0)
 
+    def parameter_gradients(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                            keep: np.ndarray) -> np.ndarray:
+        """Parameter gradients of several recipes on the sequences `x` at the current weights, `[R, P]` float64.
+
+        Recipe r is the objective Σ_t weights[r, t] · loss_t (loss_t: step t's mean loss over the sequences; for
+        a task scored at the last step only, that loss), backpropagated with the gradient factors keep[r]
+        (`unroll`); row r is its gradient with respect to every trainable weight, flattened.
+
+        Two passes, so that R recipes cost about one: (1) every recipe's replica of the sequences runs in one
+        batch through one scan, and the gradient with respect to zero perturbations of every state gives each
+        replica's own adjoint ∂objective/∂state_t; (2) with the forward states held constant, each step's cell
+        and the head are applied once more, without a scan, to one copy of the weights per recipe, against
+        those adjoints: the gradient with respect to copy r is recipe r's, Σ_t (∂state_t/∂θ)ᵀ adjoint_t.
+        Recipes go in chunks that keep the replicated batch and the weight copies bounded.
+        """
+        x, y = np.asarray(x, np.float32), np.asarray(y)
+        batch, length = x.shape[:2]
+        weights = np.asarray(weights, np.float32) / batch  # each recipe's loss is a mean over its sequences
+        keep = np.asarray(keep, np.float32)
+        values = [ops.convert_to_numpy(v.value) for v in self.variables]
+        size = max(1, min(len(weights), MAX_RECIPES_PER_PASS, MAX_JACOBIAN_ROWS // batch,
+                          MAX_WEIGHT_COPIES // sum(v.size for v in values)))
+        rows = []
+        for start in range(0, len(weights), size):
+            w, k = weights[start : start + size], keep[start : start + size]
+            replicas = len(w)
+            _, adjoints = self._adjoints(
+                [np.tile(x, (replicas, 1, 1)), np.tile(y, (replicas,) + (1,) * (y.ndim - 1)),
+                 np.repeat(w, batch, axis=0), np.repeat(k, batch, axis=0)],
+                self._zeros(replicas * batch, length))
+            per_recipe = [a.reshape(replicas, batch, length, -1) for a in adjoints]
+            _, grads = self._local_gradients([x, y, w, *per_recipe], values * replicas)
+            for r in range(replicas):
+                rows.append(np.concatenate([np.asarray(g, np.float64).ravel()
+                                            for g in grads[r * len(values) : (r + 1) * len(values)]]))
+        return np.stack(rows)
+
     def parameter_gradient(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
                            keep: np.ndarray | None = None) -> np.ndarray:
-        """The gradient of Σ_t weights_t · loss_t (loss_t: step t's mean loss over the sequences; for a task
-        scored at the last step only, that loss) with respect to every trainable weight, backpropagated with
-        the gradient factors `keep` (`unroll`), flattened into one float64 vector."""
-        length = x.shape[1]
-        keep = np.ones(length, np.float32) if keep is None else keep
-        target = np.asarray(y)
-        _, grads = self._parameter_gradients(
-            [np.asarray(x, np.float32), target, np.asarray(weights, np.float32), np.asarray(keep, np.float32)],
-            [ops.convert_to_numpy(v.value) for v in self.variables])
-        return np.concatenate([np.asarray(g, np.float64).ravel() for g in grads])
+        """One recipe's gradient (`parameter_gradients`): Σ_t weights_t · loss_t backpropagated with the gradient
+        factors `keep` (default: plain backpropagation), flattened into one float64 vector."""
+        keep = np.ones(x.shape[1], np.float32) if keep is None else keep
+        return self.parameter_gradients(x, y, np.asarray(weights)[None], np.asarray(keep)[None])[0]
 
-    def truncation_gradient(self, x: np.ndarray, y: np.ndarray, updates: list[truncation.Update],
-                            gradient_scale: float = 1.0, full: np.ndarray | None = None) -> np.ndarray:
-        """The parameter gradient one schedule of truncated updates gives on `x` at the current weights.
+    def truncation_gradients(self, x: np.ndarray, y: np.ndarray, schedules: list[list[truncation.Update]],
+                             gradient_scale: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Full BPTT's parameter gradient on `x` at the current weights, and the one each schedule of truncated
+        updates gives (`schedule_recipes`), all from one `parameter_gradients` call.
 
-        Every scored step t contributes the gradient of its loss backpropagated only through its own update's
-        window (from `start`, whose incoming state is a constant), each step weighted 1/N over the N scored
-        steps as in the full gradient; so a schedule of one update over the whole sequence gives full BPTT's
-        gradient exactly (`full`, when given, is returned for it). `gradient_scale` multiplies the gradient
-        each step passes back to the one before it within a window (a compensated truncation's factor).
-        Updates whose windows overlap (k1 < k2) run in separate passes; the others share one.
+        A schedule of one update over the whole sequence without compensation gives the full gradient itself,
+        so that full BPTT meters as exactly full.
         """
         length = x.shape[1]
-        weights_all = scored_weights(self.task, length)
-        if len(updates) == 1 and updates[0].start == 0 and updates[0].stop == length and gradient_scale == 1.0:
-            return full if full is not None else self.parameter_gradient(x, y, weights_all)
-        total = None
-        for group in _disjoint_groups(_scored_updates(self.task, updates, length)):
-            keep = np.full(length, gradient_scale, np.float32)
-            weights = np.zeros(length, np.float32)
-            for update in group:
-                keep[update.start] = 0.0
-                weights[update.loss_start : update.stop] = weights_all[update.loss_start : update.stop]
-            gradient = self.parameter_gradient(x, y, weights, keep)
-            total = gradient if total is None else total + gradient
-        assert total is not None, "a schedule scores at least one step"
+        weights, keep, owners = [scored_weights(self.task, length)], [np.ones(length, np.float32)], [-1]
+        for index, updates in enumerate(schedules):
+            if not _is_full(updates, length, gradient_scale):
+                recipe_weights, recipe_keep = schedule_recipes(self.task, updates, length, gradient_scale)
+                weights.extend(recipe_weights)
+                keep.extend(recipe_keep)
+                owners.extend([index] * len(recipe_weights))
+        rows = self.parameter_gradients(x, y, np.stack(weights), np.stack(keep))
+        owners = np.array(owners)
+        full = rows[0]
+        samples = [rows[owners == index].sum(axis=0) if (owners == index).any() else full
+                   for index in range(len(schedules))]
+        return full, samples
+
+    def truncation_gradient(self, x: np.ndarray, y: np.ndarray, updates: list[truncation.Update],
+                            gradient_scale: float = 1.0) -> np.ndarray:
+        """The parameter gradient one schedule of truncated updates gives on `x` at the current weights
+        (`truncation_gradients`)."""
+        return self.truncation_gradients(x, y, [updates], gradient_scale)[1][0]
+
+    def _recipe_loss(self, x, target, weights, keep, *perturbations):
+        """Pass 1 of `parameter_gradients`: Σ over rows and steps of weights · loss through perturbed states
+        (`unroll`), each recipe's replica of the sequences its own rows of `weights` and `keep` `[rows, T]`."""
+        hidden = unroll(self.cells, x, self._nest(perturbations), keep)
+        return self._weighted_loss(target, hidden, weights)
+
+    def _local_loss(self, x, target, weights, *rest):
+        """Pass 2 of `parameter_gradients`: for each copy of the weights, every step's cell applied to the held
+        forward states against that recipe's adjoints, plus its weighted loss through the head."""
+        import keras
+
+        count = sum(_num_states(cell) for cell in self.cells)
+        adjoints, copies = rest[:count], rest[count:]
+        states = forward_states(self.cells, x)
+        total = 0.0
+        for r in range(len(copies) // len(self.variables)):
+            values = copies[r * len(self.variables) : (r + 1) * len(self.variables)]
+            with keras.StatelessScope(state_mapping=list(zip(self.variables, values))):
+                position, inputs = 0, x
+                for cell, layer_states in zip(self.cells, states):
+                    flat = lambda a: ops.reshape(a, (-1, a.shape[-1]))  # noqa: E731 - [batch, T, n] -> [batch·T, n]
+                    previous = [flat(ops.pad(s[:, :-1], ((0, 0), (1, 0), (0, 0)))) for s in layer_states]
+                    _, new_states = cell(flat(inputs), previous, training=False)
+                    for state in new_states:
+                        total = total + ops.sum(flat(adjoints[position][r]) * state)
+                        position += 1
+                    inputs = layer_states[0]
+                total = total + self._weighted_loss(target, inputs, weights[r])
         return total
+
+    def _weighted_loss(self, target, hidden, weights):
+        """Σ_rows Σ_t weights[.., t] · loss_t(row) for a `[rows, T, units]` top layer (the last step only, for a
+        task with one target per sequence); `weights` `[rows, T]`, or `[T]` for the same on every row."""
+        import keras
+
+        loss = keras.losses.get(self.task.loss)
+        if self.task.target_form == "final":
+            return ops.sum(loss(target, self.head(hidden[:, -1])) * weights[..., -1])
+        return ops.sum(loss(target, self.head(hidden)) * weights)
 
     def _zeros(self, batch, length):
         return [np.zeros((batch, length, cell.units), np.float32) for cell in self.cells
@@ -251,6 +340,34 @@ def _scored_updates(task: Task, updates: list[truncation.Update], length: int) -
         return [u for u in updates if u.stop == length]
     return [truncation.Update(u.start, max(u.loss_start, task.unscored_steps), u.stop) for u in updates
             if u.stop > task.unscored_steps]
+
+
+def schedule_recipes(task: Task, updates: list[truncation.Update], length: int,
+                     gradient_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The recipes (`GradientProbe.parameter_gradients`: loss weights and gradient factors, `[G, T]` each) whose
+    gradients sum to the one a schedule of truncated updates gives.
+
+    Every scored step t contributes the gradient of its loss backpropagated only through its own update's
+    window (from `start`, whose incoming state is a constant), each step weighted 1/N over the N scored steps
+    as in the full gradient. `gradient_scale` multiplies the gradient each step passes back to the one before
+    it within a window (a compensated truncation's factor). Updates whose windows overlap (k1 < k2) go in
+    separate recipes; the others share one.
+    """
+    weights_all = scored_weights(task, length)
+    groups = _disjoint_groups(_scored_updates(task, updates, length))
+    assert groups, "a schedule scores at least one step"
+    keep = np.full((len(groups), length), gradient_scale, np.float32)
+    weights = np.zeros((len(groups), length), np.float32)
+    for row, group in enumerate(groups):
+        for update in group:
+            keep[row, update.start] = 0.0
+            weights[row, update.loss_start : update.stop] = weights_all[update.loss_start : update.stop]
+    return weights, keep
+
+
+def _is_full(updates: list[truncation.Update], length: int, gradient_scale: float) -> bool:
+    """Whether a schedule is full BPTT: one update over the whole sequence, not compensated."""
+    return len(updates) == 1 and updates[0].start == 0 and updates[0].stop == length and gradient_scale == 1.0
 
 
 def _disjoint_groups(updates: list[truncation.Update]) -> list[list[truncation.Update]]:
@@ -328,11 +445,9 @@ class FlowRecorder:
     def meter(self) -> dict[str, float]:
         """The truncation-bias meter now (`truncation_bias`); the schedules drawn from the probe's own generator."""
         length = self.task.sequence_length
-        full = self.probe.parameter_gradient(self.x, self.y, scored_weights(self.task, length))
-        scale = truncation.gradient_scale(self.truncation)
-        samples = [self.probe.truncation_gradient(self.x, self.y, truncation.schedule(length, self.truncation,
-                                                                                        self.rng), scale, full)
-                   for _ in range(self.bias_samples)]
+        schedules = [truncation.schedule(length, self.truncation, self.rng) for _ in range(self.bias_samples)]
+        full, samples = self.probe.truncation_gradients(self.x, self.y, schedules,
+                                                        truncation.gradient_scale(self.truncation))
         return truncation_bias(full, samples)
 
 

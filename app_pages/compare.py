@@ -1,6 +1,6 @@
 import streamlit as st
 
-from rnnlib.analysis import compare
+from rnnlib.analysis import compare, verdicts
 from rnnlib.viz import views
 from ui import compare_controls as controls
 from ui import data, report_button, safe, scope
@@ -66,7 +66,7 @@ with verdicts_slot:
     if view.verdicts.empty:
         st.info("A verdict needs two groups with at least two runs each that did not diverge.")
     else:
-        st.markdown("\n".join(f"- {safe.text(text)}" for text in view.verdicts["verdict"]))
+        st.markdown("\n".join(f"- {safe.text(text)}" for text in verdicts.headlines(view.verdicts)))
         st.dataframe(view.verdicts.drop(columns="verdict"), hide_index=True, width="stretch",
                      column_config=views.VERDICT_COLUMNS)
         st.caption(f"{settings.metric} ({settings.statistic_name}) per run; the better group first. p is Welch's "

@@ -173,8 +173,6 @@ def cosine(a, b):
 
 
 def test_the_unbiased_mode_averages_to_the_full_gradient_where_random_lengths_do_not():
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("2,000 backward passes: JAX and PyTorch run the probes eagerly (minutes); the FD test covers them")
     full, unbiased = sampled_gradients({"mode": "unbiased", "mean": 5}, 1000)
     _, plain = sampled_gradients({"mode": "random_length", "mean": 5}, 1000)
     assert cosine(np.mean(unbiased, axis=0), full) > 0.999
@@ -251,7 +249,7 @@ def test_recipes_computed_together_equal_each_recipes_direct_backpropagation_in_
     weights = rng.uniform(0.0, 1.0, (4, 9)).astype(np.float32)
     keep = rng.choice([0.0, 1.0, 1.5], (4, 9)).astype(np.float32)
     together = probe.parameter_gradients(x, y, weights, keep)
-    assert together.shape == (4, model.count_params())
+    assert together.shape == (4, sum(int(np.prod(v.shape)) for v in probe.variables))
     for row in range(4):
         np.testing.assert_allclose(together[row], direct_gradient(probe, x, y, weights[row], keep[row]),
                                    rtol=2e-4, atol=2e-6)

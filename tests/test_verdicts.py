@@ -59,6 +59,18 @@ def test_accuracy_ranks_higher_first_and_diverged_runs_are_left_out():
     assert row.better == "gru" and row.n_better == 2 and row.difference > 0
 
 
+def test_many_undetectable_pairs_read_as_one_sentence_after_the_verdicts():
+    per_run, runs = frame({"gru": [0.010, 0.011, 0.012], "lstm": [0.050, 0.052, 0.048], "rnn": [0.049, 0.053, 0.05],
+                           "elman": [0.051, 0.047, 0.052], "mgu": [0.05, 0.046, 0.054]})
+    table = verdicts.pairs(per_run, runs, ["model.label"])
+    lines = verdicts.headlines(table)
+    assert len(table) == 10 and all(line.startswith("gru beats ") for line in lines[:4])
+    assert lines[4:] == ["no detectable difference with these seeds for the other 6 pairs (3 runs per group); the "
+                         "table below says how many seeds each would need"]
+    few = verdicts.headlines(table.iloc[:6])  # 4 verdicts and 2 ties: each named
+    assert len(few) == 6 and few[-1].startswith("no detectable difference between ")
+
+
 def test_a_group_of_one_run_gets_no_verdict():
     per_run, runs = frame({"gru": [0.1, 0.2], "lstm": [0.3]})
     assert verdicts.pairs(per_run, runs, ["model.label"]).empty

@@ -19,6 +19,7 @@ LEVEL = 0.95
 ALPHA = 0.05
 BOOTSTRAP_SAMPLES = 4_000
 MAX_ALL_PAIRS = 6  # groups up to which every pair is shown; beyond, each group against the best
+MAX_TIES_LISTED = 3  # undetectable pairs named one by one; more are summed up in one sentence
 METHODS = {"welch": "Welch t interval", "bootstrap": "percentile bootstrap interval"}
 COLUMNS = ["better", "worse", "n_better", "n_worse", "difference", "lower", "upper", "effect_size", "p", "p_holm",
            "verdict", "seeds_needed"]
@@ -120,7 +121,29 @@ def verdict(better: str, worse: str, difference: float, lower: float, upper: flo
             n_worse: int) -> str:
     """`gru beats lstm by 0.0014 ± 0.0006 (n = 3 vs 3)`, or that these seeds cannot tell them apart."""
     counts = f"(n = {n_better} vs {n_worse})"
-    if p_holm < ALPHA and (lower > 0 or upper < 0):
+    if detectable(p_holm, lower, upper):
         half = (upper - lower) / 2
         return f"{better} beats {worse} by {abs(difference):.3g} ± {half:.2g} {counts}"
     return f"no detectable difference between {better} and {worse} with these seeds {counts}"
+
+
+def detectable(p_holm, lower, upper):
+    """Whether a difference is a verdict: significant after Holm's correction and an interval that excludes 0
+    (elementwise for columns)."""
+    return (p_holm < ALPHA) & ((lower > 0) | (upper < 0))
+
+
+def headlines(table: pd.DataFrame) -> list[str]:
+    """The sentences to show above a `pairs` table: every detectable verdict, then the pairs these seeds cannot
+    tell apart, one by one when there are few (`MAX_TIES_LISTED`), else summed up in one sentence."""
+    detected = detectable(table["p_holm"], table["lower"], table["upper"])
+    lines = table.loc[detected, "verdict"].tolist()
+    ties = table[~detected]
+    if len(ties) <= MAX_TIES_LISTED:
+        return lines + ties["verdict"].tolist()
+    counts = sorted({int(n) for n in (*ties["n_better"], *ties["n_worse"])})
+    runs = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    which = "the other" if lines else "all"
+    lines.append(f"no detectable difference with these seeds for {which} {len(ties)} pairs ({runs} runs per group); "
+                 "the table below says how many seeds each would need")
+    return lines

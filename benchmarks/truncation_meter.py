@@ -8,7 +8,8 @@ at initialisation and one at the end of every epoch, on 4 probe sequences, with 
 for random modes. Every call of the meter is timed. Printed per run: the steady epoch time (median after the
 first, which traces), the meter's first call (tracing its two passes) and its time per probe after that
 (median), its share of an epoch (the default schedule meters once per epoch), the whole probe's time (gradient
-flow, Jacobians, connectivity and meter), and the meter's share of the run's wall time, first call included. Target: meter ≤ 10% of training time.
+flow, Jacobians, connectivity and meter), and the meter's share of the run's wall time, first call included.
+Target: meter ≤ 10% of training time.
 --smoke: T = 20, 8 units, one cell, two truncations, 2 epochs of 2 batches (seconds; the figures mean nothing).
 """
 

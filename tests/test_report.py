@@ -40,7 +40,8 @@ def test_a_compare_report_holds_the_pages_charts_numbers_settings_and_provenance
     runs = tracking.runs_frame(fixture_store, "smoke")
     trials = views.select_runs(runs, {})
     settings = views.compare_settings_from({}, trials)
-    histories = tracking.metric_histories(fixture_store, trials["run_id"].tolist(), views.history_keys(trials, settings))
+    keys = views.history_keys(trials, settings)
+    histories = tracking.metric_histories(fixture_store, trials["run_id"].tolist(), keys)
     view = views.compare_view(trials, histories, settings)
     for mean in view.groups["mean"]:  # the summary the page shows, to its 4 digits
         assert f">{mean:.4g}<" in text

@@ -123,8 +123,8 @@ def curve_settings(link: Permalink, metrics: list[str], default_band: str) -> Cu
                        f"a few runs (t = 12.7 at 2), so below {compare.MIN_RUNS_FOR_CI} runs per group the "
                        "default is min–max.")
     log_y = link.flag("Log y", "log_y", widget=right.toggle)
-    show_runs = link.flag("Show runs", "show_runs", widget=last.toggle, help="Draw every run (each seed) under the group "
-                          "means.")
+    show_runs = link.flag("Show runs", "show_runs", widget=last.toggle,
+                          help="Draw every run (each seed) under the group means.")
     return CurveSettings(metric, smoothing, band, log_y, show_runs)
 
 

@@ -2,7 +2,6 @@
 (`rnnlib.viz.report`), built only when the button is pressed."""
 
 import pandas as pd
-import streamlit as st
 
 from ui import safe
 

@@ -179,7 +179,8 @@ def metric_vs_param_figure(table: pd.DataFrame, metric: str, x_param: str, line_
     for line in colors:
         rows = table[table["line"] == line].sort_values("x_order")
         fig.add_trace(go.Scatter(
-            x=rows["x"], y=rows["mean"], mode="lines+markers", name=value_label(line_param, line) if line_param else line,
+            x=rows["x"], y=rows["mean"], mode="lines+markers",
+            name=value_label(line_param, line) if line_param else line,
             line={"color": colors[line], "width": 2.5}, marker={"size": 9},
             error_y={"type": "data", "array": rows["upper"] - rows["mean"], "arrayminus": rows["mean"] - rows["lower"],
                      "symmetric": False, "visible": True, "thickness": 1.5},
@@ -267,7 +268,8 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
         titles = []
         for name in panel_names:
             counts = sorted({runs_in[g] for g in groups if place[g][0] == name})
-            titles.append(plain(f"{name} (n={counts[0]})" if len(counts) == 1 else f"{name} (n={counts[0]}–{counts[-1]})"))
+            runs = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+            titles.append(plain(f"{name} (n={runs})"))
         fig = make_subplots(rows=1, cols=len(panel_names), shared_yaxes=True, horizontal_spacing=0.03,
                             subplot_titles=titles)
     else:
@@ -583,7 +585,8 @@ def state_trajectory_figure(path: pd.DataFrame, explained: np.ndarray, marked: S
         fig.add_trace(go.Scatter(x=reference["pc1"], y=reference["pc2"], mode="lines", name="at initialisation",
                                  line={"color": "#bbbbbb", "width": 1.5, "dash": "dot"}))
     fig.add_trace(go.Scatter(
-        x=path["pc1"], y=path["pc2"], mode="lines+markers", name=f"state {state}_t", line={"color": "#999999", "width": 1},
+        x=path["pc1"], y=path["pc2"], mode="lines+markers", name=f"state {state}_t",
+        line={"color": "#999999", "width": 1},
         marker={"color": path["t"], "colorscale": "Viridis", "size": 6, "showscale": True,
                 "colorbar": {"title": "t"}},
         hovertemplate="t=%{marker.color}: (%{x:.3f}, %{y:.3f})<extra></extra>",

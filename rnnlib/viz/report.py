@@ -25,8 +25,8 @@ from rnnlib.viz import views
 
 # No fetch, no frame, no form: only the inline script and styles of this file, images as data. `unsafe-eval`:
 # plotly's WebGL charts (parallel coordinates) compile their shaders' glue code with `new Function`.
-POLICY = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; "
-          "font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'")
+POLICY = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+          "img-src data: blob:; font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'")
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
        padding: 0 1rem; color: #262730; line-height: 1.45; }
@@ -58,7 +58,8 @@ def compare_sections(view: views.CompareView, settings: views.CompareSettings) -
     return [
         Section("Learning curves", view.curves, notice=view.notice,
                 caption=f"Mean of each group over its runs; band: {settings.band and _band(settings.band)}."),
-        Section(f"Summary: {settings.metric} ({settings.statistic_name})", table=view.groups.rename(columns=views.group_columns(settings)),
+        Section(f"Summary: {settings.metric} ({settings.statistic_name})",
+                table=view.groups.rename(columns=views.group_columns(settings)),
                 caption="One row per group, best first. A diverged run has no statistic and is counted apart."),
         Section("Per run", table=view.per_run, fold=f"Per run ({len(view.per_run)})"),
         Section("Verdicts", table=view.verdicts.rename(columns=views.VERDICT_COLUMNS),
@@ -101,7 +102,8 @@ def _band(kind: str) -> str:
 def provenance(runs: pd.DataFrame, code_commit: str) -> dict[str, str]:
     """Where the numbers come from: how many runs, the commits they were trained at, this rnnlib."""
     commits = runs.get("tags.mlflow.source.git.commit", pd.Series(dtype=str)).dropna().astype(str)
-    starts = pd.to_datetime(runs["start_time"]) if "start_time" in runs and len(runs) else pd.Series(dtype="datetime64[ns]")
+    starts = (pd.to_datetime(runs["start_time"]) if "start_time" in runs and len(runs)
+              else pd.Series(dtype="datetime64[ns]"))
     return {
         "runs": str(len(runs)),
         "trained at commits": ", ".join(sorted(set(commits))) or "not recorded",

@@ -258,7 +258,9 @@ def select_runs(all_runs: pd.DataFrame, query: Mapping[str, list[str]]) -> pd.Da
             raise ValueError(f"No sweep {sweep!r} in this experiment; leave `sweep` out for all its runs.")
         trials = trials[trials["parent_run_id"] == sweep]
     filters = {k.removeprefix("f."): v for k, v in query.items() if k.startswith("f.")}
-    runs = compare.filter_runs(trials, {k: [p for v in vs for p in str(v).split(",") if p] for k, vs in filters.items()})
+    split = {name: [part for value in values for part in str(value).split(",") if part]
+             for name, values in filters.items()}
+    runs = compare.filter_runs(trials, split)
     selected = [v for v in query.get("selected", []) if v]
     if selected:
         unknown = sorted(set(selected) - set(runs["run_id"]))

@@ -258,9 +258,9 @@ class GradientProbe:
                 keep.extend(recipe_keep)
                 owners.extend([index] * len(recipe_weights))
         rows = self.parameter_gradients(x, y, np.stack(weights), np.stack(keep))
-        owners = np.array(owners)
+        owner = np.array(owners)
         full = rows[0]
-        samples = [rows[owners == index].sum(axis=0) if (owners == index).any() else full
+        samples = [rows[owner == index].sum(axis=0) if (owner == index).any() else full
                    for index in range(len(schedules))]
         return full, samples
 

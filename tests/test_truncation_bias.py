@@ -110,6 +110,17 @@ def test_truncation_bias_statistics_of_known_vectors_and_nan_for_a_vanished_grad
     assert all(np.isnan(v) for v in gradients.truncation_bias(np.zeros(2), [np.ones(2)]).values())
 
 
+def test_the_bias_of_a_few_noisy_samples_is_their_systematic_error_not_their_noise():
+    rng = np.random.default_rng(0)
+    full = np.ones(2000)
+    noise = rng.normal(0.0, 1.0, (8, 2000))  # relative variance 1: the mean of 8 is off by ~0.35 from noise alone
+    unbiased = gradients.truncation_bias(full, list(full + noise))
+    assert np.linalg.norm(noise.mean(axis=0)) / np.linalg.norm(full) > 0.3
+    assert unbiased["bias"] < 0.05 and unbiased["variance"] == pytest.approx(1.0, rel=0.05)
+    shifted = gradients.truncation_bias(full, list(0.5 * full + noise))  # a real bias of 0.5
+    assert shifted["bias"] == pytest.approx(0.5, abs=0.03)
+
+
 def test_connectivity_is_the_norm_of_the_last_outputs_finite_difference_jacobian_in_each_input():
     config, task, model = build({"name": "adding", "length": 6}, units=3)
     x, _ = task.sample_batch(np.random.default_rng(3), 2)

@@ -23,7 +23,7 @@ GRADIENT_QUANTITIES = {
 TRUNCATION_BIAS = {
     "cosine": "cosine with the full gradient",
     "error": "relative error ‖g − g_full‖ / ‖g_full‖",
-    "bias": "relative bias ‖E[g] − g_full‖ / ‖g_full‖",
+    "bias": "relative bias ‖E[g] − g_full‖ / ‖g_full‖ (less the samples' noise)",
     "variance": "relative variance E‖g − E[g]‖² / ‖g_full‖²",
 }
 

@@ -389,8 +389,11 @@ def truncation_bias(full: np.ndarray, samples: list[np.ndarray]) -> dict[str, fl
     Returns:
         `cosine`: the mean cosine similarity of a sample with the full gradient (1: the same direction);
         `error`: the mean relative norm error ‖g − g_full‖ / ‖g_full‖;
-        `bias`: ‖mean(g) − g_full‖ / ‖g_full‖, the error of the samples' mean (the estimator's bias);
-        `variance`: the samples' mean squared distance from their mean over ‖g_full‖² (0 for one sample).
+        `bias`: ‖E[g] − g_full‖ / ‖g_full‖, the estimator's bias. Estimated from the samples' mean, whose squared
+            distance from g_full is the squared bias plus the mean's own sampling variance (variance / M for M
+            samples): that share is taken off (down to 0), so that the noise of a few samples is not read as bias;
+        `variance`: E‖g − E[g]‖² / ‖g_full‖², from the samples' squared distances to their mean over M − 1 (0 for
+            one sample).
         All NaN when the full gradient is zero or not finite (a diverged network).
     """
     full = np.asarray(full, np.float64)
@@ -404,12 +407,13 @@ def truncation_bias(full: np.ndarray, samples: list[np.ndarray]) -> dict[str, fl
     cosines = 1.0 - np.square(np.linalg.norm(unit - full / reference, axis=1)) / 2.0
     cosines[norms == 0] = 0.0
     mean = stack.mean(axis=0)
-    spread = float(np.square(stack - mean).sum(axis=1).sum() / (len(stack) - 1)) if len(stack) > 1 else 0.0
+    variance = float(np.square(stack - mean).sum() / (len(stack) - 1)) / reference ** 2 if len(stack) > 1 else 0.0
+    squared_bias = float(np.square(mean - full).sum()) / reference ** 2 - variance / len(stack)
     return {
         "cosine": float(cosines.mean()),
         "error": float((np.linalg.norm(stack - full, axis=1) / reference).mean()),
-        "bias": float(np.linalg.norm(mean - full) / reference),
-        "variance": spread / reference ** 2,
+        "bias": float(np.sqrt(max(squared_bias, 0.0))),
+        "variance": variance,
     }
 
 

@@ -256,6 +256,18 @@ else:
     ]
 
 
+class ExecutionConfig(_Frozen):
+    """How a sweep's trials run (`rnnlib.run.executors`); it changes no number a run logs, so it is no param.
+
+    `sequential`: one after another in this process (the default). `processes`: in `workers` local worker
+    processes (default: one per CPU core), each trial's logging written through this process, so that even a
+    sqlite store has one writer.
+    """
+
+    executor: Literal["sequential", "processes"] = "sequential"
+    workers: int | None = pydantic.Field(None, ge=1, le=256)
+
+
 class ExperimentConfig(_Frozen):
     """One experiment: a task, a model, how to train it, a seed, and optionally a sweep `grid`.
 
@@ -270,6 +282,7 @@ class ExperimentConfig(_Frozen):
     training: TrainingConfig = TrainingConfig()
     seed: int = pydantic.Field(0, ge=0, le=2**31 - 1)
     grid: dict[str, list[Any]] = {}
+    execution: ExecutionConfig = ExecutionConfig()
 
     @pydantic.model_validator(mode="after")
     def _truncation_fits_sequence(self):
@@ -335,11 +348,12 @@ def truncation_from_label(label) -> Any:
 def flatten_params(config: ExperimentConfig) -> dict[str, str]:
     """The config as flat dotted keys -> strings: the MLflow params of a run (the grid is left out).
 
-    `training.truncation` holds the short label (full, 20, 10/20, rand20); its parts are under
+    `execution` is left out too: how trials run changes no number. `training.truncation` holds the short label
+    (full, 20, 10/20, rand20); its parts are under
     `training.truncation.mode/k1/k2/mean` (empty when they do not apply). `model.label` names the model in one
     word (`ModelConfig.label`: rnn, lstm, gru, ar, ar_mlp).
     """
-    data = config.model_dump(mode="python", exclude={"grid"})
+    data = config.model_dump(mode="python", exclude={"grid", "execution"})
     trunc = config.training.truncation
     data["training"]["truncation"] = trunc.label
     data["model"] = {"cell_type": None, **data["model"], "label": config.model.label}
@@ -688,6 +702,7 @@ def _allowed_keys(loc: list[str]) -> list[str]:
         ("model",): ModelConfig,
         ("training",): TrainingConfig,
         ("training", "truncation"): Truncation,
+        ("execution",): ExecutionConfig,
     }
     model = models.get(tuple(loc))
     if model is None and len(loc) == 1 and loc[0] == "task":

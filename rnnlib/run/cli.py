@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--executor", choices=["sequential", "processes"], default=None,
+                     help="how the trials run (default: the YAML's execution.executor, else sequential)")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="worker processes of the processes executor (default: one per CPU core)")
     run.add_argument("--job-id", default=None, help=argparse.SUPPRESS)  # set by the dashboard's jobs
     return parser
 
@@ -85,6 +89,9 @@ def main(argv=None) -> int:
             return _demo(args)
         if args.command == "lab":
             return _lab(args)
+        for key in ("executor", "workers"):  # flags of `run` only, spelled as overrides of the YAML
+            if getattr(args, key, None) is not None:
+                args.overrides.append(f"execution.{key}={getattr(args, key)}")
         config = load_config(args.experiment, args.overrides)
         if args.command == "validate":
             points = expand_grid(config)

@@ -1,8 +1,9 @@
 """Running an experiment: every point of its grid, each a tracked run, and the summary of what came out.
 
-Trials run one after another in this process, so a sqlite store never sees two writers at once. A trial that
-raises is recorded FAILED and the sweep goes on; an interrupt (Ctrl-C, SIGTERM) ends the current trial and the
-sweep KILLED.
+How trials run is `execution.executor` (`EXECUTORS`): `sequential`, one after another in this process, or
+`processes`, in local worker processes that write through this one (`rnnlib.run.executors`); either way a sqlite
+store never sees two writers at once. A trial that raises, or whose worker dies, is recorded FAILED and the sweep
+goes on; an interrupt (Ctrl-C, SIGTERM) ends the open trials and the sweep KILLED.
 """
 
 import contextlib
@@ -17,7 +18,7 @@ from rnnlib import tracking
 from rnnlib.core import divergence
 from rnnlib.core.config import ExperimentConfig, expand_grid
 from rnnlib.core.errors import RnnLabError, TrackingError
-from rnnlib.worker import training
+from rnnlib.run import executors
 
 
 class SweepError(RnnLabError):
@@ -63,10 +64,11 @@ def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list
                 store.run(experiment_id, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
             )
             store.log_config(parent_id, config, {"rnnlib.grid": json.dumps(config.grid, default=str)})
-        results = []
-        for index, (point, trial_config) in enumerate(points):
-            callbacks = make_callbacks(index, len(points), trial_config) if make_callbacks else []
-            results.append(_run_trial(store, experiment_id, trial_config, point, parent_id, callbacks))
+        execution = config.execution
+        if parent_id:
+            store.set_tag(parent_id, executors.EXECUTOR_TAG, execution.executor)
+        results = EXECUTORS[execution.executor](store, experiment_id, points, parent_id, make_callbacks,
+                                                execution.workers)
         failed = [r for r in results if r.status == "FAILED"]
         if failed:  # raised inside the parent run, so the sweep ends FAILED
             lines = "\n".join(f"  - {tracking.run_name(r.config, r.point)}: {r.error}" for r in failed)
@@ -74,11 +76,27 @@ def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list
     return results
 
 
+def sequential(store, experiment_id: str, points: list, parent_id: str | None, make_callbacks=None,
+               workers: int | None = None) -> list[TrialResult]:
+    """Train `points` (`(grid point, config)` pairs) one after another in this process (`workers` unused)."""
+    results = []
+    for index, (point, trial_config) in enumerate(points):
+        callbacks = make_callbacks(index, len(points), trial_config) if make_callbacks else []
+        results.append(_run_trial(store, experiment_id, trial_config, point, parent_id, callbacks))
+    return results
+
+
+EXECUTORS = {"sequential": sequential, "processes": executors.processes}
+
+
 def _run_trial(store, experiment_id, config, point, parent_id, callbacks) -> TrialResult:
+    from rnnlib.worker import training
+
     kind = "trial" if parent_id else "single"
+    tags = {"rnnlib.run_kind": kind, executors.EXECUTOR_TAG: "sequential"}
     run_id = ""
     try:
-        with store.run(experiment_id, tracking.run_name(config, point), {"rnnlib.run_kind": kind}, parent_id) as run_id:
+        with store.run(experiment_id, tracking.run_name(config, point), tags, parent_id) as run_id:
             logger = tracking.RunLogger(store, run_id, config, point)
             result = training.train(config, [logger, *callbacks])
     except TrackingError:  # the store itself failed: no later trial could be logged either

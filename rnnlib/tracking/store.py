@@ -217,6 +217,22 @@ class Store:
 
         When the store itself fails (a full disk, a stopped server) and the run cannot even be ended, a
         `TrackingError` says so; the run is then ended FAILED by the next `reconcile`, as its worker is gone."""
+        run_id = self.open_run(experiment_id, run_name, tags, parent_run_id)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.end_run(run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
+            raise
+        except BaseException as error:
+            self.end_run(run_id, "FAILED", f"{type(error).__name__}: {error}")
+            raise
+        else:
+            self.end_run(run_id, "FINISHED")
+
+    def open_run(self, experiment_id: str, run_name: str, tags: dict | None = None,
+                 parent_run_id: str | None = None) -> str:
+        """Create a run, kept alive by this process's heartbeat until `end_run` (`run` does both around a
+        block; an executor that keeps several trials open at once calls them itself)."""
         all_tags = {"mlflow.source.git.commit": git_commit(), WORKER_TAG: self.worker.to_json(),
                     HEARTBEAT_TAG: f"{time.time():.0f}", **self.run_tags, **(tags or {})}
         if parent_run_id:
@@ -224,24 +240,18 @@ class Store:
         with writes(self.uri):
             run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         self._open.append(run_id)
-        try:
-            yield run_id
-        except KeyboardInterrupt:
-            self._end(run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
-            raise
-        except BaseException as error:
-            self._end(run_id, "FAILED", f"{type(error).__name__}: {error}")
-            raise
-        else:
-            self._end(run_id, "FINISHED")
-        finally:
-            self._open.remove(run_id)
+        return run_id
 
-    def _end(self, run_id: str, status: str, reason: str | None = None) -> None:
-        with writes(self.uri):
-            if reason:
-                self.client.set_tag(run_id, "rnnlib.error", reason[:5000])
-            self.client.set_terminated(run_id, status)
+    def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """End an open run FINISHED, FAILED or KILLED, with the reason as its `rnnlib.error` tag."""
+        try:
+            with writes(self.uri):
+                if reason:
+                    self.client.set_tag(run_id, "rnnlib.error", reason[:5000])
+                self.client.set_terminated(run_id, status)
+        finally:
+            if run_id in self._open:
+                self._open.remove(run_id)
 
     def heartbeat(self, force: bool = False) -> None:
         """Mark this process's open runs alive (at most every `HEARTBEAT_SECONDS`)."""

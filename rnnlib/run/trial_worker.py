@@ -1,0 +1,98 @@
+"""A worker process of the `processes` executor (`rnnlib.run.executors`): trains the trials its parent sends,
+one at a time, and writes nothing itself.
+
+Everything a trial logs goes back over the worker's pipe as messages that the parent applies to the real store,
+so a sqlite store still has one writer and "database is locked" cannot happen. Messages, worker to parent:
+
+- `("call", method, args)`: a `rnnlib.tracking.Store` logging call (`log_config`, `log_metrics`, `set_tag`);
+- `("artifacts", run_id, files, artifact_path, is_folder)`: `log_artifacts` with the files' bytes, as the
+  worker's temporary files are gone by the time the parent writes them;
+- `("event", index, hook, args)`: a training callback hook (`on_batch_end`, ...), for the parent's progress
+  bars and stop requests;
+- `("done", index, status, baseline, history, error)`: the trial ended, FINISHED or FAILED.
+
+Parent to worker: `("trial", index, config, point, run_id)`, or `("stop",)`. A worker whose pipe closes (its
+parent is gone) exits.
+"""
+
+import math
+import os
+import signal
+from pathlib import Path
+
+from rnnlib.core.callbacks import Callback
+
+FORWARDED_CALLS = ("log_config", "log_metrics", "set_tag")
+FORWARDED_HOOKS = ("on_train_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+
+
+class ForwardingStore:
+    """The part of `rnnlib.tracking.Store` a `RunLogger` uses, sent to the parent process instead of written."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def log_config(self, *args):
+        self.connection.send(("call", "log_config", args))
+
+    def log_metrics(self, *args, **kwargs):
+        self.connection.send(("call", "log_metrics", (*args, *kwargs.values())))
+
+    def set_tag(self, *args):
+        self.connection.send(("call", "set_tag", args))
+
+    def log_artifacts(self, run_id: str, path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            files = [(str(p.relative_to(path)), p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()]
+        else:
+            files = [(path.name, path.read_bytes())]
+        self.connection.send(("artifacts", run_id, files, artifact_path, path.is_dir()))
+
+    def heartbeat(self, force: bool = False) -> None:
+        """The parent keeps the runs it opened alive."""
+
+
+class ForwardingCallback(Callback):
+    """Sends the training hooks of trial `index` to the parent (the trained model stays here)."""
+
+    def __init__(self, connection, index: int):
+        self.connection, self.index = connection, index
+
+    def on_train_begin(self, info):
+        self.connection.send(("event", self.index, "on_train_begin", (info,)))
+
+    def on_batch_end(self, epoch, batch):
+        self.connection.send(("event", self.index, "on_batch_end", (epoch, batch)))
+
+    def on_epoch_end(self, epoch, logs):
+        self.connection.send(("event", self.index, "on_epoch_end", (epoch, logs)))
+
+    def on_train_end(self, result):
+        self.connection.send(("event", self.index, "on_train_end", (None,)))
+
+
+def serve(connection) -> None:
+    """The worker's loop: train each trial the parent sends until told to stop or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from rnnlib import tracking
+    from rnnlib.worker import training
+
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        _, index, config, point, run_id = message
+        logger = tracking.RunLogger(ForwardingStore(connection), run_id, config, point)  # type: ignore[arg-type]
+        try:
+            result = training.train(config, [logger, ForwardingCallback(connection, index)])
+        except (BrokenPipeError, EOFError):
+            return  # the parent is gone
+        except Exception as error:  # the parent ends the run FAILED; the worker takes the next trial
+            connection.send(("done", index, "FAILED", math.nan, [], f"{type(error).__name__}: {error}"))
+            continue
+        connection.send(("done", index, "FINISHED", result.task.baseline, result.history, ""))

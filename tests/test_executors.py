@@ -1,0 +1,131 @@
+"""The `processes` executor: the same runs, numbers and metric points as one process, one writer on sqlite, a
+killed worker's trial FAILED while the sweep goes on, and a stop that ends every open run KILLED."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import EXPERIMENTS_DIR, run_cli
+from rnnlib import tracking
+from rnnlib.core import callbacks
+from rnnlib.core import config as cfg
+from rnnlib.run import executors, sweep
+
+TINY = ["training.epochs=2", "training.steps_per_epoch=3", "task.length=8", "model.units=4",
+        "training.num_validation_sequences=16", "training.batch_size=8"]
+
+
+def tiny(*overrides):
+    return cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml", [*TINY, *overrides])
+
+
+def trial_runs(uri, name="smoke"):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id])
+    return client, {r.info.run_name: r for r in runs if r.data.tags.get("rnnlib.run_kind") != "sweep"}, runs
+
+
+def metric_points(client, run):
+    """Every stored point of every metric of `run`: {key: [(step, value), ...]}."""
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics}
+
+
+def test_parallel_workers_log_the_same_runs_numbers_and_every_metric_point_as_one_process(tmp_path):
+    sequential_uri, parallel_uri = (f"sqlite:///{tmp_path / name}.db" for name in ("one", "two"))
+    sweep.run_experiment(tiny(), tracking.Store(sequential_uri))
+    results = sweep.run_experiment(tiny("execution.executor=processes", "execution.workers=2"),
+                                   tracking.Store(parallel_uri))
+    assert [r.status for r in results] == ["FINISHED"] * 6
+    client_one, one, _ = trial_runs(sequential_uri)
+    client, two, every = trial_runs(parallel_uri)
+    assert sorted(two) == sorted(one) and len(two) == 6
+    assert {r.info.status for r in every} == {"FINISHED"}  # the sweep too
+    expected_epoch_keys = set(results[0].history[0])
+    counted = 0
+    for name, run in two.items():
+        points = metric_points(client, run)
+        for key in expected_epoch_keys:  # one point per epoch of every key an epoch logs
+            assert [step for step, _ in points[key]] == [1, 2], (name, key)
+        assert len(points["baseline"]) == len(points["best_val_loss"]) == 1
+        reference = metric_points(client_one, one[name])
+        assert points.keys() == reference.keys()
+        for key in ("train_loss", "val_loss", "grad_norm", "trunc_cosine", "best_val_loss"):
+            np.testing.assert_allclose([v for _, v in points[key]], [v for _, v in reference[key]], rtol=1e-5)
+        counted += sum(len(p) for p in points.values())
+        assert run.data.params == one[name].data.params
+        assert run.data.tags[executors.EXECUTOR_TAG] == "processes"
+        assert run.data.tags[executors.EXECUTOR_WORKER_TAG].split("/")[0] in {"0", "1"}
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", tracking.GRADIENT_FLOW_ARTIFACT, "model"} <= artifacts
+    assert counted == sum(len(p) for r in one.values() for p in metric_points(client_one, r).values())
+    workers = {run.data.tags[executors.EXECUTOR_WORKER_TAG] for run in two.values()}
+    assert len(workers) == 2  # both workers trained
+
+
+class KillsItsWorker(callbacks.Callback):
+    """In the parent: at the first batch of its trial, `kill -9` the worker training it (read from the run's tag)."""
+
+    def __init__(self, uri):
+        self.uri, self.done = uri, False
+
+    def on_batch_end(self, epoch, batch):
+        if self.done:
+            return
+        self.done = True
+        _, runs, _ = trial_runs(self.uri)
+        running = [r for r in runs.values() if r.info.run_name == "rnn-full-s0"]
+        os.kill(int(running[0].data.tags[executors.EXECUTOR_WORKER_TAG].split("/")[1]), signal.SIGKILL)
+
+
+def test_a_worker_killed_mid_trial_fails_that_trial_and_the_sweep_goes_on(sqlite_uri):
+    config = tiny("execution.executor=processes", "execution.workers=2", "grid.training.truncation=[full]")
+
+    def make_callbacks(index, total, trial_config):
+        return [KillsItsWorker(sqlite_uri)] if index == 0 else []
+
+    with pytest.raises(sweep.SweepError, match="1 of 3 runs failed"):
+        sweep.run_experiment(config, tracking.Store(sqlite_uri), make_callbacks)
+    _, runs, every = trial_runs(sqlite_uri)
+    status = {name: run.info.status for name, run in runs.items()}
+    assert status == {"rnn-full-s0": "FAILED", "lstm-full-s0": "FINISHED", "gru-full-s0": "FINISHED"}
+    assert "was killed by signal 9" in runs["rnn-full-s0"].data.tags["rnnlib.error"]
+    assert "RUNNING" not in {r.info.status for r in every}
+
+
+class StopsTheSweep(callbacks.Callback):
+    def on_batch_end(self, epoch, batch):
+        raise KeyboardInterrupt  # what Ctrl-C or the dashboard's Stop turns into
+
+
+def test_a_stop_kills_every_worker_and_ends_every_open_run_killed(sqlite_uri):
+    import multiprocessing
+
+    config = tiny("execution.executor=processes", "execution.workers=2")
+
+    def make_callbacks(index, total, trial_config):
+        return [StopsTheSweep()] if index == 1 else []
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_experiment(config, tracking.Store(sqlite_uri), make_callbacks)
+    _, runs, every = trial_runs(sqlite_uri)
+    assert {r.info.status for r in every} <= {"FINISHED", "KILLED"}
+    assert [r.info.status for r in every if r.data.tags.get("rnnlib.run_kind") == "sweep"] == ["KILLED"]
+    assert sum(r.info.status == "KILLED" for r in runs.values()) >= 1
+    assert len(runs) < 6  # no new trial started after the stop
+    assert multiprocessing.active_children() == []
+
+
+def test_the_cli_runs_a_sweep_on_worker_processes(sqlite_uri, cli_env):
+    result = run_cli(["run", str(EXPERIMENTS_DIR / "smoke.yaml"), "--tracking-uri", sqlite_uri, "--quiet",
+                      "--executor", "processes", "--workers", "2", *[a for o in TINY for a in ("--set", o)],
+                      "--set", "grid.training.truncation=[5]"], cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stderr
+    _, runs, _ = trial_runs(sqlite_uri)
+    assert {r.data.tags[executors.EXECUTOR_TAG] for r in runs.values()} == {"processes"}
+    assert all(r.info.status == "FINISHED" for r in runs.values()) and len(runs) == 3

@@ -22,6 +22,7 @@ from rnnlib.core.callbacks import Callback
 from rnnlib.core.config import SCHEMA_VERSION, ExperimentConfig, flatten_params
 from rnnlib.core.errors import TrackingError
 from rnnlib.core.paths import PROJECT_DIR
+from rnnlib.tracking import system
 
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -319,6 +320,7 @@ class RunLogger(Callback):
         self.grid_point = grid_point or {}
         self.history: list[dict] = []
         self.gradient_flow = None  # the latest probes, written at the next epoch end
+        self.system = system.SystemSampler()
 
     def on_train_begin(self, info):
         tags = {
@@ -331,7 +333,12 @@ class RunLogger(Callback):
             "rnnlib.num_parameters": info["num_parameters"],
             "rnnlib.grid_point": json.dumps(self.grid_point, default=str),
             "rnnlib.schema_version": SCHEMA_VERSION,
+            "rnnlib.cudnn": str(info.get("cudnn", False)).lower(),
         }
+        gpus = system.gpu_names()
+        tags["rnnlib.gpu_count"] = str(len(gpus))
+        if gpus:
+            tags["rnnlib.gpu_name"] = ", ".join(sorted(set(gpus)))
         self.store.log_config(self.run_id, self.config, tags)
         for path in info.get("data_files", ()):
             self.store.log_artifacts(self.run_id, path, artifact_path="data")
@@ -339,12 +346,13 @@ class RunLogger(Callback):
 
     def on_epoch_end(self, epoch, logs):
         self.history.append(logs)
-        self.store.log_metrics(self.run_id, logs, step=epoch)
+        self.store.log_metrics(self.run_id, {**logs, **self.system.flush()}, step=epoch)
         if divergence.diverged(logs):
             self.store.set_tag(self.run_id, divergence.TAG, str(epoch))
         self._log_gradient_flow()
 
     def on_batch_end(self, epoch, batch):
+        self.system.maybe_sample()
         self.store.heartbeat()
 
     def on_gradient_flow(self, flow):

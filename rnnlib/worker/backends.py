@@ -18,6 +18,15 @@ def recurrent_layer_options(backend: str, cell_type: str, stateful: bool) -> dic
     return {}
 
 
+def uses_cudnn(backend: str, device: str, cell_type: str | None, stateful: bool, gradient_scale: float) -> bool:
+    """Whether Keras trains these layers on its fused cuDNN kernel: on a GPU, for a cuDNN-eligible cell in the
+    lab's default settings (tanh, sigmoid gates, no recurrent dropout), unless a workaround here or the
+    compensated truncation's generic loop (`gradient_scale` != 1) takes the plain loop instead."""
+    if device == "cpu" or cell_type is None or not cells.get_cell(cell_type).cudnn or gradient_scale != 1.0:
+        return False
+    return recurrent_layer_options(backend, cell_type, stateful).get("use_cudnn", True)
+
+
 def tracks_rnn_state(backend: str) -> bool:
     """Whether the state variables of stateful RNN layers must be tracked as model variables.
 

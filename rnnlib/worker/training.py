@@ -98,9 +98,12 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     warmup = max(models.warmup_steps(config.model), task.unscored_steps)
     stepper = _UpdateStepper(model, task, warmup, config.training.truncation)
 
+    device = backends.device_name()
     info = {
         "backend": keras.backend.backend(),
-        "device": backends.device_name(),
+        "device": device,
+        "cudnn": backends.uses_cudnn(keras.backend.backend(), device, config.model.cell_type, True,
+                                     truncation.gradient_scale(config.training.truncation)),
         "num_parameters": int(model.count_params()),
         "baseline": task.baseline,
         "baseline_name": task.baseline_name,

@@ -1,0 +1,81 @@
+"""What a run used of the machine it trained on, logged with its epochs (no Keras here).
+
+MLflow's own readers (`mlflow.system_metrics`: psutil for CPU and memory, nvidia-ml-py for every NVIDIA GPU)
+are sampled by the training process itself at most every `SAMPLE_SECONDS` between batches, and averaged over
+each epoch into metrics under MLflow's names: `system/cpu_utilization_percentage`,
+`system/system_memory_usage_megabytes`, `system/gpu_0_utilization_percentage`,
+`system/gpu_0_memory_usage_megabytes`, ... They go through the run's own logging (not MLflow's monitor thread,
+which would be a second writer to a sqlite store), so a worker process of the `processes` executor measures
+itself. `system/process_peak_memory_megabytes` is the training process's peak resident memory so far.
+"""
+
+import logging
+import resource
+import sys
+import time
+
+import psutil
+from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+
+SAMPLE_SECONDS = 1.0
+PREFIX = "system/"
+PEAK_MEMORY = PREFIX + "process_peak_memory_megabytes"
+
+
+def gpu_monitor():
+    """MLflow's NVML reader of every NVIDIA GPU, or None where there is no GPU or no nvidia-ml-py."""
+    try:
+        from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+        return GPUMonitor()
+    except Exception:  # no pynvml, no driver, no device: nothing to read
+        return None
+
+
+def gpu_names() -> list[str]:
+    """The NVIDIA GPUs NVML sees (empty where there are none)."""
+    monitor = gpu_monitor()
+    if monitor is None:
+        return []
+    import pynvml
+
+    names = [pynvml.nvmlDeviceGetName(handle) for handle in monitor.gpu_handles]
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+
+
+class SystemSampler:
+    """Samples the machine between batches and hands each epoch's means (`flush`)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.monitors = [m for m in (CPUMonitor(), gpu_monitor()) if m is not None]
+        self.last = -float("inf")
+        psutil.cpu_percent()  # CPU % is measured between calls: the first one only starts the clock
+
+    def maybe_sample(self) -> None:
+        """Sample when `SAMPLE_SECONDS` have passed since the last sample."""
+        now = self.clock()
+        if now - self.last >= SAMPLE_SECONDS:
+            self.last = now
+            for monitor in self.monitors:
+                monitor.collect_metrics()
+
+    def flush(self) -> dict[str, float]:
+        """The means of the samples since the last flush (one taken now if there were none), and the peak
+        memory of this process, as `system/...` metrics."""
+        if not any(monitor.metrics for monitor in self.monitors):
+            self.last = -float("inf")
+            self.maybe_sample()
+        metrics = {}
+        for monitor in self.monitors:
+            metrics.update({PREFIX + key: float(value) for key, value in monitor.aggregate_metrics().items()})
+            monitor.clear_metrics()
+        metrics[PEAK_MEMORY] = peak_memory_megabytes()
+        return metrics
+
+
+def peak_memory_megabytes() -> float:
+    """This process's peak resident memory so far, in MB (10^6 bytes, as MLflow's memory metrics)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes on macOS, KiB on Linux

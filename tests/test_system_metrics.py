@@ -1,0 +1,66 @@
+"""System metrics: every run logs what it used of the machine per epoch (MLflow's readers, through the run's own
+logging), its GPUs and whether Keras' cuDNN kernel trains it; the NVML reader runs wherever a GPU is."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import EXPERIMENTS_DIR
+from rnnlib import tracking
+from rnnlib.core import config as cfg
+from rnnlib.run import sweep
+from rnnlib.tracking import system
+from rnnlib.worker import backends
+
+TINY = ["training.epochs=2", "training.steps_per_epoch=3", "task.length=8", "model.units=4",
+        "training.num_validation_sequences=16", "training.batch_size=8", "grid={}"]
+
+
+def test_every_epoch_logs_cpu_memory_and_the_processes_peak_memory_and_the_run_names_its_gpus(sqlite_uri):
+    config = cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml", TINY)
+    (result,) = sweep.run_experiment(config, tracking.Store(sqlite_uri))
+    client = MlflowClient(sqlite_uri)
+    run = client.get_run(result.run_id)
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+                "system/process_peak_memory_megabytes"):
+        history = client.get_metric_history(result.run_id, key)
+        assert [m.step for m in history] == [1, 2], key
+        assert all(m.value >= 0 for m in history)
+    peak = [m.value for m in client.get_metric_history(result.run_id, "system/process_peak_memory_megabytes")]
+    assert peak[0] <= peak[1] and peak[0] > 100  # a process that has imported TensorFlow holds > 100 MB
+    assert run.data.tags["rnnlib.gpu_count"] == str(len(system.gpu_names()))
+    assert run.data.tags["rnnlib.cudnn"] == "false"  # on the CPU
+    assert "system/cpu_utilization_percentage" not in result.history[0]  # the history is training's own
+
+
+def test_samples_are_taken_at_most_every_second_and_an_epoch_without_any_still_reports():
+    now = [0.0]
+    sampler = system.SystemSampler(clock=lambda: now[0])
+    for step in range(5):  # 5 batches within 0.4 s: one sample
+        now[0] = step * 0.1
+        sampler.maybe_sample()
+    assert len(sampler.monitors[0].metrics["cpu_utilization_percentage"]) == 1
+    first = sampler.flush()
+    assert first["system/process_peak_memory_megabytes"] > 0 and "system/cpu_utilization_percentage" in first
+    assert "system/cpu_utilization_percentage" in sampler.flush()  # sampled at the flush itself
+
+
+def test_the_real_nvml_reader_reads_every_gpu_where_there_is_one():
+    names = system.gpu_names()
+    if not names:
+        pytest.skip("no NVIDIA GPU on this machine (the reader returned none; it runs on a GPU machine)")
+    metrics = system.SystemSampler().flush()
+    for index in range(len(names)):
+        assert f"system/gpu_{index}_utilization_percentage" in metrics
+        assert metrics[f"system/gpu_{index}_memory_usage_megabytes"] > 0
+
+
+@pytest.mark.parametrize("backend, device, cell_type, stateful, scale, expected", [
+    ("tensorflow", "cpu", "lstm", True, 1.0, False),
+    ("tensorflow", "NVIDIA H100", "lstm", True, 1.0, True),
+    ("tensorflow", "NVIDIA H100", "rnn", True, 1.0, False),  # SimpleRNN has no cuDNN kernel in Keras
+    ("tensorflow", "NVIDIA H100", "gru", True, 4 / 3, False),  # the unbiased mode's generic loop
+    ("torch", "NVIDIA H100", "gru", True, 1.0, False),  # the stateful-layer workaround
+    ("torch", "NVIDIA H100", "gru", False, 1.0, True),
+])
+def test_the_cudnn_tag_follows_the_layers_keras_builds(backend, device, cell_type, stateful, scale, expected):
+    assert backends.uses_cudnn(backend, device, cell_type, stateful, scale) is expected

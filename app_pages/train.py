@@ -51,7 +51,10 @@ if submitted is not None:
     else:
         job = jobs.launch(experiment, uri)
         data.refresh()
-        st.success(f"Started **{safe.text(experiment.name)}**: {safe.text(config.describe_grid(experiment))}, "
+        ahead = [other for other in jobs.list_jobs() if other.running and other.job_id != job.job_id]
+        verb = (f"Queued behind {len(ahead)} job(s) ({jobs.max_jobs()} train at once)"
+                if len(ahead) >= jobs.max_jobs() else "Started")
+        st.success(f"{verb}: **{safe.text(experiment.name)}**, {safe.text(config.describe_grid(experiment))}, "
                    f"{job.num_epochs:,} epochs in all. Progress below, with the time left from the first epoch on; "
                    "results on the Compare page as epochs come in.", icon=":material/rocket_launch:")
 

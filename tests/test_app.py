@@ -177,7 +177,7 @@ def test_train_page_job_shows_progress_and_cancel_ends_its_run_killed(tmp_path, 
     area.set_value(area.value.replace("epochs: 2", "epochs: 500") + "\n")
     next(b for b in at.button if b.proto.form_id == "train_yaml").click()
     at.run()
-    assert "Started **smoke**: 6 runs: 3 model.cell\\_type × 2 training.truncation" in at.success[0].value
+    assert "Started: **smoke**, 6 runs: 3 model.cell\\_type × 2 training.truncation" in at.success[0].value
     (job,) = jobs.list_jobs(uri)
     client = MlflowClient(uri)
     deadline = time.time() + 120

@@ -174,7 +174,8 @@ def test_every_running_job_gets_its_cancel_button(tmp_path, monkeypatch, jobs_fo
     try:
         assert not at.exception, [e.value for e in at.exception]
         assert sum(b.label == "Cancel" for b in at.button) == 6  # all six, not the five newest
-        assert all("starting…" in p.proto.text for p in at.get("progress"))
+        texts = [p.proto.text for p in at.get("progress")]  # none has its slot: a queue, oldest first
+        assert [t.split(",")[0] for t in texts] == [f"queued: place {6 - i} of 6" for i in range(6)]
     finally:
         for sleeper in sleepers:
             sleeper.kill()
@@ -223,3 +224,23 @@ def test_a_tracking_server_that_stops_mid_run_gives_one_message_and_the_run_ends
         assert tracking.runs_frame(server, "smoke")["status"].tolist() == ["RUNNING"]
         assert [e["status"] for e in tracking.reconcile(server)] == ["FAILED"]
         assert tracking.runs_frame(server, "smoke")["status"].tolist() == ["FAILED"]
+
+
+def test_a_second_job_waits_for_the_first_to_end_and_a_cancelled_queued_job_opens_no_run(sqlite_uri, monkeypatch):
+    monkeypatch.setenv("RNNLAB_MAX_JOBS", "1")
+    first = jobs.launch(smoke(**{"grid": "{}", "training.epochs": 4000}), sqlite_uri)
+    second = jobs.launch(smoke(**{"grid": "{seed: [3]}", "training.epochs": 2}), sqlite_uri)
+    third = jobs.launch(smoke(**{"grid": "{seed: [4]}", "training.epochs": 2}), sqlite_uri)
+    wait(lambda: trained_epochs(sqlite_uri, "smoke", first) >= 1)
+    assert first.has_slot and not second.has_slot
+    assert [job.job_id for job in jobs.queue(jobs.list_jobs())] == [second.job_id, third.job_id]
+    assert second.running and trained_epochs(sqlite_uri, "smoke", second) == 0
+    assert jobs.cancel(third)  # cancelled while queued: it ends without a run
+    wait(lambda: not third.running, timeout=60)
+    jobs.cancel(first)
+    wait(lambda: not second.running)  # then the second gets the slot and trains
+    runs = tracking.runs_frame(sqlite_uri, "smoke")
+    trials = runs[runs["kind"] != "sweep"]
+    by_job = trials.groupby(f"tags.{tracking.JOB_TAG}")["status"].apply(sorted).to_dict()
+    assert by_job[first.job_id] == ["KILLED"] and by_job[second.job_id] == ["FINISHED"]
+    assert third.job_id not in by_job

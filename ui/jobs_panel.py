@@ -32,23 +32,25 @@ def show(uri: str) -> None:
         return
     running = [job for job in recorded if job.running]
     ended = [job for job in recorded if job not in running]
+    line = [job.job_id for job in jobs.queue(jobs.list_jobs())]  # the queue spans every store
     for job in running + ended[:FINISHED_SHOWN]:
-        _job(uri, job, job in running)
+        _job(uri, job, job in running, line)
     if len(ended) > FINISHED_SHOWN:
         with st.expander(f"{len(ended) - FINISHED_SHOWN} older job(s)"):
             for job in ended[FINISHED_SHOWN:]:
-                _job(uri, job, False)
+                _job(uri, job, False, line)
 
 
-def _job(uri: str, job: jobs.Job, running: bool) -> None:
+def _job(uri: str, job: jobs.Job, running: bool, line: list[str]) -> None:
     try:
         runs = _live_runs(uri, job.experiment)
     except Exception as error:  # the store went away: say so, keep the panel alive
         st.error(f"Cannot read progress of {safe.text(job.experiment)} from {safe.text(uri)}: {safe.text(error)}")
         return
     table, fraction, eta = jobs.progress(job, runs)
+    queued = running and job.job_id in line
     if running:
-        state = "stopping" if job.cancelled else "running"
+        state = "stopping" if job.cancelled else ("queued" if queued else "running")
     else:
         state = "cancelled" if job.cancelled else ("finished" if fraction >= 1 else "stopped")
     with st.container(border=True):
@@ -61,7 +63,11 @@ def _job(uri: str, job: jobs.Job, running: bool) -> None:
         elif not running and button.button("Dismiss", key=f"forget_{job.job_id}"):
             jobs.forget(job)
             st.rerun(scope="fragment")
-        if running:
+        if queued:
+            place = line.index(job.job_id) + 1
+            label = (f"queued: place {place} of {len(line)}, waiting for a free slot ({jobs.max_jobs()} job(s) "
+                     f"train at once; set RNNLAB_MAX_JOBS for more); {job.num_epochs or '?'} epochs to train")
+        elif running:
             left = "starting…" if eta is None else f"about {_duration(eta)} left"
             label = f"{fraction:.0%} of {job.num_epochs or '?'} epochs done, {left}"
         else:

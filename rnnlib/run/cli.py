@@ -120,6 +120,11 @@ def _run(config, args) -> int:
     signal.signal(signal.SIGTERM, _request_stop)  # `kill` ends the open run KILLED, like Ctrl-C
     signal.signal(signal.SIGINT, _request_stop)
     store = tracking.Store(args.tracking_uri, run_tags={tracking.JOB_TAG: args.job_id} if args.job_id else None)
+    if args.job_id:  # a dashboard job: wait for a free slot (`rnnlib.run.jobs`) before opening any run
+        from rnnlib.run import jobs
+
+        print(f"job {args.job_id}: waiting for a free slot ({jobs.max_jobs()} job(s) at once)", file=sys.stderr)
+        slot = jobs.wait_for_slot(args.job_id, check=_GracefulStop.check)  # noqa: F841 - held until exit
     print(f"experiment {config.name!r} -> {store.uri}", file=sys.stderr)
 
     def make_callbacks(index, total, trial_config):

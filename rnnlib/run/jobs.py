@@ -4,9 +4,15 @@ tab and every rerun sees the same jobs.
 A job is `python -m rnnlib run <resolved yaml> --tracking-uri <uri> --quiet` in its own process group; its
 record (`<jobs dir>/<id>.json`), config (`<id>.yaml`) and output (`<id>.log`) sit in `.rnnlab/jobs/` (or
 $RNNLAB_JOBS_DIR). Cancelling sends SIGTERM, which the CLI turns into KILLED runs.
+
+At most `max_jobs()` jobs train at once ($RNNLAB_MAX_JOBS, default 1: a sweep already uses the cores it is
+given): a job's process first waits for a free slot (`wait_for_slot`), in the order the jobs were started, and
+only then opens runs. A slot is an exclusive lock on a file under `<jobs dir>/slots/`, so the system frees it
+when the process ends, however it ends; `<id>.started` records that a job has its slot.
 """
 
 import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -50,6 +56,11 @@ class Job:
     @property
     def running(self) -> bool:
         return workers.alive(self.pid, self.process_started)
+
+    @property
+    def has_slot(self) -> bool:
+        """Whether the job got its slot and started training (else it is queued, or ended while queued)."""
+        return (jobs_dir() / f"{self.job_id}.started").exists()
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -112,9 +123,46 @@ def cancel(job: Job) -> bool:
     return True
 
 
+def max_jobs() -> int:
+    """How many jobs may train at once: $RNNLAB_MAX_JOBS, default 1."""
+    try:
+        return max(1, int(os.environ.get("RNNLAB_MAX_JOBS", "1")))
+    except ValueError:
+        return 1
+
+
+def queue(recorded: list[Job]) -> list[Job]:
+    """The jobs waiting for a slot, first in line first."""
+    return sorted((job for job in recorded if job.running and not job.has_slot), key=lambda job: job.started)
+
+
+def wait_for_slot(job_id: str, check=lambda: None, poll: float = 0.5, patience: float = 10.0):
+    """Block until job `job_id` is first in line and a slot is free, then hold that slot until this process
+    ends; returns the open lock file (keep it). `check` is called while waiting (it raises to stop waiting,
+    e.g. on a cancel). A job whose record never shows up (started by hand) queues for `patience` seconds."""
+    folder = jobs_dir() / "slots"
+    folder.mkdir(parents=True, exist_ok=True)
+    since = time.time()
+    while True:
+        check()
+        line = queue(list_jobs())
+        first = line[0].job_id == job_id if line else True
+        if first or not any(job.job_id == job_id for job in line) and time.time() - since > patience:
+            for number in range(max_jobs()):
+                handle = open(folder / f"{number}.lock", "a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                (jobs_dir() / f"{job_id}.started").write_text(str(number), encoding="utf-8")
+                return handle
+        time.sleep(poll)
+
+
 def forget(job: Job) -> None:
-    """Remove a finished job's record, config and log."""
-    for suffix in (".json", ".yaml", ".log"):
+    """Remove a finished job's record, config, log and slot mark."""
+    for suffix in (".json", ".yaml", ".log", ".started"):
         (jobs_dir() / f"{job.job_id}{suffix}").unlink(missing_ok=True)
 
 

@@ -226,7 +226,8 @@ BIAS_CAPTION = (
     "`training.bias_samples` drawn schedules). Cosine 1 and error 0 are full BPTT. Bias is how far the mean of "
     "the sampled gradients is from the full one, less what their own noise explains; variance how far each sample "
     "is from that mean (0 for a fixed schedule): an unbiased estimator has bias near 0 however large its "
-    "variance. Each scored step counts 1/N, as in the full loss. Over training: Compare's `trunc_cosine`, `trunc_error`, `trunc_bias`, `trunc_variance`.")
+    "variance. Each scored step counts 1/N, as in the full loss. Over training: Compare's `trunc_cosine`, "
+    "`trunc_error`, `trunc_bias`, `trunc_variance`.")
 
 
 # ---- Settings as a link ---------------------------------------------------------------------------------------

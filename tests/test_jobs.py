@@ -244,3 +244,17 @@ def test_a_second_job_waits_for_the_first_to_end_and_a_cancelled_queued_job_open
     by_job = trials.groupby(f"tags.{tracking.JOB_TAG}")["status"].apply(sorted).to_dict()
     assert by_job[first.job_id] == ["KILLED"] and by_job[second.job_id] == ["FINISHED"]
     assert third.job_id not in by_job
+
+
+def test_cancel_stops_a_job_within_seconds_even_inside_a_long_batch(sqlite_uri):
+    job = jobs.launch(smoke(**{"grid": "{}", "task.length": 1000, "model.units": 1024, "training.batch_size": 64,
+                               "training.epochs": 1, "training.steps_per_epoch": 100}), sqlite_uri)
+    runs = lambda: tracking.runs_frame(sqlite_uri, "smoke")  # noqa: E731
+    wait(lambda: not runs().empty and (runs()["status"] == "RUNNING").any())
+    time.sleep(10)  # inside the first batch (one takes about 20 s on 2 cores)
+    asked = time.time()
+    assert jobs.cancel(job)
+    wait(lambda: not job.running, timeout=90, every=0.1)
+    assert time.time() - asked < 5  # not at the end of the batch
+    (run,) = runs().itertuples()
+    assert run.status == "KILLED"

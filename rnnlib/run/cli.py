@@ -132,7 +132,7 @@ def _run(config, args) -> int:
         progress = [] if args.quiet else _progress_callbacks(index, total, trial_config)
         return [_GracefulStop(), *progress]
 
-    results = sweep.run_experiment(config, store, make_callbacks)
+    results = sweep.run_experiment(config, store, make_callbacks, check=_GracefulStop.check)
     table = sweep.summary_table(results)
     print(f"\nBest validation loss ({results[0].config.task.name}, baseline = {results[0].baseline:.4g}):")
     print(sweep.format_summary(table))

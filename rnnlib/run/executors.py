@@ -53,8 +53,9 @@ class _Slot:
 
 
 def processes(store, experiment_id: str, points: list, parent_id: str | None, make_callbacks=None,
-              workers: int | None = None) -> list:
+              workers: int | None = None, check=None) -> list:
     """Train `points` (`(grid point, config)` pairs) in worker processes; returns their `TrialResult`s in order.
+    `check` is called between polls of the workers (about every `POLL_SECONDS`) and raises to stop them all.
 
     Raises:
         TrackingError: the store failed; the workers are stopped and their runs are left to `reconcile`.
@@ -107,6 +108,8 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
                     _, _, status, baseline, history, error = message
                     finish(slot, status, baseline, history, error)
             store.heartbeat()
+            if check is not None:
+                check()
     except BaseException as error:
         for slot in slots:
             slot.process.kill()

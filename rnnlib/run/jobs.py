@@ -3,7 +3,9 @@ tab and every rerun sees the same jobs.
 
 A job is `python -m rnnlib run <resolved yaml> --tracking-uri <uri> --quiet` in its own process group; its
 record (`<jobs dir>/<id>.json`), config (`<id>.yaml`) and output (`<id>.log`) sit in `.rnnlab/jobs/` (or
-$RNNLAB_JOBS_DIR). Cancelling sends SIGTERM, which the CLI turns into KILLED runs.
+$RNNLAB_JOBS_DIR). A job trains on the `processes` executor (one worker unless its YAML asks for more), so that
+Cancel (SIGTERM to the job) kills its worker within about a second, even inside a long batch, and ends its open
+runs KILLED.
 
 At most `max_jobs()` jobs train at once ($RNNLAB_MAX_JOBS, default 1: a sweep already uses the cores it is
 given): a job's process first waits for a free slot (`wait_for_slot`), in the order the jobs were started, and
@@ -79,6 +81,8 @@ def launch(config: ExperimentConfig, tracking_uri: str) -> Job:
     config_path.write_text(config.to_yaml(), encoding="utf-8")
     command = [sys.executable, "-m", "rnnlib", "run", str(config_path), "--tracking-uri", tracking_uri, "--quiet",
                "--job-id", job_id]
+    if config.execution.executor == "sequential":  # one worker process: Cancel kills it even inside a batch
+        command += ["--executor", "processes", "--workers", "1"]
     env = tracking.worker_environment()  # rnnlib is installed (`pip install -e .`): no PYTHONPATH
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,

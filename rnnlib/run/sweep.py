@@ -45,11 +45,13 @@ class TrialResult:
         return divergence.diverged_epoch(self.history)
 
 
-def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list[TrialResult]:
+def run_experiment(config: ExperimentConfig, store, make_callbacks=None, check=None) -> list[TrialResult]:
     """Train every grid point of `config`, logging each run to `store` (a `rnnlib.tracking.Store`).
 
     Args:
         make_callbacks: optional `(index, total, config) -> list[callbacks.Callback]`, e.g. progress bars.
+        check: optional `() -> None` that raises KeyboardInterrupt when a stop was requested; the `processes`
+            executor calls it about every second, so a stop kills its workers even inside a long batch.
 
     Raises:
         SweepError: after all trials ran, when one or more of them failed.
@@ -68,7 +70,7 @@ def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list
         if parent_id:
             store.set_tag(parent_id, executors.EXECUTOR_TAG, execution.executor)
         results = EXECUTORS[execution.executor](store, experiment_id, points, parent_id, make_callbacks,
-                                                execution.workers)
+                                                execution.workers, check)
         failed = [r for r in results if r.status == "FAILED"]
         if failed:  # raised inside the parent run, so the sweep ends FAILED
             lines = "\n".join(f"  - {tracking.run_name(r.config, r.point)}: {r.error}" for r in failed)
@@ -77,8 +79,9 @@ def run_experiment(config: ExperimentConfig, store, make_callbacks=None) -> list
 
 
 def sequential(store, experiment_id: str, points: list, parent_id: str | None, make_callbacks=None,
-               workers: int | None = None) -> list[TrialResult]:
-    """Train `points` (`(grid point, config)` pairs) one after another in this process (`workers` unused)."""
+               workers: int | None = None, check=None) -> list[TrialResult]:
+    """Train `points` (`(grid point, config)` pairs) one after another in this process (`workers` unused; a
+    stop is seen by the trials' callbacks, between batches)."""
     results = []
     for index, (point, trial_config) in enumerate(points):
         callbacks = make_callbacks(index, len(points), trial_config) if make_callbacks else []

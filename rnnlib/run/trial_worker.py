@@ -74,7 +74,8 @@ class ForwardingCallback(Callback):
 
 def serve(connection) -> None:
     """The worker's loop: train each trial the parent sends until told to stop or the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and a job's Cancel reach the whole group: the parent
+        signal.signal(stop, signal.SIG_IGN)           # decides, and kills its workers
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rnnlib import tracking
     from rnnlib.worker import training

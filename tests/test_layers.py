@@ -14,7 +14,7 @@ from conftest import PROJECT_DIR
 
 HEAVY = ("keras", "tensorflow", "jax", "torch")
 # The modules outside the worker package that may import it: the sweep is what a training process runs.
-WORKER_IMPORTERS = {"rnnlib/run/sweep.py"}
+WORKER_IMPORTERS = {"rnnlib/run/sweep.py", "rnnlib/run/trial_worker.py"}
 
 
 def imported_modules(path):
@@ -133,5 +133,6 @@ def test_the_dashboard_only_requirements_are_the_runtime_ones_without_the_worker
         return {line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()}
 
     full, dashboard = pins("requirements.txt"), pins("requirements-dashboard.txt")
-    worker = {pin for pin in full if pin.split("==")[0] in ("tensorflow", "keras", "jax", "torch")}
+    # the frameworks, and the GPU reader only a training process uses (`rnnlib.tracking.system`)
+    worker = {pin for pin in full if pin.split("==")[0] in ("tensorflow", "keras", "jax", "torch", "nvidia-ml-py")}
     assert worker and dashboard == full - worker  # the same versions, and no framework

@@ -14,7 +14,6 @@ import resource
 import sys
 import time
 
-import psutil
 from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
 
 SAMPLE_SECONDS = 1.0
@@ -51,7 +50,9 @@ class SystemSampler:
         self.clock = clock
         self.monitors = [m for m in (CPUMonitor(), gpu_monitor()) if m is not None]
         self.last = -float("inf")
-        psutil.cpu_percent()  # CPU % is measured between calls: the first one only starts the clock
+        for monitor in self.monitors:  # CPU % is measured between reads: the first one only starts the clock
+            monitor.collect_metrics()
+            monitor.clear_metrics()
 
     def maybe_sample(self) -> None:
         """Sample when `SAMPLE_SECONDS` have passed since the last sample."""

@@ -35,8 +35,8 @@ class ForwardingStore:
     def log_config(self, *args):
         self.connection.send(("call", "log_config", args))
 
-    def log_metrics(self, *args, **kwargs):
-        self.connection.send(("call", "log_metrics", (*args, *kwargs.values())))
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        self.connection.send(("call", "log_metrics", (run_id, metrics, step)))
 
     def set_tag(self, *args):
         self.connection.send(("call", "set_tag", args))

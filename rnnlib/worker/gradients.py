@@ -107,7 +107,7 @@ class GradientProbe:
         self.cell_type = models.cell_type_of(layers[0])
         self.head = model.get_layer("head")
         self.task = task
-        loss = keras.losses.get(task.loss)
+        self.loss = loss = keras.losses.get(task.loss)
         self._loss_gradients = backends.gradient_function(
             lambda x, target, keep, *flat: ops.sum(loss(target, self.head(
                 unroll(self.cells, x, self._nest(flat), keep)[:, -1])))
@@ -284,31 +284,28 @@ class GradientProbe:
         count = sum(_num_states(cell) for cell in self.cells)
         adjoints, copies = rest[:count], rest[count:]
         states = forward_states(self.cells, x)
+        # each layer's inputs and incoming states at every step, `[batch·T, n]`, the same for every copy
+        inputs = [_flat(x)] + [_flat(layer[0]) for layer in states[:-1]]
+        previous = [[_flat(ops.pad(s[:, :-1], ((0, 0), (1, 0), (0, 0)))) for s in layer] for layer in states]
         total = 0.0
         for r in range(len(copies) // len(self.variables)):
             values = copies[r * len(self.variables) : (r + 1) * len(self.variables)]
             with keras.StatelessScope(state_mapping=list(zip(self.variables, values))):
-                position, inputs = 0, x
-                for cell, layer_states in zip(self.cells, states):
-                    flat = lambda a: ops.reshape(a, (-1, a.shape[-1]))  # noqa: E731 - [batch, T, n] -> [batch·T, n]
-                    previous = [flat(ops.pad(s[:, :-1], ((0, 0), (1, 0), (0, 0)))) for s in layer_states]
-                    _, new_states = cell(flat(inputs), previous, training=False)
+                position = 0
+                for cell, layer_inputs, layer_previous in zip(self.cells, inputs, previous):
+                    _, new_states = cell(layer_inputs, layer_previous, training=False)
                     for state in new_states:
-                        total = total + ops.sum(flat(adjoints[position][r]) * state)
+                        total = total + ops.sum(_flat(adjoints[position][r]) * state)
                         position += 1
-                    inputs = layer_states[0]
-                total = total + self._weighted_loss(target, inputs, weights[r])
+                total = total + self._weighted_loss(target, states[-1][0], weights[r])
         return total
 
     def _weighted_loss(self, target, hidden, weights):
         """Σ_rows Σ_t weights[.., t] · loss_t(row) for a `[rows, T, units]` top layer (the last step only, for a
         task with one target per sequence); `weights` `[rows, T]`, or `[T]` for the same on every row."""
-        import keras
-
-        loss = keras.losses.get(self.task.loss)
         if self.task.target_form == "final":
-            return ops.sum(loss(target, self.head(hidden[:, -1])) * weights[..., -1])
-        return ops.sum(loss(target, self.head(hidden)) * weights)
+            return ops.sum(self.loss(target, self.head(hidden[:, -1])) * weights[..., -1])
+        return ops.sum(self.loss(target, self.head(hidden)) * weights)
 
     def _zeros(self, batch, length):
         return [np.zeros((batch, length, cell.units), np.float32) for cell in self.cells
@@ -453,6 +450,11 @@ class FlowRecorder:
         full, samples = self.probe.truncation_gradients(self.x, self.y, schedules,
                                                         truncation.gradient_scale(self.truncation))
         return truncation_bias(full, samples)
+
+
+def _flat(a):
+    """`[batch, T, n]` -> `[batch·T, n]`: every step of every sequence as one row."""
+    return ops.reshape(a, (-1, a.shape[-1]))
 
 
 def _mean_norm(gradients: np.ndarray) -> np.ndarray:

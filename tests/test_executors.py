@@ -129,3 +129,30 @@ def test_the_cli_runs_a_sweep_on_worker_processes(sqlite_uri, cli_env):
     _, runs, _ = trial_runs(sqlite_uri)
     assert {r.data.tags[executors.EXECUTOR_TAG] for r in runs.values()} == {"processes"}
     assert all(r.info.status == "FINISHED" for r in runs.values()) and len(runs) == 3
+
+
+def test_only_failed_retrains_the_grid_points_without_a_finished_run_and_nothing_else(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep.run_experiment(tiny(), tracking.Store(uri))
+    client, runs, _ = trial_runs(uri)
+    client.set_terminated(runs["gru-5-s0"].info.run_id, "FAILED")  # as a crash or a dead server leaves them
+    client.set_terminated(runs["rnn-full-s0"].info.run_id, "KILLED")
+    resumed = sweep.run_experiment(tiny("execution.executor=processes", "execution.workers=2"),
+                                   tracking.Store(uri), only_failed=True)
+    assert sorted(tracking.run_name(r.config, r.point) for r in resumed) == ["gru-5-s0", "rnn-full-s0"]
+    assert [r.status for r in resumed] == ["FINISHED"] * 2
+    assert sweep.run_experiment(tiny(), tracking.Store(uri), only_failed=True) == []  # every point has one now
+    # a changed config is a different grid point: all six again
+    assert len(sweep.pending(cfg.expand_grid(tiny("model.units=5")), tracking.Store(uri).finished_params(
+        client.get_experiment_by_name("smoke").experiment_id))) == 6
+
+
+def test_only_failed_on_the_command_line_says_when_nothing_is_left(tmp_path, cli_env):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    arguments = ["run", str(EXPERIMENTS_DIR / "smoke.yaml"), "--tracking-uri", uri, "--quiet",
+                 *[a for item in TINY for a in ("--set", item)], "--set", "grid.model.cell_type=[rnn]"]
+    assert run_cli(arguments, cli_env).returncode == 0
+    again = run_cli([*arguments, "--only-failed"], cli_env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to re-run" in again.stdout
+    assert len(trial_runs(uri)[1]) == 2  # no new run

@@ -1,7 +1,8 @@
 """Command line: `rnnlab run experiments/NAME.yaml [--set key=value ...] [--tracking-uri URI]` (or `python -m rnnlib`).
 
 `rnnlab validate FILE` checks a YAML, `rnnlab lab` starts the dashboard, `rnnlab export` / `import` move runs,
-`rnnlab report` writes a page's view as one HTML file that opens offline.
+`rnnlab report` writes a page's view as one HTML file that opens offline, `rnnlab store up|down|status --dir DIR`
+starts and stops a shared store (PostgreSQL and an mlflow server over it).
 
 Exit codes: 0 all runs finished, 1 some runs failed, 2 invalid config or arguments, 3 tracking store
 unusable, 130 interrupted (the open run ends KILLED).
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     load = commands.add_parser("import", help="load a bundle folder's runs into a store")
     load.add_argument("bundle", help="a folder written by `export`")
     load.add_argument("--tracking-uri", default=None)
+    shared = commands.add_parser(
+        "store", help="a shared store on this machine: PostgreSQL and an mlflow server over it, on loopback")
+    shared.add_argument("action", choices=["up", "down", "status"])
+    shared.add_argument("--dir", required=True, metavar="DIR",
+                        help="the folder for the database, the artifacts and the logs (created on first `up`)")
+    shared.add_argument("--port", type=int, default=5000, help="the tracking server's port (default: 5000)")
     lab = commands.add_parser("lab",
                               help="start the dashboard (the demo sweep first on an empty store); other arguments "
                                    "go to `streamlit run`")
@@ -68,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how the trials run (default: the YAML's execution.executor, else sequential)")
     run.add_argument("--workers", type=int, default=None, metavar="N",
                      help="worker processes of the processes executor (default: one per CPU core)")
+    run.add_argument("--only-failed", action="store_true",
+                     help="train only the grid points without a FINISHED run in the experiment (resume a sweep "
+                          "whose trials failed or were stopped)")
     run.add_argument("--job-id", default=None, help=argparse.SUPPRESS)  # set by the dashboard's jobs
     return parser
 
@@ -89,6 +99,8 @@ def main(argv=None) -> int:
             return _demo(args)
         if args.command == "lab":
             return _lab(args)
+        if args.command == "store":
+            return _store(args)
         for key in ("executor", "workers"):  # flags of `run` only, spelled as overrides of the YAML
             if getattr(args, key, None) is not None:
                 args.overrides.append(f"execution.{key}={getattr(args, key)}")
@@ -112,6 +124,23 @@ def main(argv=None) -> int:
         return EXIT_FAILED
 
 
+def _store(args) -> int:
+    from rnnlib.run import shared_store
+
+    if args.action == "down":
+        stopped = shared_store.down(args.dir)
+        print(f"stopped the store in {args.dir}" if stopped else f"no store was running in {args.dir}")
+        return 0
+    store = shared_store.up(args.dir, args.port) if args.action == "up" else shared_store.status(args.dir)
+    if store is None:
+        print(f"no store is running in {args.dir}: `rnnlab store up --dir {args.dir}`", file=sys.stderr)
+        return EXIT_TRACKING
+    print(f"tracking server {store.tracking_uri} over PostgreSQL on 127.0.0.1:{store.database_port}, data in "
+          f"{store.folder}", file=sys.stderr)
+    print(f"export MLFLOW_TRACKING_URI={store.tracking_uri}")
+    return 0
+
+
 def _run(config, args) -> int:
     from rnnlib import tracking
     from rnnlib.run import sweep
@@ -132,7 +161,11 @@ def _run(config, args) -> int:
         progress = [] if args.quiet else _progress_callbacks(index, total, trial_config)
         return [_GracefulStop(), *progress]
 
-    results = sweep.run_experiment(config, store, make_callbacks, check=_GracefulStop.check)
+    results = sweep.run_experiment(config, store, make_callbacks, check=_GracefulStop.check,
+                                   only_failed=args.only_failed)
+    if not results:
+        print(f"every grid point of {config.name!r} has a finished run in {store.uri}: nothing to re-run")
+        return 0
     table = sweep.summary_table(results)
     print(f"\nBest validation loss ({results[0].config.task.name}, baseline = {results[0].baseline:.4g}):")
     print(sweep.format_summary(table))

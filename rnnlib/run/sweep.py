@@ -16,7 +16,7 @@ import pandas as pd
 
 from rnnlib import tracking
 from rnnlib.core import divergence
-from rnnlib.core.config import ExperimentConfig, expand_grid
+from rnnlib.core.config import ExperimentConfig, expand_grid, flatten_params
 from rnnlib.core.errors import RnnLabError, TrackingError
 from rnnlib.run import executors
 
@@ -45,19 +45,26 @@ class TrialResult:
         return divergence.diverged_epoch(self.history)
 
 
-def run_experiment(config: ExperimentConfig, store, make_callbacks=None, check=None) -> list[TrialResult]:
+def run_experiment(config: ExperimentConfig, store, make_callbacks=None, check=None,
+                   only_failed: bool = False) -> list[TrialResult]:
     """Train every grid point of `config`, logging each run to `store` (a `rnnlib.tracking.Store`).
 
     Args:
         make_callbacks: optional `(index, total, config) -> list[callbacks.Callback]`, e.g. progress bars.
         check: optional `() -> None` that raises KeyboardInterrupt when a stop was requested; the `processes`
             executor calls it about every second, so a stop kills its workers even inside a long batch.
+        only_failed: train only the grid points that have no FINISHED run in the experiment yet (`pending`):
+            after a sweep whose trials failed, were killed or never started. Returns [] when none is left.
 
     Raises:
         SweepError: after all trials ran, when one or more of them failed.
     """
     experiment_id = store.experiment_id(config.name)
     points = expand_grid(config)
+    if only_failed:
+        points = pending(points, store.finished_params(experiment_id))
+        if not points:
+            return []
     with contextlib.ExitStack() as stack:
         parent_id = None
         if config.is_sweep:
@@ -76,6 +83,17 @@ def run_experiment(config: ExperimentConfig, store, make_callbacks=None, check=N
             lines = "\n".join(f"  - {tracking.run_name(r.config, r.point)}: {r.error}" for r in failed)
             raise SweepError(f"{len(failed)} of {len(results)} runs failed:\n{lines}")
     return results
+
+
+def pending(points: list, finished: list[dict[str, str]]) -> list:
+    """The `(grid point, config)` pairs no finished run matches: one whose params hold every param of the
+    point's config with the same value (older runs may lack newer keys' defaults, so keys the run lacks count
+    as matching only when the config has them at their empty value)."""
+    def done(config) -> bool:
+        wanted = flatten_params(config)
+        return any(all(run.get(key, "") == value for key, value in wanted.items()) for run in finished)
+
+    return [(point, config) for point, config in points if not done(config)]
 
 
 def sequential(store, experiment_id: str, points: list, parent_id: str | None, make_callbacks=None,

@@ -199,10 +199,25 @@ class Store:
         self.worker = workers.Worker.current()
         self._open: list[str] = []  # runs this process has open, the innermost last
         self._last_heartbeat = 0.0
+        self._failure: TrackingError | None = None
+
+    @contextlib.contextmanager
+    def _writes(self):
+        """`writes`, and once the store has failed, fail at once: after a write the server did not take (its
+        retries spent), ending the open runs would wait as long again for each of them; `reconcile` ends them
+        when the store is back."""
+        if self._failure is not None:
+            raise self._failure
+        try:
+            with writes(self.uri):
+                yield
+        except TrackingError as error:
+            self._failure = error
+            raise
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment `name`, created (with artifacts beside a sqlite store) when missing."""
-        with writes(self.uri):
+        with self._writes():
             experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
                 if experiment.lifecycle_stage == "deleted":
@@ -238,7 +253,7 @@ class Store:
                     HEARTBEAT_TAG: f"{time.time():.0f}", **self.run_tags, **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        with writes(self.uri):
+        with self._writes():
             run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         self._open.append(run_id)
         return run_id
@@ -246,7 +261,7 @@ class Store:
     def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
         """End an open run FINISHED, FAILED or KILLED, with the reason as its `rnnlib.error` tag."""
         try:
-            with writes(self.uri):
+            with self._writes():
                 if reason:
                     self.client.set_tag(run_id, "rnnlib.error", reason[:5000])
                 self.client.set_terminated(run_id, status)
@@ -260,31 +275,45 @@ class Store:
         if not self._open or (not force and now - self._last_heartbeat < HEARTBEAT_SECONDS):
             return
         self._last_heartbeat = now
-        with writes(self.uri):
+        with self._writes():
             for run_id in self._open:
                 self.client.set_tag(run_id, HEARTBEAT_TAG, f"{now:.0f}")
+
+    def finished_params(self, experiment_id: str) -> list[dict[str, str]]:
+        """The params of every trial or single run of the experiment that ended FINISHED (diverged included: a
+        diverged run is a result), for `rnnlab run --only-failed`."""
+        found, token = [], None
+        with self._writes():
+            while True:
+                page = self.client.search_runs(
+                    [experiment_id], "attributes.status = 'FINISHED' and tags.`rnnlib.run_kind` != 'sweep'",
+                    max_results=5000, page_token=token)
+                found += [dict(run.data.params) for run in page]
+                token = page.token
+                if not token:
+                    return found
 
     def log_config(self, run_id: str, config: ExperimentConfig, tags: dict | None = None) -> None:
         """Params (flattened config) and tags in one batch, and the resolved YAML as `config.yaml`."""
         params = [Param(k, v) for k, v in flatten_params(config).items()]
         run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        with writes(self.uri):
+        with self._writes():
             self.client.log_batch(run_id, params=params, tags=run_tags)
             self.client.log_text(run_id, config.to_yaml(), "config.yaml")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         timestamp = int(time.time() * 1000)
         batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
-        with writes(self.uri):
+        with self._writes():
             self.client.log_batch(run_id, metrics=batch)
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
-        with writes(self.uri):
+        with self._writes():
             self.client.set_tag(run_id, key, value)
 
     def log_artifacts(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         """A file, or every file in a folder, as artifacts of the run (under `artifact_path`)."""
-        with writes(self.uri):
+        with self._writes():
             if Path(path).is_dir():
                 self.client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
             else:

@@ -35,10 +35,22 @@ def metric_points(client, run):
             for key in run.data.metrics}
 
 
-def test_parallel_workers_log_the_same_runs_numbers_and_every_metric_point_as_one_process(tmp_path):
-    sequential_uri, parallel_uri = (f"sqlite:///{tmp_path / name}.db" for name in ("one", "two"))
-    sweep.run_experiment(tiny(), tracking.Store(sequential_uri))
-    results = sweep.run_experiment(tiny("execution.executor=processes", "execution.workers=2"),
+PARALLEL = ["processes", "ray"]
+
+
+@pytest.fixture(scope="module")
+def sequential_uri(tmp_path_factory):
+    """The reference: the same sweep, one trial after another in this process."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('sequential') / 'one.db'}"
+    sweep.run_experiment(tiny(), tracking.Store(uri))
+    return uri
+
+
+@pytest.mark.parametrize("executor", PARALLEL)
+def test_parallel_workers_log_the_same_runs_numbers_and_every_metric_point_as_one_process(tmp_path, executor,
+                                                                                           sequential_uri):
+    parallel_uri = f"sqlite:///{tmp_path / 'two.db'}"
+    results = sweep.run_experiment(tiny(f"execution.executor={executor}", "execution.workers=2"),
                                    tracking.Store(parallel_uri))
     assert [r.status for r in results] == ["FINISHED"] * 6
     client_one, one, _ = trial_runs(sequential_uri)
@@ -58,11 +70,13 @@ def test_parallel_workers_log_the_same_runs_numbers_and_every_metric_point_as_on
             np.testing.assert_allclose([v for _, v in points[key]], [v for _, v in reference[key]], rtol=1e-5)
         counted += sum(len(p) for p in points.values())
         assert run.data.params == one[name].data.params
-        assert run.data.tags[executors.EXECUTOR_TAG] == "processes"
-        assert run.data.tags[executors.EXECUTOR_WORKER_TAG].split("/")[0] in {"0", "1"}
+        assert run.data.tags[executors.EXECUTOR_TAG] == executor
+        slot, pid = run.data.tags[executors.EXECUTOR_WORKER_TAG].split("/")  # worker slot (Ray: host) / pid
+        assert int(pid) != os.getpid() and (executor == "ray" or slot in {"0", "1"})
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", tracking.GRADIENT_FLOW_ARTIFACT, "model"} <= artifacts
     assert counted == sum(len(p) for r in one.values() for p in metric_points(client_one, r).values())
+    print(f"{executor}: {counted} metric points stored, as many as the sequential sweep's")
     workers = {run.data.tags[executors.EXECUTOR_WORKER_TAG] for run in two.values()}
     assert len(workers) == 2  # both workers trained
 
@@ -82,8 +96,13 @@ class KillsItsWorker(callbacks.Callback):
         os.kill(int(running[0].data.tags[executors.EXECUTOR_WORKER_TAG].split("/")[1]), signal.SIGKILL)
 
 
-def test_a_worker_killed_mid_trial_fails_that_trial_and_the_sweep_goes_on(sqlite_uri):
-    config = tiny("execution.executor=processes", "execution.workers=2", "grid.training.truncation=[full]")
+@pytest.mark.parametrize(("executor", "reason"), [("processes", "was killed by signal 9"),
+                                                  ("ray", "its Ray worker died")])
+def test_a_worker_killed_mid_trial_fails_that_trial_and_the_sweep_goes_on(sqlite_uri, executor, reason):
+    # long enough that the trial still trains when the parent sees its first batch (Ray reuses a worker
+    # process for the next task, so a late kill would hit another trial)
+    config = tiny(f"execution.executor={executor}", "execution.workers=2", "grid.training.truncation=[full]",
+                  "training.epochs=20")
 
     def make_callbacks(index, total, trial_config):
         return [KillsItsWorker(sqlite_uri)] if index == 0 else []
@@ -93,7 +112,7 @@ def test_a_worker_killed_mid_trial_fails_that_trial_and_the_sweep_goes_on(sqlite
     _, runs, every = trial_runs(sqlite_uri)
     status = {name: run.info.status for name, run in runs.items()}
     assert status == {"rnn-full-s0": "FAILED", "lstm-full-s0": "FINISHED", "gru-full-s0": "FINISHED"}
-    assert "was killed by signal 9" in runs["rnn-full-s0"].data.tags["rnnlib.error"]
+    assert reason in runs["rnn-full-s0"].data.tags["rnnlib.error"]
     assert "RUNNING" not in {r.info.status for r in every}
 
 
@@ -102,10 +121,13 @@ class StopsTheSweep(callbacks.Callback):
         raise KeyboardInterrupt  # what Ctrl-C or the dashboard's Stop turns into
 
 
-def test_a_stop_kills_every_worker_and_ends_every_open_run_killed(sqlite_uri):
+@pytest.mark.parametrize("executor", PARALLEL)
+def test_a_stop_kills_every_worker_and_ends_every_open_run_killed(sqlite_uri, executor):
     import multiprocessing
 
-    config = tiny("execution.executor=processes", "execution.workers=2")
+    import ray
+
+    config = tiny(f"execution.executor={executor}", "execution.workers=2")
 
     def make_callbacks(index, total, trial_config):
         return [StopsTheSweep()] if index == 1 else []
@@ -117,7 +139,7 @@ def test_a_stop_kills_every_worker_and_ends_every_open_run_killed(sqlite_uri):
     assert [r.info.status for r in every if r.data.tags.get("rnnlib.run_kind") == "sweep"] == ["KILLED"]
     assert sum(r.info.status == "KILLED" for r in runs.values()) >= 1
     assert len(runs) < 6  # no new trial started after the stop
-    assert multiprocessing.active_children() == []
+    assert multiprocessing.active_children() == [] and not ray.is_initialized()
 
 
 def test_the_cli_runs_a_sweep_on_worker_processes(sqlite_uri, cli_env):

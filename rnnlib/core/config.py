@@ -261,11 +261,16 @@ class ExecutionConfig(_Frozen):
 
     `sequential`: one after another in this process (the default). `processes`: in `workers` local worker
     processes (default: one per CPU core), each trial's logging written through this process, so that even a
-    sqlite store has one writer.
+    sqlite store has one writer. `ray`: each trial a Ray task needing `num_cpus` CPUs and `num_gpus` GPUs (a
+    fraction packs several trials onto one GPU), at most `workers` at once (default: as many as the cluster's
+    resources hold), on a local Ray or the cluster at `address`; logged through this process too.
     """
 
-    executor: Literal["sequential", "processes"] = "sequential"
-    workers: int | None = pydantic.Field(None, ge=1, le=256)
+    executor: Literal["sequential", "processes", "ray"] = "sequential"
+    workers: int | None = pydantic.Field(None, ge=1, le=4096)
+    address: str | None = pydantic.Field(None, max_length=500)
+    num_cpus: float = pydantic.Field(1.0, gt=0, le=1024)
+    num_gpus: float = pydantic.Field(0.0, ge=0, le=64)
 
 
 class ExperimentConfig(_Frozen):

@@ -71,10 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--executor", choices=["sequential", "processes"], default=None,
+    run.add_argument("--executor", choices=["sequential", "processes", "ray"], default=None,
                      help="how the trials run (default: the YAML's execution.executor, else sequential)")
     run.add_argument("--workers", type=int, default=None, metavar="N",
-                     help="worker processes of the processes executor (default: one per CPU core)")
+                     help="trials at once: worker processes (default: one per CPU core), or Ray tasks in flight "
+                          "(default: as many as the cluster holds)")
+    run.add_argument("--address", default=None, metavar="ADDRESS",
+                     help="the Ray cluster of the ray executor (default: a local Ray), e.g. ray://head:10001")
     run.add_argument("--only-failed", action="store_true",
                      help="train only the grid points without a FINISHED run in the experiment (resume a sweep "
                           "whose trials failed or were stopped)")
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
             return _lab(args)
         if args.command == "store":
             return _store(args)
-        for key in ("executor", "workers"):  # flags of `run` only, spelled as overrides of the YAML
+        for key in ("executor", "workers", "address"):  # flags of `run` only, spelled as overrides of the YAML
             if getattr(args, key, None) is not None:
                 args.overrides.append(f"execution.{key}={getattr(args, key)}")
         config = load_config(args.experiment, args.overrides)

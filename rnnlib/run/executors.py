@@ -6,8 +6,15 @@ everything the workers log: one writer, whatever the store. A worker that dies (
 trial FAILED, with its exit code, and a new worker takes the remaining trials. Ctrl-C or SIGTERM (the
 dashboard's Stop) kills every worker at once, even inside a long batch, and ends their runs KILLED.
 
-Every trial run carries `rnnlib.executor` and `rnnlib.executor_worker` (worker slot and pid) as tags, beside the
-job id a dashboard job adds.
+`ray`: every trial a Ray task (`trial_worker.train_trial`) with the YAML's `num_cpus` / `num_gpus` resources, on
+a local Ray started for the sweep or the cluster at `execution.address`; at most `workers` in flight, so a run
+is opened only when its task is submitted. Tasks send their logging through a Ray queue that this process
+drains and writes: one writer again, and a worker machine needs no access to the store. A task whose worker
+dies (`kill -9`, a lost node) ends FAILED (Ray does not retry it); a stop cancels every task (force) and ends
+their runs KILLED.
+
+Every trial run carries `rnnlib.executor` and `rnnlib.executor_worker` (worker slot and pid, or host and pid
+under Ray) as tags, beside the job id a dashboard job adds.
 """
 
 import dataclasses
@@ -21,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from rnnlib import tracking
-from rnnlib.core.errors import TrackingError
+from rnnlib.core.errors import ConfigError, TrackingError
 from rnnlib.run import trial_worker
 
 EXECUTOR_TAG = "rnnlib.executor"
-EXECUTOR_WORKER_TAG = "rnnlib.executor_worker"
+EXECUTOR_WORKER_TAG = trial_worker.EXECUTOR_WORKER_TAG
 POLL_SECONDS = 1.0  # how often the parent looks up from its workers' pipes to heartbeat its runs
 
 
@@ -166,3 +173,116 @@ def _apply(store, message, callbacks: dict[int, list]) -> None:
         _, index, hook, args = message
         for callback in callbacks.get(index, []):
             getattr(callback, hook)(*args)
+
+
+def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, make_callbacks=None,
+              workers: int | None = None, check=None) -> list:
+    """Train `points` as Ray tasks (the resources and address are the configs' `execution`); returns their
+    `TrialResult`s in order. `check` as for `processes`.
+
+    Raises:
+        TrackingError: the store failed; the tasks are cancelled and their runs left to `reconcile`.
+        KeyboardInterrupt: a stop was requested; every open trial run ended KILLED.
+    """
+    from rnnlib.run.sweep import TrialResult
+
+    ray, queue_type = _ray()
+    execution = points[0][1].execution
+    started = not ray.is_initialized()
+    if started:
+        _start_ray(ray, execution.address)
+    queue = queue_type()
+    task = ray.remote(trial_worker.train_trial).options(
+        num_cpus=execution.num_cpus, num_gpus=execution.num_gpus, max_retries=0)
+    limit = workers or _fits(ray.cluster_resources(), execution)
+    pending = deque(range(len(points)))
+    results: list = [None] * len(points)
+    callbacks: dict[int, list] = {}
+    flight: dict = {}  # object ref -> (trial index, run id)
+    kind = "trial" if parent_id else "single"
+
+    def drain():
+        for message in queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []:
+            _apply(store, message, callbacks)
+
+    def finish(index, run_id, status, baseline=math.nan, history=(), error=""):
+        store.end_run(run_id, status, error or None)
+        point, config = points[index]
+        results[index] = TrialResult(run_id, config, point, status, baseline, list(history), error)
+
+    try:
+        while pending or flight:
+            while pending and len(flight) < limit:
+                index = pending.popleft()
+                point, config = points[index]
+                callbacks[index] = make_callbacks(index, len(points), config) if make_callbacks else []
+                tags = {"rnnlib.run_kind": kind, EXECUTOR_TAG: "ray"}
+                run_id = store.open_run(experiment_id, tracking.run_name(config, point), tags, parent_id)
+                flight[task.remote(queue, index, config, point, run_id)] = (index, run_id)
+            ready, _ = ray.wait(list(flight), num_returns=len(flight), timeout=POLL_SECONDS / 2)
+            drain()  # a task sends everything before it returns: its messages are in before its result
+            for ref in ready:
+                index, run_id = flight.pop(ref)
+                try:
+                    _, _, status, baseline, history, error = ray.get(ref)
+                except ray.exceptions.RayError as crash:  # its worker died or the task could not run
+                    finish(index, run_id, "FAILED", error=_ray_failure(crash))
+                else:
+                    finish(index, run_id, status, baseline, history, error)
+            store.heartbeat()
+            if check is not None:
+                check()
+    except BaseException as error:
+        for ref in flight:
+            ray.cancel(ref, force=True)
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        reason = "stopped (Ctrl-C or SIGTERM)" if status == "KILLED" else f"{type(error).__name__}: {error}"
+        try:
+            drain()
+            for index, run_id in flight.values():
+                finish(index, run_id, status, error=reason)
+        except TrackingError:
+            pass  # the store is gone too: `reconcile` ends the runs when the dashboard opens
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return results
+
+
+def _ray():
+    try:
+        import ray
+        from ray.util.queue import Queue
+    except ImportError:
+        raise ConfigError("The ray executor needs Ray: `.venv/bin/pip install -r requirements.txt`.") from None
+    return ray, Queue
+
+
+def _start_ray(ray, address: str | None) -> None:
+    """A local Ray for this sweep, or the cluster at `address` (`ray://host:10001` or `host:6379`). The workers
+    get this process's Keras backend and log level."""
+    forwarded = {key: os.environ[key] for key in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "MLFLOW_TRACKING_URI")
+                 if key in os.environ}
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": forwarded}, configure_logging=True, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ConfigError(f"Cannot reach the Ray cluster at {address}: {error}. Start it (`ray start --head`) "
+                            "or drop execution.address to run on a local Ray.") from None
+
+
+def _fits(resources: dict, execution) -> int:
+    """How many trials the cluster's CPUs (and GPUs, when trials need them) hold at once."""
+    counts = [resources.get("CPU", 1) / execution.num_cpus]
+    if execution.num_gpus:
+        counts.append(resources.get("GPU", 0) / execution.num_gpus)
+    return max(1, int(min(counts) + 1e-9))
+
+
+def _ray_failure(crash) -> str:
+    name = type(crash).__name__
+    if "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name:
+        return ("its Ray worker died (killed, out of memory, or its node was lost) while training this run; the "
+                "other trials went on. Re-run this grid point alone (rnnlab run --only-failed) to see its error.")
+    return f"{name}: {str(crash).strip().splitlines()[-1][:2000] if str(crash).strip() else ''}"

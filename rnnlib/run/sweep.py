@@ -1,9 +1,10 @@
 """Running an experiment: every point of its grid, each a tracked run, and the summary of what came out.
 
-How trials run is `execution.executor` (`EXECUTORS`): `sequential`, one after another in this process, or
-`processes`, in local worker processes that write through this one (`rnnlib.run.executors`); either way a sqlite
-store never sees two writers at once. A trial that raises, or whose worker dies, is recorded FAILED and the sweep
-goes on; an interrupt (Ctrl-C, SIGTERM) ends the open trials and the sweep KILLED.
+How trials run is `execution.executor` (`EXECUTORS`): `sequential`, one after another in this process,
+`processes`, in local worker processes, or `ray`, as Ray tasks on a local Ray or a cluster; the last two write
+through this process (`rnnlib.run.executors`), so a sqlite store never sees two writers at once. A trial that
+raises, or whose worker dies, is recorded FAILED and the sweep goes on; an interrupt (Ctrl-C, SIGTERM) ends the
+open trials and the sweep KILLED.
 """
 
 import contextlib
@@ -107,7 +108,7 @@ def sequential(store, experiment_id: str, points: list, parent_id: str | None, m
     return results
 
 
-EXECUTORS = {"sequential": sequential, "processes": executors.processes}
+EXECUTORS = {"sequential": sequential, "processes": executors.processes, "ray": executors.ray_tasks}
 
 
 def _run_trial(store, experiment_id, config, point, parent_id, callbacks) -> TrialResult:

@@ -13,6 +13,9 @@ so a sqlite store still has one writer and "database is locked" cannot happen. M
 
 Parent to worker: `("trial", index, config, point, run_id)`, or `("stop",)`. A worker whose pipe closes (its
 parent is gone) exits.
+
+The `ray` executor's tasks (`train_trial`) send the same messages through a Ray queue and return the `done`
+message.
 """
 
 import math
@@ -23,6 +26,7 @@ from pathlib import Path
 from rnnlib.core.callbacks import Callback
 
 FORWARDED_CALLS = ("log_config", "log_metrics", "set_tag")
+EXECUTOR_WORKER_TAG = "rnnlib.executor_worker"
 FORWARDED_HOOKS = ("on_train_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
 
@@ -70,6 +74,35 @@ class ForwardingCallback(Callback):
 
     def on_train_end(self, result):
         self.connection.send(("event", self.index, "on_train_end", (None,)))
+
+
+class QueueConnection:
+    """A Ray task's end of the pipe: what it sends goes into a `ray.util.queue.Queue` the parent drains."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def send(self, message) -> None:
+        self.queue.put(message)
+
+
+def train_trial(queue, index: int, config, point: dict, run_id: str) -> tuple:
+    """A Ray task (`rnnlib.run.executors.ray_tasks`): train one trial, its logging sent through `queue`; returns
+    the `done` message."""
+    import socket
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from rnnlib import tracking
+    from rnnlib.worker import training
+
+    connection = QueueConnection(queue)
+    connection.send(("call", "set_tag", (run_id, EXECUTOR_WORKER_TAG, f"{socket.gethostname()}/{os.getpid()}")))
+    logger = tracking.RunLogger(ForwardingStore(connection), run_id, config, point)  # type: ignore[arg-type]
+    try:
+        result = training.train(config, [logger, ForwardingCallback(connection, index)])
+    except Exception as error:
+        return ("done", index, "FAILED", math.nan, [], f"{type(error).__name__}: {error}")
+    return ("done", index, "FINISHED", result.task.baseline, result.history, "")
 
 
 def serve(connection) -> None:

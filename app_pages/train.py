@@ -46,17 +46,22 @@ with edit:
 if submitted is not None:
     try:
         experiment = submitted()
+        jobs.check_dashboard_limits(experiment)
     except config.ConfigError as error:
         st.error(train_form.config_error_message(error), icon=":material/block:")
     else:
-        job = jobs.launch(experiment, uri)
+        try:
+            estimated = jobs.estimate(experiment, data.recent_pace(uri))
+        except Exception:  # the store could not be read: the job still starts, without a time estimate
+            estimated = jobs.estimate(experiment)
+        job = jobs.launch(experiment, uri, estimated)
         data.refresh()
         ahead = [other for other in jobs.list_jobs() if other.running and other.job_id != job.job_id]
         verb = (f"Queued behind {len(ahead)} job(s) ({jobs.max_jobs()} train at once)"
                 if len(ahead) >= jobs.max_jobs() else "Started")
-        st.success(f"{verb}: **{safe.text(experiment.name)}**, {safe.text(config.describe_grid(experiment))}, "
-                   f"{job.num_epochs:,} epochs in all. Progress below, with the time left from the first epoch on; "
-                   "results on the Compare page as epochs come in.", icon=":material/rocket_launch:")
+        st.success(f"{verb}: **{safe.text(experiment.name)}**, {safe.text(config.describe_grid(experiment))}: "
+                   f"{safe.text(estimated.describe())}. Progress below, with the time left from the first epoch "
+                   "on; results on the Compare page as epochs come in.", icon=":material/rocket_launch:")
 
 st.subheader("Jobs")
 jobs_panel.show(uri)

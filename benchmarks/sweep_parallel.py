@@ -1,12 +1,13 @@
-"""A sweep of tiny runs one after another vs on worker processes (`execution.executor`), on this machine.
+"""A sweep of tiny runs one after another vs on worker processes vs as Ray tasks (`execution.executor`).
 
     .venv/bin/python benchmarks/sweep_parallel.py [--workers 2] [--epochs 5] [--smoke]
 
 12 runs (RNN, LSTM, GRU x full and TBPTT(10) x 2 seeds; adding T = 50, 16 units, batch 32, 20 batches per
-epoch) into a fresh sqlite store, first with `sequential`, then with `processes` and N workers. Printed: each
+epoch) into a fresh sqlite store, first with `sequential`, then with `processes` and N workers, then with `ray`
+(a local Ray of N CPUs started for the sweep, its start-up counted). Printed: each
 executor's wall time and its ratio to sequential, and where a run's time goes (medians over its runs): the whole
 run as the store saw it, the first epoch (tracing), the later epochs, and the rest (model building, validation,
-probes, logging). Target: processes >= 1.5x sequential with 2 workers on 2 cores.
+probes, logging). Target: processes and ray >= 1.5x sequential with 2 workers on 2 cores.
 --smoke: 2 runs of 1 epoch, 2 workers (seconds; the figures mean nothing).
 """
 
@@ -67,7 +68,7 @@ def main():
           f"{'later epochs s':>14} {'rest s':>7}")
     baseline = None
     with tempfile.TemporaryDirectory() as folder:
-        for executor in ("sequential", "processes"):
+        for executor in ("sequential", "processes", "ray"):
             wall, count, run, first, later = measure(args, executor, f"sqlite:///{folder}/{executor}.db")
             baseline = baseline or wall
             print(f"{executor:>10} {count:>5} {wall:>8.1f} {baseline / wall:>7.2f}x {run:>7.2f} {first:>11.2f} "

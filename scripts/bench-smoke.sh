@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CUDA_VISIBLE_DEVICES=""
 export TF_CPP_MIN_LOG_LEVEL=2
 
-for bench in compare_page gradient_probe truncation_meter sweep_parallel tbptt_memory throughput report demo_server; do
+for bench in compare_page gradient_probe truncation_meter sweep_parallel tbptt_memory throughput report demo_server gpu; do
     echo "== benchmarks/${bench}.py --smoke"
     start=$SECONDS
     .venv/bin/python "benchmarks/${bench}.py" --smoke

@@ -17,6 +17,7 @@ from conftest import EXPERIMENTS_DIR, PROJECT_DIR
 from rnnlib import tracking
 from rnnlib.core import config as cfg
 from rnnlib.core import workers
+from rnnlib.core.errors import ConfigError
 from rnnlib.run import jobs
 
 pytestmark = pytest.mark.slow
@@ -258,3 +259,40 @@ def test_cancel_stops_a_job_within_seconds_even_inside_a_long_batch(sqlite_uri):
     assert time.time() - asked < 5  # not at the end of the batch
     (run,) = runs().itertuples()
     assert run.status == "KILLED"
+
+
+def test_a_jobs_estimate_counts_its_runs_and_updates_and_times_them_from_past_runs_of_the_same_model():
+    experiment = cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml")  # 3 cells x 2 truncations, 2 epochs x 4 batches
+    blind = jobs.estimate(experiment)
+    assert (blind.runs, blind.epochs, blind.updates, blind.sequences, blind.seconds) == (6, 12, 48, 768, None)
+    assert "no time estimate yet" in blind.describe()
+    pace = pd.DataFrame([{"task.name": "adding", "model.label": label, "model.units": "8", "model.num_layers": "1",
+                          "training.batch_size": "16", "seconds_per_update": seconds}
+                         for label, seconds in (("rnn", 0.1), ("rnn", 0.3), ("lstm", 0.5), ("gru", 1.0))])
+    timed = jobs.estimate(experiment, pace)
+    assert timed.seconds == pytest.approx(2 * 8 * (0.2 + 0.5 + 1.0))  # per cell: 2 runs x 8 updates x median
+    assert "about 27 s" in timed.describe()
+    other_size = cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml", ["model.units=9"])
+    assert jobs.estimate(other_size, pace).seconds is None  # no run of that model yet: no guess
+
+
+def test_a_dashboard_job_larger_than_its_limits_is_refused_with_every_reason_and_the_way_out():
+    jobs.check_dashboard_limits(cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml"))  # the default fits
+    huge = cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml", ["model.units=4096", "training.batch_size=65536",
+                                                            "grid.seed=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, "
+                                                            "13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, "
+                                                            "27, 28, 29, 30, 31, 32, 33, 34]"])
+    with pytest.raises(ConfigError) as raised:
+        jobs.check_dashboard_limits(huge)
+    problems = raised.value.problems
+    assert problems[:3] == ["runs: 210 (at most 200 here)", "units per layer: 4,096 (at most 1,024 here)",
+                            "batch size: 65,536 (at most 4,096 here)"]
+    assert "rnnlab run" in problems[-1]
+
+
+def test_the_recent_pace_is_read_from_the_finished_runs_of_a_real_store(fixture_store):
+    pace = tracking.recent_pace(fixture_store)
+    assert len(pace) == 12 and set(pace["model.label"]) == {"rnn", "lstm", "gru"}  # the trials, not the sweep
+    assert (pace["seconds_per_update"] > 0).all() and set(pace["training.batch_size"]) == {"16"}
+    smoke = cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml", ["model.units=4", "grid.seed=[0, 1]"])
+    assert jobs.estimate(smoke, pace).seconds > 0

@@ -133,6 +133,8 @@ def test_the_dashboard_only_requirements_are_the_runtime_ones_without_the_worker
         return {line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()}
 
     full, dashboard = pins("requirements.txt"), pins("requirements-dashboard.txt")
-    # the frameworks, and the GPU reader only a training process uses (`rnnlib.tracking.system`)
-    worker = {pin for pin in full if pin.split("==")[0] in ("tensorflow", "keras", "jax", "torch", "nvidia-ml-py")}
+    # the frameworks, the GPU reader only a training process uses (`rnnlib.tracking.system`), Ray (the ray
+    # executor) and the PostgreSQL driver (`rnnlab store up`): a hosted demo trains nothing and serves a bundle
+    worker = {pin for pin in full if pin.split("==")[0] in ("tensorflow", "keras", "jax", "torch", "nvidia-ml-py",
+                                                            "ray", "psycopg2-binary")}
     assert worker and dashboard == full - worker  # the same versions, and no framework

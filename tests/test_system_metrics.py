@@ -64,3 +64,28 @@ def test_the_real_nvml_reader_reads_every_gpu_where_there_is_one():
 ])
 def test_the_cudnn_tag_follows_the_layers_keras_builds(backend, device, cell_type, stateful, scale, expected):
     assert backends.uses_cudnn(backend, device, cell_type, stateful, scale) is expected
+
+
+def test_the_worker_trains_on_keras_backend_when_set_else_the_best_installed_for_the_machine():
+    from rnnlib.core import machine
+
+    assert machine.pick_backend({"KERAS_BACKEND": "jax"}, {"tensorflow"}, True) == ("jax", "KERAS_BACKEND")
+    # the lent GPU machines: JAX and PyTorch with CUDA, no TensorFlow -> PyTorch, for Keras's fused cuDNN kernels
+    assert machine.pick_backend({}, {"jax", "torch"}, has_gpu=True)[0] == "torch"
+    assert machine.pick_backend({}, {"jax", "torch"}, has_gpu=False)[0] == "jax"
+    assert machine.pick_backend({}, {"tensorflow", "jax", "torch"}, has_gpu=True)[0] == "tensorflow"
+    assert machine.pick_backend({}, {"torch"}, has_gpu=False) == (
+        "torch", "picked: the first installed of tensorflow, jax, torch")
+
+
+def test_a_run_records_its_backend_and_why_it_was_picked(fixture_store):
+    import keras
+    from mlflow.tracking import MlflowClient
+
+    from rnnlib import worker
+
+    runs = MlflowClient(fixture_store).search_runs(
+        [MlflowClient(fixture_store).get_experiment_by_name("smoke").experiment_id], "tags.`rnnlib.run_kind` = 'trial'")
+    assert {r.data.tags["rnnlib.backend"] for r in runs} == {keras.backend.backend()}
+    assert {r.data.tags["rnnlib.backend_reason"] for r in runs} == {worker.BACKEND_REASON}
+    assert worker.BACKEND == keras.backend.backend()

@@ -55,6 +55,12 @@ def _experiments(uri: str) -> pd.DataFrame:
     return tracking.list_experiments(uri)
 
 
+@st.cache_data(ttl=60, max_entries=4, show_spinner=False)
+def recent_pace(uri: str) -> pd.DataFrame:
+    """Seconds per update of recent finished runs, for a new job's time estimate (`jobs.estimate`)."""
+    return tracking.recent_pace(uri)
+
+
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=32, show_spinner="Reading runs…")
 def _runs(uri: str, experiment: str) -> pd.DataFrame:
     return tracking.runs_frame(uri, experiment)

@@ -65,8 +65,9 @@ def _job(uri: str, job: jobs.Job, running: bool, line: list[str]) -> None:
             st.rerun(scope="fragment")
         if queued:
             place = line.index(job.job_id) + 1
+            cost = job.estimate or f"{job.num_epochs or '?'} epochs to train"
             label = (f"queued: place {place} of {len(line)}, waiting for a free slot ({jobs.max_jobs()} job(s) "
-                     f"train at once; set RNNLAB_MAX_JOBS for more); {job.num_epochs or '?'} epochs to train")
+                     f"train at once; set RNNLAB_MAX_JOBS for more); {cost}")
         elif running:
             left = "starting…" if eta is None else f"about {_duration(eta)} left"
             label = f"{fraction:.0%} of {job.num_epochs or '?'} epochs done, {left}"

@@ -12,6 +12,7 @@ import yaml
 from rnnlib import tasks
 from rnnlib.core import config, paths
 from rnnlib.core.cells import CELLS
+from rnnlib.run import executors
 from rnnlib.tasks import sources
 from rnnlib.viz import plots
 from ui import safe
@@ -75,8 +76,8 @@ def _run_settings(prefix: str, default_name: str) -> dict:
     left, middle, right = st.columns(3)
     cells = left.multiselect("Cells", list(CELLS), default=list(CELLS), key=f"{prefix}_cells",
                              format_func=lambda name: CELLS[name].title)
-    units = middle.number_input("Units per layer", 1, 4096, 32, key=f"{prefix}_units")
-    num_layers = right.number_input("Layers", 1, 16, 1, key=f"{prefix}_layers")
+    units = middle.number_input("Units per layer", 1, 1024, 32, key=f"{prefix}_units")
+    num_layers = right.number_input("Layers", 1, 4, 1, key=f"{prefix}_layers")
     truncations = left.text_input(
         "Truncations", "full, 10", key=f"{prefix}_truncations",
         help="Comma-separated: `full`, `k` (k1 = k2 = k), `k1/k2` (update every k1 steps, backpropagate k2), "
@@ -86,15 +87,23 @@ def _run_settings(prefix: str, default_name: str) -> dict:
                                    key=f"{prefix}_clipnorm",
                                    help="0 disables clipping; the pre-clip norm is logged either way.")
     seeds = right.text_input("Seeds", "0, 1", key=f"{prefix}_seeds")
-    epochs = left.number_input("Epochs", 1, 100_000, 20, key=f"{prefix}_epochs")
-    steps = middle.number_input("Batches per epoch", 1, 1_000_000, 50, key=f"{prefix}_steps")
-    batch_size = right.number_input("Batch size", 1, 65_536, 64, key=f"{prefix}_batch_size")
+    epochs = left.number_input("Epochs", 1, 2000, 20, key=f"{prefix}_epochs")
+    steps = middle.number_input("Batches per epoch", 1, 10_000, 50, key=f"{prefix}_steps")
+    batch_size = right.number_input("Batch size", 1, 4096, 64, key=f"{prefix}_batch_size")
     learning_rate = left.number_input("Learning rate", 1e-6, 10.0, 3e-3, format="%g", key=f"{prefix}_learning_rate")
     optimizer = middle.selectbox("Optimizer", list(config.OPTIMIZERS), key=f"{prefix}_optimizer")
     name = right.text_input("Experiment name", default_name, key=f"{prefix}_name_{default_name}")
+    cores = executors.default_workers()
+    placements = {"sequential": "one worker: one run after another",
+                  "processes": f"{cores} worker processes: {cores} runs at once",
+                  "ray": f"Ray tasks on a local Ray: {cores} runs at once"}
+    executor = left.selectbox("Runs train on", list(placements), format_func=placements.__getitem__,
+                              key=f"{prefix}_executor",
+                              help="How the job's runs share this machine's cores; the numbers each run logs are "
+                                   "the same either way. Ray also reaches a cluster from the command line "
+                                   "(`rnnlab run --executor ray --address ...`).")
     st.caption("A launch trains one run per combination of cells × truncations × seeds (3 × 2 × 2 = 12 runs by "
-               "default), one after another; the message after Start gives the count and the job below the time "
-               "left.")
+               "default); the message after Start gives the count and the job below the time left.")
     grid = {"model.cell_type": cells,
             "training.truncation": [config.truncation_from_label(t) for t in _parse_list(truncations)],
             "seed": _parse_list(seeds)}
@@ -104,6 +113,7 @@ def _run_settings(prefix: str, default_name: str) -> dict:
         "training": {"epochs": epochs, "steps_per_epoch": steps, "batch_size": batch_size,
                      "learning_rate": learning_rate, "optimizer": optimizer, "clipnorm": clipnorm or None},
         "grid": grid,
+        "execution": {"executor": executor},
     }
 
 

@@ -371,6 +371,36 @@ def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str
     return table.reset_index()
 
 
+# What each run used of its machine (`rnnlib.tracking.system`): (column, source in the runs frame). A metric's
+# value is its last epoch's: a steady one, past the first epoch's tracing.
+MACHINE_COLUMNS = (
+    ("sequences/s", "metrics.sequences_per_second"),
+    ("peak memory (MB)", "metrics.system/process_peak_memory_megabytes"),
+    ("CPU %", "metrics.system/cpu_utilization_percentage"),
+    ("GPU %", "metrics.system/gpu_0_utilization_percentage"),
+    ("GPU memory (MB)", "metrics.system/gpu_0_memory_usage_megabytes"),
+    ("backend", "tags.rnnlib.backend"),
+    ("device", "tags.rnnlib.device"),
+    ("GPU", "tags.rnnlib.gpu_name"),
+    ("executor", "tags.rnnlib.executor"),
+)
+
+
+def machine_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: `run_id`, its wall `seconds` (start to end; empty while it runs) and the `MACHINE_COLUMNS` that
+    any run has, for the Compare page's per-run table."""
+    table = pd.DataFrame({"run_id": runs["run_id"].to_numpy()})
+    if {"start_time", "end_time"} <= set(runs.columns):
+        seconds = (pd.to_datetime(runs["end_time"]) - pd.to_datetime(runs["start_time"])).dt.total_seconds()
+        table["seconds"] = seconds.round(1).to_numpy()
+    for column, source in MACHINE_COLUMNS:
+        if source in runs.columns and runs[source].notna().any():
+            values = runs[source]
+            table[column] = (pd.to_numeric(values, errors="coerce").round(1) if source.startswith("metrics.")
+                             else values.fillna("")).to_numpy()
+    return table
+
+
 # Gradient flow over time (`rnnlib.core.records.GradientFlow`, one per run).
 
 # The smallest positive float32: gradient norms are computed in float32 and underflow to 0 below it.

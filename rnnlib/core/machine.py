@@ -1,12 +1,36 @@
 """What the dashboard may know about the training machine without importing a framework: the Keras backend a
 worker will pick, and the GPU it would use."""
 
+import importlib.util
 import os
+
+# The backends in order of preference, where none is asked for (`pick_backend`). On a GPU the fused cuDNN LSTM and
+# GRU kernels decide: Keras has them on TensorFlow and PyTorch, not on JAX. On a CPU TensorFlow is the default path
+# the lab is measured on, then JAX (faster than PyTorch's generic loop there).
+PREFERRED_BACKENDS = {"gpu": ("tensorflow", "torch", "jax"), "cpu": ("tensorflow", "jax", "torch")}
+# Set beside KERAS_BACKEND when the lab picked it, for the processes it starts.
+REASON_VARIABLE = "RNNLAB_BACKEND_REASON"
+BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def pick_backend(environ=os.environ, installed=None, has_gpu=None) -> tuple[str, str]:
+    """The Keras backend a worker trains on, and why: `KERAS_BACKEND` when set, else the first installed of
+    `PREFERRED_BACKENDS` for this machine (found without importing any of them)."""
+    if environ.get("KERAS_BACKEND"):  # asked for, or picked by the process that started this one
+        return environ["KERAS_BACKEND"], environ.get(REASON_VARIABLE, "KERAS_BACKEND")
+    if installed is None:
+        installed = {name for name, module in BACKEND_MODULES.items()
+                     if importlib.util.find_spec(module) is not None}
+    gpu = device_without_framework() != "cpu" if has_gpu is None else has_gpu
+    for name in PREFERRED_BACKENDS["gpu" if gpu else "cpu"]:
+        if name in installed:
+            return name, f"picked: the first installed of {', '.join(PREFERRED_BACKENDS['gpu' if gpu else 'cpu'])}"
+    return "tensorflow", "none of tensorflow, jax, torch is installed"
 
 
 def backend_name() -> str:
-    """The Keras backend that `import keras` will pick, read without importing keras."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+    """The Keras backend that a worker will pick (`pick_backend`), read without importing keras."""
+    return pick_backend()[0]
 
 
 def device_without_framework() -> str:

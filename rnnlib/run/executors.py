@@ -262,7 +262,7 @@ def _ray():
 def _start_ray(ray, address: str | None) -> None:
     """A local Ray for this sweep, or the cluster at `address` (`ray://host:10001` or `host:6379`). The workers
     get this process's Keras backend and log level."""
-    forwarded = {key: os.environ[key] for key in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "MLFLOW_TRACKING_URI")
+    forwarded = {key: os.environ[key] for key in ("KERAS_BACKEND", "RNNLAB_BACKEND_REASON", "TF_CPP_MIN_LOG_LEVEL")
                  if key in os.environ}
     try:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False,

@@ -30,6 +30,7 @@ import pandas as pd
 from rnnlib import tracking
 from rnnlib.core import divergence, workers
 from rnnlib.core.config import ExperimentConfig, expand_grid
+from rnnlib.core.errors import ConfigError
 from rnnlib.core.paths import PROJECT_DIR
 from rnnlib.tracking import JOB_TAG
 
@@ -54,6 +55,7 @@ class Job:
     num_epochs: int = 0  # planned, over all its runs
     process_started: float | None = None  # the process's start time, so a reused pid is not mistaken for it
     cancelled: float | None = None  # when a stop was requested
+    estimate: str = ""  # what it will cost (`Estimate.describe`), shown while it waits
 
     @property
     def running(self) -> bool:
@@ -72,7 +74,86 @@ class Job:
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
 
-def launch(config: ExperimentConfig, tracking_uri: str) -> Job:
+# What one job started from the browser may ask for (the command line has only the config's own limits): a stranger's
+# or a slip's launch must not take the machine for days. Each: (what, largest, how to read it from a trial config).
+DASHBOARD_LIMITS = (
+    ("runs", 200, None),
+    ("units per layer", 1024, lambda c: c.model.units),
+    ("layers", 4, lambda c: c.model.num_layers),
+    ("batch size", 4096, lambda c: c.training.batch_size),
+    ("epochs", 2000, lambda c: c.training.epochs),
+    ("batches per epoch", 10_000, lambda c: c.training.steps_per_epoch),
+    ("updates in all", 2_000_000, None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """What a job will train: its runs, epochs and updates, and (from finished runs of the same model on this
+    store) about how long that takes, or None when no such run exists yet."""
+
+    runs: int
+    epochs: int
+    updates: int
+    sequences: int
+    seconds: float | None
+
+    def describe(self) -> str:
+        pace = ("no time estimate yet (no finished run of this model here)" if self.seconds is None
+                else f"about {_duration(self.seconds)} at this machine's recent pace")
+        return (f"{self.runs:,} run{'s' if self.runs != 1 else ''}, {self.epochs:,} epochs, {self.updates:,} "
+                f"batches of sequences ({self.sequences:,} sequences), {pace}")
+
+
+def estimate(config: ExperimentConfig, pace: pd.DataFrame | None = None) -> Estimate:
+    """`config`'s cost: runs x epochs x batches, and the time it takes from `pace` (`tracking.recent_pace`):
+    per run, its updates times the median seconds per update of past runs of the same task, model, size and
+    batch (building and tracing included, one worker)."""
+    points = [c for _, c in expand_grid(config)]
+    updates = [c.training.epochs * c.training.steps_per_epoch for c in points]
+    seconds: float | None = 0.0
+    for trial, count in zip(points, updates):
+        per_update = _seconds_per_update(trial, pace)
+        seconds = None if per_update is None or seconds is None else seconds + per_update * count
+    return Estimate(len(points), sum(c.training.epochs for c in points), sum(updates),
+                    sum(n * c.training.batch_size for n, c in zip(updates, points)), seconds)
+
+
+def _seconds_per_update(config: ExperimentConfig, pace: pd.DataFrame | None) -> float | None:
+    if pace is None or pace.empty:
+        return None
+    wanted = {"task.name": config.task.name, "model.label": config.model.label, "model.units": str(config.model.units),
+              "model.num_layers": str(config.model.num_layers), "training.batch_size": str(config.training.batch_size)}
+    matches = pace
+    for key, value in wanted.items():
+        matches = matches[matches[key] == value]
+    return float(matches["seconds_per_update"].median()) if len(matches) else None
+
+
+def check_dashboard_limits(config: ExperimentConfig) -> None:
+    """Raise `ConfigError` naming every `DASHBOARD_LIMITS` the experiment exceeds, and where to run it instead."""
+    points = [c for _, c in expand_grid(config)]
+    found = {"runs": len(points), "updates in all": sum(c.training.epochs * c.training.steps_per_epoch
+                                                         for c in points)}
+    problems = []
+    for what, largest, read in DASHBOARD_LIMITS:
+        value = found[what] if read is None else max(read(c) for c in points)
+        if value > largest:
+            problems.append(f"{what}: {value:,} (at most {largest:,} here)")
+    if problems:
+        raise ConfigError([*problems, "a job started from the dashboard may be no larger: make it smaller, or run "
+                           "it from the command line (`rnnlab run FILE.yaml`), which has no such limits"])
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def launch(config: ExperimentConfig, tracking_uri: str, estimated: Estimate | None = None) -> Job:
     """Start training `config` (every grid point) in a background process; returns at once."""
     folder = jobs_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +171,8 @@ def launch(config: ExperimentConfig, tracking_uri: str) -> Job:
     points = expand_grid(config)
     job = Job(job_id, process.pid, config.name, tracking_uri, time.time(), len(points), str(config_path),
               str(log_path), num_epochs=sum(c.training.epochs for _, c in points),
-              process_started=workers.start_time(process.pid))
+              process_started=workers.start_time(process.pid),
+              estimate=estimated.describe() if estimated else "")
     _write(job)
     return job
 

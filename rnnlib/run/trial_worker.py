@@ -77,13 +77,34 @@ class ForwardingCallback(Callback):
 
 
 class QueueConnection:
-    """A Ray task's end of the pipe: what it sends goes into a `ray.util.queue.Queue` the parent drains."""
+    """A Ray task's end of the pipe: what it sends goes into a `ray.util.queue.Queue` the parent drains.
+
+    Messages are sent in batches, at most every `FLUSH_SECONDS` (a training hook per batch would otherwise
+    cost a blocking actor call each: 3x slower epochs on 2 cores), without waiting: Ray runs one caller's calls
+    to an actor in order. `flush(wait=True)` at the end makes sure every message is in before the result."""
+
+    FLUSH_SECONDS = 0.25
 
     def __init__(self, queue):
-        self.queue = queue
+        self.queue, self.buffer, self.last, self.sent = queue, [], 0.0, None
 
     def send(self, message) -> None:
-        self.queue.put(message)
+        import time
+
+        self.buffer.append(message)
+        now = time.monotonic()
+        if message[0] != "event" or now - self.last >= self.FLUSH_SECONDS:
+            self.last = now
+            self.flush()
+
+    def flush(self, wait: bool = False) -> None:
+        if self.buffer:
+            self.sent = self.queue.actor.put_nowait_batch.remote(self.buffer)
+            self.buffer = []
+        if wait and self.sent is not None:
+            import ray
+
+            ray.get(self.sent)
 
 
 def train_trial(queue, index: int, config, point: dict, run_id: str) -> tuple:
@@ -101,7 +122,9 @@ def train_trial(queue, index: int, config, point: dict, run_id: str) -> tuple:
     try:
         result = training.train(config, [logger, ForwardingCallback(connection, index)])
     except Exception as error:
+        connection.flush(wait=True)
         return ("done", index, "FAILED", math.nan, [], f"{type(error).__name__}: {error}")
+    connection.flush(wait=True)
     return ("done", index, "FINISHED", result.task.baseline, result.history, "")
 
 

@@ -47,6 +47,7 @@ from rnnlib.tracking.queries import (  # noqa: F401 - the package's API
     load_predictions,
     load_weights,
     metric_histories,
+    recent_pace,
     restore_infinities,
     run_artifact,
     runs_frame,

@@ -38,6 +38,29 @@ def list_experiments(uri: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["experiment_id", "name", "last_update"])
 
 
+PACE_KEYS = ("task.name", "model.label", "model.units", "model.num_layers", "training.batch_size")
+
+
+def recent_pace(uri: str | None, limit: int = 500) -> pd.DataFrame:
+    """The latest `limit` finished trial or single runs of every experiment: their `PACE_KEYS` params (dotted
+    column names) and `seconds_per_update` (wall time, building and tracing included, over the updates they
+    trained), to estimate what a new job costs on this store's machines (`rnnlib.run.jobs.estimate`)."""
+    client = open_client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return pd.DataFrame(columns=[*PACE_KEYS, "seconds_per_update"])
+    runs = client.search_runs(experiments, "attributes.status = 'FINISHED' and tags.`rnnlib.run_kind` != 'sweep'",
+                              max_results=limit, order_by=["attributes.start_time DESC"])
+    rows = []
+    for run in runs:
+        params = run.data.params
+        updates = run.data.metrics.get("updates", 0) * float(params.get("training.epochs", 0) or 0)
+        if updates > 0 and run.info.end_time and "tags.rnnlib.diverged_epoch" not in run.data.tags:
+            seconds = (run.info.end_time - run.info.start_time) / 1000
+            rows.append({**{key: params.get(key, "") for key in PACE_KEYS}, "seconds_per_update": seconds / updates})
+    return pd.DataFrame(rows, columns=[*PACE_KEYS, "seconds_per_update"])
+
+
 def runs_frame(uri: str | None, experiment_name: str) -> pd.DataFrame:
     """All runs of an experiment, one row each: `RUN_COLUMNS`, then `params.*`, `metrics.*` (the latest value
     of each metric) and `tags.*`. Empty (with `RUN_COLUMNS`) when the experiment does not exist."""

@@ -354,6 +354,7 @@ class RunLogger(Callback):
     def on_train_begin(self, info):
         tags = {
             "rnnlib.backend": info["backend"],
+            "rnnlib.backend_reason": info.get("backend_reason", ""),
             "rnnlib.device": info["device"],
             "rnnlib.task": self.config.task.name,
             "rnnlib.metric": info["metric"],

@@ -76,7 +76,8 @@ class CompareView:
     notice: str | None  # which runs diverged, or None
     curves: go.Figure
     groups: pd.DataFrame  # the group summary of the chosen metric and statistic, best first (`group_columns`)
-    per_run: pd.DataFrame  # per run: name, group, status and the statistic of each summary metric
+    per_run: pd.DataFrame  # per run: name, group, status, the statistic of each summary metric, and what it used
+    #                        of its machine (`compare.machine_table`: seconds, sequences/s, peak memory, GPU %, ...)
     vs_param: go.Figure
     differences: pd.DataFrame  # the params that differ between runs
     parallel: go.Figure
@@ -118,7 +119,8 @@ def compare_view(runs: pd.DataFrame, histories: pd.DataFrame, settings: CompareS
     return CompareView(
         notice=compare.divergence_notice(runs, diverged), curves=curves,
         groups=groups,
-        per_run=summary, vs_param=vs_param, differences=differences,
+        per_run=summary.merge(compare.machine_table(runs), on="run_id", how="left"), vs_param=vs_param,
+        differences=differences,
         parallel=plots.parallel_coordinates_figure(table, dimensions, s.metric),
         verdicts=verdicts.pairs(per_run, runs, group_by, s.interval, s.width or None),
     )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rnnlib import tasks
+from rnnlib import tasks, worker
 from rnnlib.core import divergence, truncation
 from rnnlib.core.config import ExperimentConfig
 from rnnlib.core.records import GradientFlow
@@ -101,6 +101,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     device = backends.device_name()
     info = {
         "backend": keras.backend.backend(),
+        "backend_reason": worker.BACKEND_REASON,
         "device": device,
         "cudnn": backends.uses_cudnn(keras.backend.backend(), device, config.model.cell_type, True,
                                      truncation.gradient_scale(config.training.truncation)),

@@ -203,16 +203,18 @@ class Store:
 
     @contextlib.contextmanager
     def _writes(self):
-        """`writes`, and once the store has failed, fail at once: after a write the server did not take (its
-        retries spent), ending the open runs would wait as long again for each of them; `reconcile` ends them
-        when the store is back."""
+        """`writes`, and once a tracking server has failed, fail at once: after a write the server did not take
+        (its retries spent, about 30 s), ending the open runs would wait as long again for each of them;
+        `reconcile` ends them when the server is back. A database file is tried every time: a write that
+        failed there (a full disk) may still let the runs be ended, at no wait."""
         if self._failure is not None:
             raise self._failure
         try:
             with writes(self.uri):
                 yield
         except TrackingError as error:
-            self._failure = error
+            if self.uri.split(":", 1)[0].lower() in ("http", "https"):
+                self._failure = error
             raise
 
     def experiment_id(self, name: str) -> str:

@@ -14,14 +14,6 @@ def _live_runs(uri: str, experiment: str):
     return tracking.runs_frame(uri, experiment)
 
 
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
-
-
 @st.fragment(run_every=2)
 def show(uri: str) -> None:
     """Every running job writing to `uri`, then the latest ended ones; refreshes itself every two seconds."""
@@ -69,7 +61,7 @@ def _job(uri: str, job: jobs.Job, running: bool, line: list[str]) -> None:
             label = (f"queued: place {place} of {len(line)}, waiting for a free slot ({jobs.max_jobs()} job(s) "
                      f"train at once; set RNNLAB_MAX_JOBS for more); {cost}")
         elif running:
-            left = "starting…" if eta is None else f"about {_duration(eta)} left"
+            left = "starting…" if eta is None else f"about {jobs.describe_duration(eta)} left"
             label = f"{fraction:.0%} of {job.num_epochs or '?'} epochs done, {left}"
         else:
             label = f"{fraction:.0%} of {job.num_epochs or '?'} epochs done"

@@ -8,8 +8,10 @@ from ui import mode
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def _device() -> str:
-    return machine.device_without_framework()
+def _machine() -> tuple[str, str]:
+    """The Keras backend a worker would pick and the device it would train on (asking `nvidia-smi` once)."""
+    device = machine.device_without_framework()
+    return machine.pick_backend(has_gpu=device != "cpu")[0], device
 
 
 def render(uri: str) -> None:
@@ -26,5 +28,6 @@ def render(uri: str) -> None:
             st.info("Read-only: this lab shows its runs; nothing can be trained or changed here.",
                     icon=":material/visibility:")
         st.markdown("### Training")
-        st.markdown(f"Keras backend: **{machine.backend_name()}**  \nDevice: **{_device()}**")
+        backend, device = _machine()
+        st.markdown(f"Keras backend: **{backend}**  \nDevice: **{device}**")
         st.caption("Training runs in worker processes; this dashboard never loads Keras.")

@@ -10,7 +10,6 @@ import os
 PREFERRED_BACKENDS = {"gpu": ("tensorflow", "torch", "jax"), "cpu": ("tensorflow", "jax", "torch")}
 # Set beside KERAS_BACKEND when the lab picked it, for the processes it starts.
 REASON_VARIABLE = "RNNLAB_BACKEND_REASON"
-BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def pick_backend(environ=os.environ, installed=None, has_gpu=None) -> tuple[str, str]:
@@ -18,19 +17,14 @@ def pick_backend(environ=os.environ, installed=None, has_gpu=None) -> tuple[str,
     `PREFERRED_BACKENDS` for this machine (found without importing any of them)."""
     if environ.get("KERAS_BACKEND"):  # asked for, or picked by the process that started this one
         return environ["KERAS_BACKEND"], environ.get(REASON_VARIABLE, "KERAS_BACKEND")
-    if installed is None:
-        installed = {name for name, module in BACKEND_MODULES.items()
-                     if importlib.util.find_spec(module) is not None}
     gpu = device_without_framework() != "cpu" if has_gpu is None else has_gpu
-    for name in PREFERRED_BACKENDS["gpu" if gpu else "cpu"]:
+    preferred = PREFERRED_BACKENDS["gpu" if gpu else "cpu"]
+    if installed is None:  # each backend's module has the backend's name
+        installed = {name for name in preferred if importlib.util.find_spec(name) is not None}
+    for name in preferred:
         if name in installed:
-            return name, f"picked: the first installed of {', '.join(PREFERRED_BACKENDS['gpu' if gpu else 'cpu'])}"
+            return name, f"picked: the first installed of {', '.join(preferred)}"
     return "tensorflow", "none of tensorflow, jax, torch is installed"
-
-
-def backend_name() -> str:
-    """The Keras backend that a worker will pick (`pick_backend`), read without importing keras."""
-    return pick_backend()[0]
 
 
 def device_without_framework() -> str:

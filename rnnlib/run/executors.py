@@ -123,8 +123,7 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
         for slot in slots:
             slot.process.join(timeout=10)
             if slot.trial is not None:
-                status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-                reason = "stopped (Ctrl-C or SIGTERM)" if status == "KILLED" else f"{type(error).__name__}: {error}"
+                status, reason = _stopped(error)
                 try:
                     finish(slot, status, error=reason)
                 except TrackingError:
@@ -135,6 +134,13 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
     for slot in slots:
         slot.process.join(timeout=30)
     return results
+
+
+def _stopped(error: BaseException) -> tuple[str, str]:
+    """How the open trials end when the executor stops on `error`: KILLED on a stop request, else FAILED."""
+    if isinstance(error, KeyboardInterrupt):
+        return "KILLED", "stopped (Ctrl-C or SIGTERM)"
+    return "FAILED", f"{type(error).__name__}: {error}"
 
 
 def _start(context, number: int) -> _Slot:
@@ -235,8 +241,7 @@ def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, ma
     except BaseException as error:
         for ref in flight:
             ray.cancel(ref, force=True)
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        reason = "stopped (Ctrl-C or SIGTERM)" if status == "KILLED" else f"{type(error).__name__}: {error}"
+        status, reason = _stopped(error)
         try:
             drain()
             for index, run_id in flight.values():
@@ -285,4 +290,5 @@ def _ray_failure(crash) -> str:
     if "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name:
         return ("its Ray worker died (killed, out of memory, or its node was lost) while training this run; the "
                 "other trials went on. Re-run this grid point alone (rnnlab run --only-failed) to see its error.")
-    return f"{name}: {str(crash).strip().splitlines()[-1][:2000] if str(crash).strip() else ''}"
+    lines = str(crash).strip().splitlines()
+    return f"{name}: {lines[-1][:2000] if lines else ''}"

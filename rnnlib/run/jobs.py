@@ -100,7 +100,7 @@ class Estimate:
 
     def describe(self) -> str:
         pace = ("no time estimate yet (no finished run of this model here)" if self.seconds is None
-                else f"about {_duration(self.seconds)} at this machine's recent pace")
+                else f"about {describe_duration(self.seconds)} at this machine's recent pace")
         return (f"{self.runs:,} run{'s' if self.runs != 1 else ''}, {self.epochs:,} epochs, {self.updates:,} "
                 f"batches of sequences ({self.sequences:,} sequences), {pace}")
 
@@ -145,12 +145,13 @@ def check_dashboard_limits(config: ExperimentConfig) -> None:
                            "it from the command line (`rnnlab run FILE.yaml`), which has no such limits"])
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(seconds, 1):.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+def describe_duration(seconds: float) -> str:
+    """`1 h 05 min`, `3 min 07 s`, `42 s`: a job's estimate and its time left."""
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
 def launch(config: ExperimentConfig, tracking_uri: str, estimated: Estimate | None = None) -> Job:

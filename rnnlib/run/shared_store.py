@@ -161,11 +161,10 @@ def status(folder) -> SharedStore | None:
 
 
 def _create_cluster(store: SharedStore, binaries: Path, owner: str | None) -> None:
-    if owner and subprocess.run(["runuser", "-u", owner, "--", "test", "-w", str(store.folder)],
+    if owner and subprocess.run(_as_owner(owner, ["test", "-w", str(store.folder)]),
                                 capture_output=True).returncode != 0:
         shutil.chown(store.folder, owner)
-        if subprocess.run(["runuser", "-u", owner, "--", "test", "-x", str(store.folder)],
-                          capture_output=True).returncode != 0:
+        if subprocess.run(_as_owner(owner, ["test", "-x", str(store.folder)]), capture_output=True).returncode != 0:
             raise TrackingError(f"PostgreSQL runs as the {owner!r} user, who cannot reach {store.folder}: choose a "
                                 "folder under /tmp or /srv, or open up its parent folders (chmod o+x).")
     store.data.mkdir(mode=0o700, exist_ok=True)
@@ -186,9 +185,8 @@ def _create_cluster(store: SharedStore, binaries: Path, owner: str | None) -> No
 def _database_running(binaries: Path, owner: str | None, data: Path) -> bool:
     if not (data / "postmaster.pid").exists():
         return False
-    prefix = ["runuser", "-u", owner, "--"] if owner else []
-    return subprocess.run(prefix + [str(binaries / "pg_ctl"), "status", "-D", str(data)], capture_output=True,
-                          cwd="/").returncode == 0
+    return subprocess.run(_as_owner(owner, [str(binaries / "pg_ctl"), "status", "-D", str(data)]),
+                          capture_output=True, cwd="/").returncode == 0
 
 
 def _database_owner() -> str | None:
@@ -202,10 +200,14 @@ def _database_owner() -> str | None:
                             "postgresql package, or run `rnnlab store up` as an ordinary user.") from None
 
 
+def _as_owner(owner: str | None, command: list[str]) -> list[str]:
+    """`command` run as the database's owner (`_database_owner`), or as this user."""
+    return ["runuser", "-u", owner, "--", *command] if owner else command
+
+
 def _as(owner: str | None, command: list[str], failure: str, env: dict | None = None) -> None:
-    prefix = ["runuser", "-u", owner, "--"] if owner else []
-    result = subprocess.run(prefix + command, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                            cwd="/", timeout=120)
+    result = subprocess.run(_as_owner(owner, command), capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, cwd="/", timeout=120)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
         raise TrackingError(f"{failure}: {detail[0]}")

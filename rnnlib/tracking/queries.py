@@ -55,7 +55,7 @@ def recent_pace(uri: str | None, limit: int = 500) -> pd.DataFrame:
     for run in runs:
         params = run.data.params
         updates = run.data.metrics.get("updates", 0) * float(params.get("training.epochs", 0) or 0)
-        if updates > 0 and run.info.end_time and "tags.rnnlib.diverged_epoch" not in run.data.tags:
+        if updates > 0 and run.info.end_time and "rnnlib.diverged_epoch" not in run.data.tags:
             seconds = (run.info.end_time - run.info.start_time) / 1000
             rows.append({**{key: params.get(key, "") for key in PACE_KEYS}, "seconds_per_update": seconds / updates})
     return pd.DataFrame(rows, columns=[*PACE_KEYS, "seconds_per_update"])

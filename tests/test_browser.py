@@ -149,7 +149,7 @@ def test_an_exported_compare_view_opens_offline_with_the_pages_legend_and_number
     page = visit(browser, f"{server}/compare?experiment=smoke&group_by=model.label&band=std", "compare-export")
     # all three charts drawn before reading the first (the curves); until then `.first` may be another chart
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3", timeout=60_000)
-    page_legend = legend_texts(page.locator(".js-plotly-plot").first)
+    page_legend = legend_texts(page.locator(".st-key-compare_curves .js-plotly-plot"))  # the curves, by their key
     with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name="Export this view (HTML)").click()
     assert download.value.suggested_filename == "compare-smoke.html"

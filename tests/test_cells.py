@@ -8,7 +8,7 @@ from conftest import CELL_LIST
 from rnnlib import tasks
 from rnnlib.core import cells
 from rnnlib.core import config as cfg
-from rnnlib.worker import models
+from rnnlib.worker import backends, models
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -119,3 +119,56 @@ def test_every_registered_cell_builds_its_keras_layer_and_traces_its_gates(cell_
     x = np.zeros((1, 6, 2), np.float32)
     traces = cells.model_traces(models.export_weights(model), cell_type, 1, x)[0]
     assert set(spec.gates) | set(spec.states) <= set(traces) and spec.memory_state in traces
+
+
+def stateful_lstm(layer_class, weights):
+    """A stateful LSTM model as `models.build_recurrent_model` builds one, from `layer_class`, on any backend,
+    with trainable `weights` by path."""
+    backend = keras.backend.backend()
+    inputs = keras.Input(batch_shape=(4, None, 3))
+    hidden = layer_class(6, stateful=True, return_sequences=True, name="lstm_0",
+                         **backends.recurrent_layer_options(backend, "lstm", True))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(hidden))
+    if backends.tracks_rnn_state(backend):
+        models.track_rnn_states(model)
+    for variable in model.trainable_variables:
+        variable.assign(weights[variable.path])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    return model
+
+
+def test_training_lstm_computes_what_keras_lstm_computes_forward_backward_and_carried():
+    """`models.TrainingLSTM` (TensorFlow's fused CPU kernel there, `backends.fused_lstm`) against Keras' own LSTM
+    with the same weights: outputs, the carried h and c, and one SGD update (so the gradients) across two chunks
+    of a sequence. Weights are large enough that |c| passes 3, where a cell clip would show."""
+    rng = np.random.default_rng(2)
+    shapes = {"lstm_0/lstm_cell/kernel": (3, 24), "lstm_0/lstm_cell/recurrent_kernel": (6, 24),
+              "lstm_0/lstm_cell/bias": (24,), "head/kernel": (6, 1), "head/bias": (1,)}
+    weights = {path: rng.normal(0, 0.8, shape).astype(np.float32) for path, shape in shapes.items()}
+    weights["lstm_0/lstm_cell/bias"][6:12] = 4.0  # forget gates near 1: the cell state accumulates
+    fused, plain = stateful_lstm(models.TrainingLSTM, weights), stateful_lstm(keras.layers.LSTM, weights)
+    x, y = rng.normal(size=(4, 20, 3)).astype(np.float32) * 2, rng.normal(size=(4, 20, 1)).astype(np.float32)
+    for model in (fused, plain):
+        model.train_on_batch(x[:, :8], y[:, :8])  # an update, then a second one from the carried state
+        model.train_on_batch(x[:, 8:], y[:, 8:])
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    carried = [[keras.ops.convert_to_numpy(v) for v in models.recurrent_layers(m)[0].states] for m in (fused, plain)]
+    assert np.abs(carried[1][1]).max() > 3.0
+    for a, b in zip(*carried):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.predict_on_batch(x), plain.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+    assert [v.path for v in fused.weights] == [v.path for v in plain.weights]  # lstm_0/lstm_cell/kernel, ...
+
+
+def test_training_builds_the_fused_lstm_and_saves_plain_keras_layers():
+    config = cfg.parse_config("task: {name: adding, length: 6}\nmodel: {cell_type: lstm, units: 4}\n")
+    task = tasks.build(config.task)
+    training_model = models.build_model(config.model, task, batch_size=2, stateful=True)
+    assert type(models.recurrent_layers(training_model)[0]) is models.TrainingLSTM
+    assert type(models.recurrent_layers(models.portable_copy(training_model, config.model, task))[0]) \
+        is keras.layers.LSTM  # model.keras loads without rnnlib
+    if keras.backend.backend() == "tensorflow":  # the fused kernel runs wherever it applies: TensorFlow's CPU
+        layer = models.recurrent_layers(training_model)[0]
+        zeros = keras.ops.zeros((2, 4))
+        assert backends.fused_lstm(layer, keras.ops.zeros((2, 6, 2)), [zeros, zeros], None, True) is not None

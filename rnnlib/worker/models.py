@@ -19,6 +19,24 @@ def get_cell(cell_type: str) -> type[keras.layers.RNN]:
     return getattr(keras.layers, cells.get_cell(cell_type).keras_layer)
 
 
+class TrainingLSTM(keras.layers.LSTM):
+    """Keras' LSTM, run on TensorFlow's fused CPU kernel where it applies (`backends.fused_lstm`: the same
+    equations and weights), else exactly as Keras runs it (cuDNN on a GPU, its step loop otherwise).
+
+    Used for the stateful models `train` builds; the saved, portable models stay plain `keras.layers.LSTM`, so
+    that `model.keras` loads anywhere without rnnlib. Its cell and weights have Keras' own names and paths."""
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        fused = backends.fused_lstm(self, sequences, initial_state, mask, training)
+        return fused if fused is not None else super().inner_loop(sequences, initial_state, mask, training)
+
+
+def layer_class(cell_type: str, stateful: bool) -> type[keras.layers.RNN]:
+    """The class `build_recurrent_model` builds a layer of `cell_type` with: `TrainingLSTM` for a stateful
+    (training) LSTM, else Keras' own (`get_cell`)."""
+    return TrainingLSTM if stateful and get_cell(cell_type) is keras.layers.LSTM else get_cell(cell_type)
+
+
 def cell_type_of(layer: keras.layers.Layer) -> str:
     """The registered cell a recurrent layer of `build_recurrent_model` computes, from its name (`lstm_0`): two
     cells may share a Keras class."""
@@ -109,7 +127,7 @@ def build_recurrent_model(model_config, task: Task, batch_size: int | None = Non
         A model mapping `[batch, time, task.num_features]` to `[batch, task.num_outputs]` or
         `[batch, time, task.num_outputs]`. The time axis is unspecified, so chunks of any length can be fed.
     """
-    layer_type = get_cell(model_config.cell_type)
+    layer_type = layer_class(model_config.cell_type, stateful)
     inputs = keras.Input(batch_shape=(batch_size, None, task.num_features), name="sequence")
     hidden = inputs
     for index in range(model_config.num_layers):
@@ -122,7 +140,7 @@ def build_recurrent_model(model_config, task: Task, batch_size: int | None = Non
                                **backends.recurrent_layer_options(keras.backend.backend(), model_config.cell_type,
                                                                   stateful))
         else:
-            cell = getattr(keras.layers, f"{layer_type.__name__}Cell")(model_config.units,
+            cell = getattr(keras.layers, f"{get_cell(model_config.cell_type).__name__}Cell")(model_config.units,
                                                                       recurrent_initializer=initializer)
             layer = keras.layers.RNN(GradientScaledCell(cell, gradient_scale), **options)
         hidden = layer(hidden)

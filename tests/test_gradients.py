@@ -200,3 +200,36 @@ def test_a_classification_task_trains_one_epoch_and_is_probed():
     flow = result.gradient_flow
     assert flow.norms["loss_hidden"].shape == (2, 1, 64)
     assert np.all(flow.norms["loss_hidden"][:, :, :48] == 0) and np.all(flow.norms["loss_hidden"][:, :, 48:] > 0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tracing is TensorFlow's (JAX/torch run eagerly)")
+def test_probes_trace_each_differentiated_function_once_and_warn_of_no_retracing(monkeypatch):
+    """Every probe of a run reuses the graphs the first one traced (a traced function's Python body runs only
+    while tracing); TensorFlow's "triggered tf.function retracing" warning, once logged for every run, stays
+    silent."""
+    import logging
+
+    from rnnlib.worker import backends
+
+    traces = []
+    tensorflow_gradients = backends._GRADIENTS["tensorflow"]
+
+    def counted(function):
+        return tensorflow_gradients(lambda *args: traces.append(1) or function(*args))
+
+    monkeypatch.setitem(backends._GRADIENTS, "tensorflow", counted)
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        config, task, model = tiny("lstm", length=8, truncation="4")
+        recorder = gradients.FlowRecorder(model, task, config)
+        recorder.record(0, 0.0)
+        first = len(traces)
+        for step in range(1, 4):
+            recorder.record(step, step / 10)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert first >= 5 and len(traces) == first, (first, len(traces))
+    assert not [message for message in warnings if "retracing" in message], warnings

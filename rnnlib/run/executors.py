@@ -225,7 +225,8 @@ def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, ma
                 tags = {"rnnlib.run_kind": kind, EXECUTOR_TAG: "ray"}
                 run_id = store.open_run(experiment_id, tracking.run_name(config, point), tags, parent_id)
                 flight[task.remote(queue, index, config, point, run_id)] = (index, run_id)
-            ready, _ = ray.wait(list(flight), num_returns=len(flight), timeout=POLL_SECONDS / 2)
+            # back as soon as one trial ends (not when all have, or the timeout), so its slot is refilled at once
+            ready, _ = ray.wait(list(flight), num_returns=1, timeout=POLL_SECONDS / 2)
             drain()  # a task sends everything before it returns: its messages are in before its result
             for ref in ready:
                 index, run_id = flight.pop(ref)

@@ -96,3 +96,21 @@ def test_seeds_needed_shrinks_the_welch_interval_to_the_width_asked():
         return 2 * stats.t.ppf(0.975, df) * np.sqrt((va + vb) / k)
 
     assert width(n) <= 0.02 < width(n - 1)
+
+
+def test_seeds_needed_is_the_first_n_of_the_one_at_a_time_search_it_replaced():
+    def one_at_a_time(a, b, width, limit=10_000):  # the search before it was vectorised, one t quantile per n
+        va, vb = a.var(ddof=1), b.var(ddof=1)
+        for n in range(2, limit + 1):
+            df = (va + vb) ** 2 / ((va**2 + vb**2) / (n - 1)) if va + vb > 0 else n - 1
+            if 2 * stats.t.ppf(0.975, df) * np.sqrt((va + vb) / n) <= width:
+                return n
+        return None
+
+    rng = np.random.default_rng(3)
+    cases = [(rng.normal(0, s, size), rng.normal(0.1, s, size), width) for s in (0.01, 0.1) for size in (2, 5)
+             for width in (0.001, 0.01, 0.05, 1.0)]
+    cases += [(np.array([0.1, 0.1]), np.array([0.2, 0.2]), 0.01)]  # no spread: two runs are enough
+    for a, b, width in cases:
+        assert verdicts.seeds_needed(a, b, width) == one_at_a_time(a, b, width)
+    assert verdicts.seeds_needed(*cases[0][:2], 1e-9, limit=50) is None  # beyond the limit

@@ -276,6 +276,7 @@ class Figures:
     figures: float = float("nan")
     page_cold: float = float("nan")
     page_warm: float = float("nan")
+    note: str = ""  # why the page has no figures
 
 
 def best_time(function, repeats: int):
@@ -331,7 +332,11 @@ def measure(store: BenchStore, name: str, figures: Figures, repeats: int, page: 
     figures = dataclasses.replace(figures, store=store.kind)
     measure_reads(store, name, figures, repeats)
     if page:
-        measure_page(store, name, figures, repeats)
+        try:
+            measure_page(store, name, figures, repeats)
+        except RuntimeError as error:  # e.g. a server that did not answer within the dashboard's HTTP timeout
+            figures.page_cold = figures.page_warm = float("nan")
+            figures.note = str(error)[:400]
     print(row(figures), flush=True)
     return figures
 
@@ -352,7 +357,7 @@ HEADER = (f"{'store':<11} {'runs':>6} {'points':>10} {'build s':>8} | {'runs tab
 
 def row(f: Figures) -> str:
     return (f"{f.store:<11} {f.runs:>6,} {f.points:>10,} {f.build:>8.1f} | {f.runs_table:>10.2f} {f.histories:>9.2f} "
-            f"{f.figures:>13.2f} | {f.page_cold:>9.2f} {f.page_warm:>9.2f}")
+            f"{f.figures:>13.2f} | {f.page_cold:>9.2f} {f.page_warm:>9.2f}" + (f"  ({f.note})" if f.note else ""))
 
 
 def main() -> None:
@@ -384,6 +389,8 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"\n{HEADER}\n" + "\n".join(row(f) for f in table))
+    if any(f.note for f in table):
+        raise SystemExit("the Compare page failed on some store (see its row)")
 
 
 if __name__ == "__main__":

@@ -149,7 +149,11 @@ def test_an_exported_compare_view_opens_offline_with_the_pages_legend_and_number
     page = visit(browser, f"{server}/compare?experiment=smoke&group_by=model.label&band=std", "compare-export")
     # all three charts drawn before reading the first (the curves); until then `.first` may be another chart
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3", timeout=60_000)
+    # and the curves' legend drawn: on a loaded machine their svg can be there before its entries (read: [])
+    page.wait_for_function("document.querySelectorAll('.st-key-compare_curves .legendtext').length >= 3",
+                           timeout=60_000)
     page_legend = legend_texts(page.locator(".st-key-compare_curves .js-plotly-plot"))  # the curves, by their key
+    page_charts = page.locator(".js-plotly-plot").count()  # before the click: its rerun redraws the charts
     with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name="Export this view (HTML)").click()
     assert download.value.suggested_filename == "compare-smoke.html"
@@ -159,7 +163,7 @@ def test_an_exported_compare_view_opens_offline_with_the_pages_legend_and_number
 
     report, requests = open_offline(browser, path, "report-compare")
     assert [url for url in requests if not url.startswith("file:")] == []
-    assert report.locator(".chart").count() == page.locator(".js-plotly-plot").count() == 3
+    assert report.locator(".chart").count() == page_charts == 3
     assert report.get_by_text("WebGL is not supported").count() == 0  # parallel coordinates drew too
     assert legend_texts(report.locator(".chart").first) == page_legend
     assert sorted(page_legend) == ["gru (n=4)", "lstm (n=4)", "rnn (n=4)"]

@@ -169,3 +169,18 @@ def test_the_benchmark_store_builder_writes_runs_that_read_back_like_mlflow_s_ow
     assert len(diverged) == 60 // bench.DIVERGE_EVERY and diverged["metrics.val_loss"].isna().all()
     history = tracking.metric_histories(uri, runs["run_id"].tolist(), list(bench.METRICS))
     assert np.isnan(history["value"]).sum() == 4 * len(diverged)  # each diverged run's last epoch, every metric
+
+
+def test_a_sql_read_leaves_the_cycle_collector_as_it_found_it(store):
+    import gc
+
+    uri, _, ids = store
+    assert gc.isenabled()
+    tracking.metric_histories(uri, ids, KEYS)
+    assert gc.isenabled()  # paused while the rows became columns, running again after
+    gc.disable()
+    try:
+        tracking.metric_histories(uri, ids, KEYS)
+        assert not gc.isenabled()  # a caller that had paused it keeps it paused
+    finally:
+        gc.enable()

@@ -340,8 +340,8 @@ def _metric_columns(rows: list[tuple], run_codes: dict[str, int], key_codes: dic
 @contextlib.contextmanager
 def _collector_paused():
     """Pause Python's cycle collector while a big result is turned into columns: its row tuples hold no cycles,
-    but with hundreds of thousands of them alive the collector runs again and again over them (a third of the
-    read at 800,000 rows). It runs again after, if it ran before."""
+    but allocating hundreds of thousands of them sets the collector off again and again (800,000 rows: 2.8 s
+    with it, 1.1 s without). It runs again after, if it ran before."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -276,6 +276,7 @@ class Figures:
     figures: float = float("nan")
     page_cold: float = float("nan")
     page_warm: float = float("nan")
+    readers: str = ""  # the paths that read the runs table and the histories (`attrs["reader"]`)
     note: str = ""  # why the page has no figures
 
 
@@ -299,6 +300,7 @@ def measure_reads(store: BenchStore, name: str, figures: Figures, repeats: int) 
     figures.histories, histories = best_time(
         lambda: tracking.metric_histories(uri, runs["run_id"].tolist(), keys), repeats)
     figures.figures, _ = best_time(lambda: views.compare_view(runs, histories, settings), repeats)
+    figures.readers = f"{runs.attrs['reader']}, {histories.attrs['reader']}"
 
 
 def measure_page(store: BenchStore, name: str, figures: Figures, repeats: int) -> None:
@@ -352,12 +354,13 @@ def build(store: BenchStore, num_runs: int, steps: int) -> tuple[str, Figures]:
 
 
 HEADER = (f"{'store':<11} {'runs':>6} {'points':>10} {'build s':>8} | {'runs table':>10} {'histories':>9} "
-          f"{'stats+figures':>13} | {'page cold':>9} {'page warm':>9}")
+          f"{'stats+figures':>13} | {'page cold':>9} {'page warm':>9} | read by")
 
 
 def row(f: Figures) -> str:
     return (f"{f.store:<11} {f.runs:>6,} {f.points:>10,} {f.build:>8.1f} | {f.runs_table:>10.2f} {f.histories:>9.2f} "
-            f"{f.figures:>13.2f} | {f.page_cold:>9.2f} {f.page_warm:>9.2f}" + (f"  ({f.note})" if f.note else ""))
+            f"{f.figures:>13.2f} | {f.page_cold:>9.2f} {f.page_warm:>9.2f} | {f.readers}"
+            + (f"  ({f.note})" if f.note else ""))
 
 
 def main() -> None:

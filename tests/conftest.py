@@ -82,8 +82,9 @@ def predictions_store(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def start_mlflow_server(backend_uri: str, artifacts: Path):
-    """A real `mlflow server` on a free loopback port over `backend_uri`; yields its URL, stops it after."""
+def start_mlflow_server(backend_uri: str, artifacts: Path, app_name: str | None = None):
+    """A real `mlflow server` on a free loopback port over `backend_uri` (`--app-name app_name`: e.g. `rnnlab`, the
+    lab's server); yields its URL, stops it after."""
     from rnnlib import tracking
 
     with socket.socket() as sock:
@@ -91,7 +92,8 @@ def start_mlflow_server(backend_uri: str, artifacts: Path):
         port = sock.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts), "--workers", "1"],
+         "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts), "--workers", "1",
+         *(["--app-name", app_name] if app_name else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"

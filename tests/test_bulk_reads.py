@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from mlflow.entities import Metric, Param, RunTag
 
 from conftest import start_mlflow_server
@@ -137,7 +138,9 @@ def test_histories_of_no_runs_or_no_points_are_empty_frames_of_the_right_types(s
         assert empty["step"].dtype == "int64" and empty["value"].dtype == "float64"
 
 
-def test_a_tracking_server_gives_the_same_runs_table_and_histories_in_many_requests(store, tmp_path, monkeypatch):
+def test_a_tracking_server_gives_the_same_runs_table_and_histories_in_many_requests(store, tmp_path, monkeypatch,
+                                                                                    caplog):
+    """A plain `mlflow server` (no lab endpoints: 404, which is no fault) through MLflow's own endpoints."""
     uri, database, ids = store
     local_runs, local_histories = tracking.runs_frame(uri, "bulk"), tracking.metric_histories(uri, ids, KEYS)
     monkeypatch.setattr(queries, "SEARCH_PAGE", 2)  # 4 pages of runs
@@ -146,8 +149,34 @@ def test_a_tracking_server_gives_the_same_runs_table_and_histories_in_many_reque
         served_runs = tracking.runs_frame(server, "bulk")
         served_histories = tracking.metric_histories(server, ids, KEYS)
     assert served_runs.attrs["reader"] == "client" and served_histories.attrs["reader"] == "server-bulk"
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
     same_frame(served_runs, local_runs)
     same_frame(served_histories, local_histories)
+
+
+def test_the_lab_server_gives_the_same_runs_table_and_histories_from_its_database(store, tmp_path, monkeypatch):
+    """`mlflow server --app-name rnnlab` (what `rnnlab store up` starts) answers with the SQL readers' results."""
+    uri, database, ids = store
+    local_runs, local_histories = tracking.runs_frame(uri, "bulk"), tracking.metric_histories(uri, ids, KEYS)
+    monkeypatch.setattr(queries, "SERVER_SQL_RUNS", 2)  # 4 requests of histories, run ids in no particular order
+    with start_mlflow_server(f"sqlite:///{database}", tmp_path / "server-artifacts", app_name="rnnlab") as server:
+        served_runs = tracking.runs_frame(server, "bulk")
+        served_histories = tracking.metric_histories(server, ids[::-1], KEYS)
+        refusals = [
+            requests.get(f"{server}{queries.SERVER_RUNS_ROUTE}", params={"experiment_id": "1 OR 1=1"}, timeout=10),
+            requests.post(f"{server}{queries.SERVER_HISTORIES_ROUTE}", data="not json", timeout=10),
+            requests.post(f"{server}{queries.SERVER_HISTORIES_ROUTE}", json={"run_ids": [1], "keys": KEYS}, timeout=10),
+            requests.post(f"{server}{queries.SERVER_HISTORIES_ROUTE}",
+                          json={"run_ids": ["x"] * 5_001, "keys": KEYS}, timeout=10),
+        ]
+        nothing = queries._server_sql_histories(server, ["no-such-run"], KEYS)
+    assert served_runs.attrs["reader"] == "server-sql" and served_histories.attrs["reader"] == "server-sql"
+    same_frame(served_runs, local_runs)
+    same_frame(served_histories, local_histories)
+    assert served_runs["metrics.grad_norm"].isin([math.inf]).any() and served_runs["metrics.val_loss"].isna().any()
+    assert [answer.status_code for answer in refusals] == [400] * 4
+    assert all("message" in answer.json() for answer in refusals)  # what was wrong, not a traceback
+    assert nothing is not None and nothing.empty
 
 
 def test_the_benchmark_store_builder_writes_runs_that_read_back_like_mlflow_s_own(tmp_path):

@@ -94,6 +94,15 @@ def test_a_parallel_sweep_writes_every_run_and_metric_point_into_the_shared_stor
         assert predictions is not None and len(predictions["y_true"]) == 16
     per_run = points / len(trials)
     assert per_run == int(per_run) and per_run > 20  # every run the same count: none lost
+    # Compare's bulk reads: the lab server's endpoints answer them from PostgreSQL, with MLflow's client's numbers.
+    table = tracking.runs_frame(uri, "shared_sweep")
+    ids = [r.info.run_id for r in trials]
+    history = tracking.metric_histories(uri, ids, ["val_loss"])
+    assert table.attrs["reader"] == "server-sql" and history.attrs["reader"] == "server-sql"
+    assert len(table) == 7 and len(history) == 2 * len(trials)
+    expected = {(r.info.run_id, m.step): m.value for r in trials for m in client.get_metric_history(r.info.run_id,
+                                                                                                    "val_loss")}
+    assert dict(zip(zip(history["run_id"], history["step"]), history["value"])) == expected
 
 
 def test_every_page_renders_from_the_shared_store(server, monkeypatch):

@@ -108,7 +108,8 @@ def up(folder, port: int = 5000, database_port: int = 0, host: str = "127.0.0.1"
     with open(folder / "logs" / "mlflow.log", "ab") as server_log:
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-             "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts", "--workers", "2"],
+             "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts", "--workers", "2",
+             "--app-name", "rnnlab"],  # MLflow's server with Compare's bulk reads (rnnlib.tracking.server_app)
             env={**os.environ, "MLFLOW_BACKEND_STORE_URI": store.database_uri},  # not in `ps`: it holds the password
             stdout=server_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     store.server_pid = server.pid

@@ -68,8 +68,9 @@ def runs_frame(uri: str | None, experiment_name: str) -> pd.DataFrame:
     of each metric) and `tags.*`, newest first. Empty (with `RUN_COLUMNS`) when the experiment does not exist.
 
     A database store is read with one SQL query per table and 500 runs, the ones MLflow's `search_runs` makes,
-    without building its entities (10x faster); a tracking server answers `search_runs` in pages of
-    `SEARCH_PAGE` runs. The frame's `attrs["reader"]` names the path that answered (`sql` or `client`); a SQL
+    without building its entities (10x faster). The lab's tracking server (`server_app`) runs those queries on
+    its database and sends the result; another tracking server answers `search_runs` in pages of `SEARCH_PAGE`
+    runs. The frame's `attrs["reader"]` names the path that answered (`sql`, `server-sql` or `client`); a fast
     read that fails falls back to `search_runs` and logs why (a warning on the `rnnlib.tracking` logger).
     """
     client = open_client(uri)
@@ -91,6 +92,10 @@ SQL_RUNS_CHUNK = 500  # run ids per query of their params, metrics and tags, as 
 
 def _run_rows(uri: str, experiment_id: str) -> tuple[str, list[dict]]:
     """(reader, one `_run_row` per run of the experiment, newest first)."""
+    if uri.startswith(("http://", "https://")):
+        served = _server_sql_runs(uri, experiment_id)
+        if served is not None:
+            return "server-sql", [_run_row(*record) for record in served]
     engine = _sql_engine(uri)
     if engine is not None:
         try:
@@ -179,6 +184,11 @@ SQL_FETCH_ROWS = 100_000  # rows converted to columns at a time, so that a big r
 SERVER_BULK_LIMIT = 25_000  # rows the tracking server's bulk endpoint returns at most, silently cutting the rest
 SERVER_BULK_RUNS = 100  # run ids it takes per request
 SERVER_REQUESTS = 4  # bulk requests in flight at once: a server answers them in parallel, one per worker
+# The lab's own server (`rnnlab store up`: `mlflow server --app-name rnnlab`, `rnnlib.tracking.server_app`) reads
+# its database with the SQL below and sends columns; a plain `mlflow server` answers 404 there.
+SERVER_RUNS_ROUTE = "/ajax-api/rnnlab/1/runs"
+SERVER_HISTORIES_ROUTE = "/ajax-api/rnnlab/1/histories"
+SERVER_SQL_RUNS = 500  # run ids per request of the lab server's histories
 
 logger = logging.getLogger(__name__)
 
@@ -197,17 +207,23 @@ def metric_histories(uri: str | None, run_ids: list[str], keys: list[str]) -> pd
     logged twice keeps its latest value (`_latest_points`).
 
     A database store answers one SQL query per `SQL_HISTORY_RUNS` runs, read straight off MLflow's `metrics`
-    table; a tracking server one request per metric and up to 100 runs (its bulk endpoint), `SERVER_REQUESTS` at
-    a time. Either fast path that fails falls back to MLflow's own calls and logs why (a warning on the
-    `rnnlib.tracking` logger); the frame's `attrs["reader"]` names the path that answered (`sql`, `server-bulk`,
-    `mlflow-bulk`, `client`).
+    table; the lab's tracking server (`server_app`) runs that query on its database, one request per
+    `SERVER_SQL_RUNS` runs; another tracking server one request per metric and up to 100 runs (its bulk endpoint);
+    `SERVER_REQUESTS` requests at a time. Each fast path that fails falls back to MLflow's own calls and logs why
+    (a warning on the `rnnlib.tracking` logger); the frame's `attrs["reader"]` names the path that answered
+    (`sql`, `server-sql`, `server-bulk`, `mlflow-bulk`, `client`).
     """
     client_uri = resolve_tracking_uri(uri)
     run_ids, keys = list(dict.fromkeys(run_ids)), list(dict.fromkeys(keys))
-    if client_uri.startswith(("http://", "https://")):
+    served = client_uri.startswith(("http://", "https://"))
+    if served and run_ids and keys and _server_sql_histories(client_uri, run_ids[:1], keys[:1]) is not None:
+        chunks = [run_ids[i : i + SERVER_SQL_RUNS] for i in range(0, len(run_ids), SERVER_SQL_RUNS)]
+        with concurrent.futures.ThreadPoolExecutor(SERVER_REQUESTS) as pool:  # answers come back in order
+            parts = list(pool.map(lambda chunk: _server_sql_part(client_uri, chunk, keys), chunks))
+    elif served:
         batches = [(run_ids[i : i + SERVER_BULK_RUNS], key) for key in keys
                    for i in range(0, len(run_ids), SERVER_BULK_RUNS)]
-        with concurrent.futures.ThreadPoolExecutor(SERVER_REQUESTS) as pool:  # answers come back in order
+        with concurrent.futures.ThreadPoolExecutor(SERVER_REQUESTS) as pool:
             parts = list(pool.map(lambda batch: _server_history_bulk(client_uri, *batch), batches))
     else:
         parts = [_database_history_bulk(client_uri, run_ids[i : i + SQL_HISTORY_RUNS], keys)
@@ -349,6 +365,55 @@ def _collector_paused():
     finally:
         if enabled:
             gc.enable()
+
+
+def _server_sql_runs(uri: str, experiment_id: str) -> list[tuple] | None:
+    """The lab server's runs endpoint (`server_app.RUNS_ROUTE`): `_read_runs_tables`' records, None where the
+    server lacks it (a plain `mlflow server`) or it failed (said on the logger)."""
+    answer = _lab_endpoint(uri, "GET", SERVER_RUNS_ROUTE, params={"experiment_id": experiment_id})
+    return None if answer is None else [tuple(record) for record in answer.json()]
+
+
+def _server_sql_histories(uri: str, run_ids: list[str], keys: list[str]) -> pd.DataFrame | None:
+    """The lab server's histories endpoint (`server_app.HISTORIES_ROUTE`): a `READ_COLUMNS` frame, None where the
+    server lacks it or it failed."""
+    import pyarrow as pa
+
+    answer = _lab_endpoint(uri, "POST", SERVER_HISTORIES_ROUTE, json={"run_ids": run_ids, "keys": keys})
+    if answer is None:
+        return None
+    with pa.ipc.open_stream(answer.content) as reader:
+        return reader.read_pandas()
+
+
+def _server_sql_part(uri: str, run_ids: list[str], keys: list[str]) -> tuple[str, pd.DataFrame]:
+    """One chunk of runs from the lab server's histories endpoint; MLflow's bulk endpoint if that fails."""
+    frame = _server_sql_histories(uri, run_ids, keys)
+    if frame is not None:
+        return "server-sql", frame
+    parts = [_server_history_bulk(uri, run_ids[i : i + SERVER_BULK_RUNS], key) for key in keys
+             for i in range(0, len(run_ids), SERVER_BULK_RUNS)]
+    return "+".join(sorted({reader for reader, _ in parts})), pd.concat([f for _, f in parts], ignore_index=True)
+
+
+def _lab_endpoint(uri: str, method: str, route: str, **request):
+    """A response of the lab server's `route`, None where the server has no such route (404: a plain
+    `mlflow server`, said nowhere: that is normal) or answered an error (a warning on the logger)."""
+    import requests
+
+    try:
+        response = requests.request(method, f"{uri.rstrip('/')}{route}", timeout=60, **request)
+    except requests.RequestException as error:
+        logger.warning("The lab server's %s failed (%s: %s); using MLflow's endpoints.", route,
+                       type(error).__name__, error)
+        return None
+    if response.status_code in (404, 405):
+        return None
+    if not response.ok:
+        logger.warning("The lab server's %s answered %s (%s); using MLflow's endpoints.", route,
+                       response.status_code, response.text[:200])
+        return None
+    return response
 
 
 def _server_history_bulk(uri, run_ids, key) -> tuple[str, pd.DataFrame]:

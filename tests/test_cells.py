@@ -137,10 +137,13 @@ def stateful_lstm(layer_class, weights):
     return model
 
 
-def test_training_lstm_computes_what_keras_lstm_computes_forward_backward_and_carried():
-    """`models.TrainingLSTM` (TensorFlow's fused CPU kernel there, `backends.fused_lstm`) against Keras' own LSTM
-    with the same weights: outputs, the carried h and c, and one SGD update (so the gradients) across two chunks
-    of a sequence. Weights are large enough that |c| passes 3, where a cell clip would show."""
+@pytest.mark.parametrize("parts", [1, 3])
+def test_training_lstm_computes_what_keras_lstm_computes_forward_backward_and_carried(parts, monkeypatch):
+    """`models.TrainingLSTM` (TensorFlow's fused CPU kernel there, `backends.fused_lstm`, the batch of 4 in one
+    kernel or in slices of 2, 1 and 1 rows side by side) against Keras' own LSTM with the same weights: outputs,
+    the carried h and c, and one SGD update (so the gradients) across two chunks of a sequence. Weights are large
+    enough that |c| passes 3, where a cell clip would show."""
+    monkeypatch.setattr(backends, "fused_lstm_parts", lambda batch: parts)
     rng = np.random.default_rng(2)
     shapes = {"lstm_0/lstm_cell/kernel": (3, 24), "lstm_0/lstm_cell/recurrent_kernel": (6, 24),
               "lstm_0/lstm_cell/bias": (24,), "head/kernel": (6, 1), "head/bias": (1,)}

@@ -233,3 +233,17 @@ def test_probes_trace_each_differentiated_function_once_and_warn_of_no_retracing
         logging.getLogger("tensorflow").removeHandler(handler)
     assert first >= 5 and len(traces) == first, (first, len(traces))
     assert not [message for message in warnings if "retracing" in message], warnings
+
+
+def test_spectral_norms_equal_numpy_svd_on_random_ill_conditioned_tiny_and_huge_matrices():
+    rng = np.random.default_rng(0)
+    random = rng.normal(size=(3, 5, 8, 8))
+    rank_one = rng.normal(size=(4, 8, 1)) @ rng.normal(size=(4, 1, 8))
+    graded = rng.normal(size=(4, 8, 8)) * np.logspace(0, -12, 8)  # condition number ~1e12
+    matrices = np.concatenate([random.reshape(-1, 8, 8), rank_one, graded, np.zeros((1, 8, 8)),
+                               1e-40 * rank_one[:1], 1e30 * random[0, :2]]).astype(np.float32)
+    measured = gradients.spectral_norms(matrices)
+    exact = np.linalg.svd(matrices.astype(np.float64), compute_uv=False)[..., 0]
+    np.testing.assert_allclose(measured, exact, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(measured, np.linalg.svd(matrices, compute_uv=False)[..., 0], rtol=1e-5, atol=0)
+    assert gradients.spectral_norms(random.astype(np.float32)).shape == (3, 5)

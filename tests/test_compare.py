@@ -319,6 +319,7 @@ def test_gradient_figures_use_a_log_axis_and_mark_the_truncation_window():
     z = np.array(heatmap.data[0].z, dtype=float)
     assert np.isnan(z[:, :5]).all() and np.isfinite(z[:, 5:]).all()  # no gradient: blank, not log10(0)
     assert list(heatmap.data[1].x) == [4.5, 4.5]
+    assert heatmap.layout.yaxis.dtick == 1  # a few probed epochs: one tick each, none halfway
     full = plots.gradient_heatmap_figure(curves[curves["run_id"] == "lstm-full-0"], "‖∂L_T/∂h_t‖")
     assert len(full.data) == 1
 

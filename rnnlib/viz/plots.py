@@ -340,6 +340,8 @@ def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
                                  name="truncation reach: no gradient to the left"))
     fig = _layout(fig, f"{quantity} over training (blank: no gradient)", "timestep t", "epoch")
     fig.update_layout(hovermode="closest", legend={"orientation": "h", "y": -0.2, "x": 0, "xanchor": "left"})
+    if len(table.index) <= 12:  # probes are whole epochs: no 0.5 ticks between them
+        fig.update_yaxes(dtick=1)
     return fig
 
 

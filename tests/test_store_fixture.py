@@ -4,6 +4,7 @@ later run's config with keys this version does not know, one run with a broken a
 that no longer exists each get a notice naming the run, and the other runs still show."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import streamlit as st
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, run_cli
 from rnnlib import tracking
 from rnnlib.core import config
 from rnnlib.tracking import bundles
@@ -112,6 +113,43 @@ def test_switching_experiment_on_compare_takes_the_new_ones_group_by_and_axis(fi
 
 def test_importing_the_same_bundle_twice_adds_nothing(fixture_uri):
     assert set(bundles.import_bundle(BUNDLE, fixture_uri).values()) == {0}
+
+
+def page_tables(uri, monkeypatch, page, experiment) -> list[pd.DataFrame]:
+    """Every table a page shows, without run ids (a store gives imported runs new ones): no `run_id` columns, and
+    the short ids in run labels (`lstm-full-s1 (f40601)`) written as `(id)`."""
+    at = open_page(uri, monkeypatch, page, {"experiment": experiment})
+    short_id = re.compile(r"\([0-9a-f]{6}\)")
+    tables = []
+    for element in at.dataframe:
+        table = element.value
+        table = table.drop(columns=[c for c in table.columns if "run_id" in str(c)]).reset_index(drop=True)
+        table.columns = [short_id.sub("(id)", str(c)) for c in table.columns]
+        tables.append(table.map(lambda v: short_id.sub("(id)", v) if isinstance(v, str) else v))
+    return tables
+
+
+def test_an_exported_bundle_moved_elsewhere_and_imported_shows_the_same_numbers_on_every_page(
+        fixture_uri, tmp_path, monkeypatch, cli_env):
+    """`rnnlab export` of every experiment, the folder moved, `rnnlab import` into another store: Compare, Gradient
+    flow and Predictions show the same tables there, to the last digit."""
+    written = run_cli(["export", *[a for e in EXPERIMENTS for a in ("--experiment", e)], "--out",
+                       str(tmp_path / "bundle"), "--tracking-uri", fixture_uri], cli_env)
+    assert written.returncode == 0, written.stderr
+    moved = shutil.move(tmp_path / "bundle", tmp_path / "elsewhere" / "bundle")
+    assert not (tmp_path / "bundle").exists()
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    loaded = run_cli(["import", str(moved), "--tracking-uri", copy], cli_env)
+    assert loaded.returncode == 0, loaded.stderr
+    compared = 0
+    for experiment in EXPERIMENTS:
+        for page in ("compare", "gradients", "predictions"):
+            original, imported = (page_tables(uri, monkeypatch, page, experiment) for uri in (fixture_uri, copy))
+            assert len(original) == len(imported), (page, experiment)
+            for a, b in zip(original, imported):
+                pd.testing.assert_frame_equal(a, b, check_exact=True, obj=f"{page} {experiment}")
+                compared += a.size
+    assert compared > 500  # the pages showed numbers (832 cells), not just empty tables
 
 
 def artifact_folder(uri, experiment, run_name):

@@ -34,7 +34,7 @@ st.caption("Pick a task, the cells and truncations to compare, and start: traini
            "process, logs every epoch to the store, and survives reloads. Cancelled runs end KILLED.")
 build, upload, edit = st.tabs(["Build an experiment", "Your own series (CSV)", "From a YAML file"])
 with build:
-    raw = train_form.builder()
+    raw = train_form.builder(uri)
 with upload:
     raw = train_form.from_csv() or raw
 submitted = (lambda: config.validate(raw, source="the form")) if raw is not None else None
@@ -50,10 +50,7 @@ if submitted is not None:
     except config.ConfigError as error:
         st.error(train_form.config_error_message(error), icon=":material/block:")
     else:
-        try:
-            estimated = jobs.estimate(experiment, data.recent_pace(uri))
-        except Exception:  # the store could not be read: the job still starts, without a time estimate
-            estimated = jobs.estimate(experiment)
+        estimated = train_form.launch_estimate(experiment, uri)
         job = jobs.launch(experiment, uri, estimated)
         data.refresh()
         ahead = [other for other in jobs.list_jobs() if other.running and other.job_id != job.job_id]

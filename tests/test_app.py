@@ -158,6 +158,21 @@ def test_train_page_rejects_invalid_settings_and_launches_nothing(fixture_store,
     assert jobs.list_jobs() == []
 
 
+def test_train_builder_says_what_start_launches_as_settings_change_and_launches_nothing_until_then(
+        fixture_store, monkeypatch):
+    at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
+    line = next(c.value for c in at.caption if c.value.startswith("Start launches"))
+    assert line.startswith("Start launches 12 runs, 240 epochs, 12,000 batches of sequences"), line
+    at.text_input(key="train_builder_seeds").set_value("0, 1, 2").run()
+    at.multiselect(key="train_builder_cells").set_value(["gru"]).run()
+    line = next(c.value for c in at.caption if c.value.startswith("Start launches"))
+    assert line.startswith("Start launches 6 runs, 120 epochs, 6,000 batches"), line
+    at.text_input(key="train_builder_seeds").set_value("").run()
+    line = next(c.value for c in at.caption if c.value.startswith("Start launches"))
+    assert line.startswith("Start launches nothing with these settings: grid.seed: empty list"), line
+    assert jobs.list_jobs() == []
+
+
 def test_train_page_yaml_errors_name_the_key(fixture_store, monkeypatch):
     at = open_page(fixture_store, monkeypatch, "app_pages/train.py")
     at.selectbox(key="train_yaml_file").set_value(PROJECT_DIR / "experiments" / "smoke.yaml").run()

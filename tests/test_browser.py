@@ -83,6 +83,10 @@ def test_a_compare_permalink_opened_first_renders_its_charts(browser, server):
     page = visit(browser, f"{server}/compare?experiment=smoke&smoothing=0.3&show_runs=1", "compare")
     assert page.locator('[data-testid="stException"]').count() == 0
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('.st-key-compare_curves .legendtext').length >= 6",
+                           timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SCREENSHOTS / "compare.png"))  # now with the curves drawn
     assert page.locator(".js-plotly-plot").count() == 3
     legend = page.locator(".js-plotly-plot").first.inner_text()
     assert "gru · full (n=2)" in legend and "rnn · 5 (n=2)" in legend
@@ -97,6 +101,7 @@ def test_every_page_renders_in_a_real_browser(browser, server):
     assert home.locator('[data-testid="stException"]').count() == 0
     train = visit(browser, f"{server}/train", "train")
     assert train.get_by_text("Start training").first.is_visible()
+    assert train.get_by_text("Start launches 12 runs").first.is_visible()
     assert train.locator('[data-testid="stException"]').count() == 0
 
 

@@ -231,7 +231,7 @@ def test_probes_trace_each_differentiated_function_once_and_warn_of_no_retracing
             recorder.record(step, step / 10)
     finally:
         logging.getLogger("tensorflow").removeHandler(handler)
-    assert first >= 5 and len(traces) == first, (first, len(traces))
+    assert first >= 3 and len(traces) == first, (first, len(traces))
     assert not [message for message in warnings if "retracing" in message], warnings
 
 

@@ -12,10 +12,10 @@ import yaml
 from rnnlib import tasks
 from rnnlib.core import config, paths
 from rnnlib.core.cells import CELLS
-from rnnlib.run import executors
+from rnnlib.run import executors, jobs
 from rnnlib.tasks import sources
 from rnnlib.viz import plots
-from ui import safe
+from ui import data, safe
 
 
 def _parse_list(text: str) -> list:
@@ -58,20 +58,38 @@ def _task_param_inputs(task_name: str) -> dict:
     return params
 
 
-def builder() -> dict | None:
-    """Task, cells, truncations, clipping, seeds and schedule; a sweep over every combination picked."""
+def builder(uri: str) -> dict | None:
+    """Task, cells, truncations, clipping, seeds and schedule; a sweep over every combination picked. Not a form,
+    so that the line above Start says, as settings change, how many runs it launches and about how long they take
+    (`launch_estimate`)."""
     task_name = st.selectbox("Task", list(tasks.TASKS), key="train_task",
                              format_func=lambda n: f"{n} (baseline: {tasks.get(n).baseline_name})")
-    with st.form("train_builder"):
+    with st.container(border=True):
         task_params = _task_param_inputs(task_name)
         settings = _run_settings("train_builder", f"{task_name}_dashboard")
-        if not st.form_submit_button("Start training", type="primary"):
+        raw = {**settings, "task": {"name": task_name, **task_params}}
+        try:
+            estimated = launch_estimate(config.validate(raw, source="the form"), uri)
+        except config.ConfigError as error:
+            st.caption(f"Start launches nothing with these settings: {safe.text(error.problems[0])}.")
+        else:
+            st.caption(f"Start launches {safe.text(estimated.describe())}.")
+        if not st.button("Start training", type="primary", key="train_builder_start"):
             return None
-    return {**settings, "task": {"name": task_name, **task_params}}
+    return raw
+
+
+def launch_estimate(experiment: config.ExperimentConfig, uri: str) -> jobs.Estimate:
+    """What `experiment` trains and about how long it takes at the pace of the store's finished runs
+    (`jobs.estimate`); without a time when the store cannot be read."""
+    try:
+        return jobs.estimate(experiment, data.recent_pace(uri))
+    except Exception:  # an unreadable store: the count still holds, the time is left out
+        return jobs.estimate(experiment)
 
 
 def _run_settings(prefix: str, default_name: str) -> dict:
-    """Inputs (inside a form) for everything but the task: cells, size, truncations, clipping, seeds, schedule;
+    """Inputs for everything but the task: cells, size, truncations, clipping, seeds, schedule;
     the config's `name`, `model`, `training` and `grid`. `prefix` keys the widgets (one set per form)."""
     left, middle, right = st.columns(3)
     cells = left.multiselect("Cells", list(CELLS), default=list(CELLS), key=f"{prefix}_cells",
@@ -102,8 +120,6 @@ def _run_settings(prefix: str, default_name: str) -> dict:
                               help="How the job's runs share this machine's cores; the numbers each run logs are "
                                    "the same either way. Ray also reaches a cluster from the command line "
                                    "(`rnnlab run --executor ray --address ...`).")
-    st.caption("A launch trains one run per combination of cells × truncations × seeds (3 × 2 × 2 = 12 runs by "
-               "default); the message after Start gives the count and the job below the time left.")
     grid = {"model.cell_type": cells,
             "training.truncation": [config.truncation_from_label(t) for t in _parse_list(truncations)],
             "seed": _parse_list(seeds)}

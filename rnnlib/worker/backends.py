@@ -149,8 +149,9 @@ def device_name() -> str:
 
 
 def gradient_function(function):
-    """Compile `function(*constants, *inputs) -> scalar` (written with `keras.ops`) into one that returns the
-    value and its gradients with respect to `inputs`: `(constants, inputs) -> (float, [numpy arrays])`.
+    """Compile `function(*constants, *inputs) -> value` (written with `keras.ops`) into one that returns the
+    value and the gradients of its sum with respect to `inputs`: `(constants, inputs) -> (float, [numpy arrays])`,
+    or a numpy array for a value that is a vector (its terms' sum differentiated: e.g. objectives of disjoint rows).
 
     Keras 3 has no backend-neutral autodiff, so this is the one place that calls TensorFlow's tape, `jax.grad`
     or `torch.autograd`. On TensorFlow the step is traced once into a graph (variables are read when it runs,
@@ -168,7 +169,8 @@ def gradient_function(function):
     def value_and_gradients(constants, inputs):
         value, grads = differentiate([keras.ops.convert_to_tensor(c) for c in constants],
                                      [np.asarray(a, np.float32) for a in inputs])
-        return float(keras.ops.convert_to_numpy(value)), [np.asarray(keras.ops.convert_to_numpy(g)) for g in grads]
+        value = np.asarray(keras.ops.convert_to_numpy(value))
+        return (float(value) if value.ndim == 0 else value), [np.asarray(keras.ops.convert_to_numpy(g)) for g in grads]
 
     return value_and_gradients
 
@@ -177,7 +179,7 @@ def _tensorflow_gradients(function):
     import tensorflow as tf
 
     # A partial, not a closure: TensorFlow counts the traces of every `tf.function` made from one code object
-    # together, so a probe's six functions, each traced once, would read as one function "retraced 6 times".
+    # together, so a probe's functions, each traced once, would read as one function "retraced" again and again.
     differentiate = tf.function(functools.partial(_tape_gradients, function), reduce_retracing=True)
     return lambda constants, inputs: differentiate(constants, [tf.convert_to_tensor(a) for a in inputs])
 
@@ -195,8 +197,13 @@ def _jax_gradients(function):
     import jax
 
     def differentiate(constants, inputs):
-        return jax.value_and_grad(lambda *args: function(*constants, *args), argnums=tuple(range(len(inputs))))(
+        def summed(*args):
+            value = function(*constants, *args)
+            return jax.numpy.sum(value), value
+
+        (_, value), grads = jax.value_and_grad(summed, argnums=tuple(range(len(inputs))), has_aux=True)(
             *[jax.numpy.asarray(a) for a in inputs])
+        return value, grads
 
     return differentiate
 
@@ -208,7 +215,7 @@ def _torch_gradients(function):
     def differentiate(constants, inputs):
         tensors = [keras.ops.convert_to_tensor(a).requires_grad_(True) for a in inputs]
         value = function(*constants, *tensors)
-        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+        grads = torch.autograd.grad(value.sum(), tensors, allow_unused=True)
         return value.detach(), [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
 
     return differentiate

@@ -16,6 +16,8 @@ parameters themselves: full BPTT's on the probe sequences against the one the ru
 sequences and weights, through the same windows its updates use.
 """
 
+import functools
+
 import numpy as np
 from keras import ops
 from scipy.linalg import lapack
@@ -108,95 +110,138 @@ class GradientProbe:
         self.cell_type = models.cell_type_of(layers[0])
         self.head = model.get_layer("head")
         self.task = task
-        self.loss = loss = keras.losses.get(task.loss)
-        self._loss_gradients = backends.gradient_function(
-            lambda x, target, keep, *flat: ops.sum(loss(target, self.head(
-                unroll(self.cells, x, self._nest(flat), keep)[:, -1])))
-        )
-        self._input_gradients = backends.gradient_function(
-            lambda selector, *rest: ops.sum(self.head(
-                unroll(self.cells, rest[-1], self._nest(rest[:-1]))[:, -1]) * selector)
-        )
+        self.loss = keras.losses.get(task.loss)
         self.variables = list(model.trainable_variables)
+        self._flows: dict[tuple, object] = {}  # one differentiated function per row layout (`_layout`)
         self._adjoints = backends.gradient_function(self._recipe_loss)
         self._local_gradients = backends.gradient_function(self._local_loss)
-        self._state_gradients = {
-            index: backends.gradient_function(
-                lambda x, selector, *flat, index=index: ops.sum(
-                    unroll(self.cells[: index + 1], x, self._nest(flat)[: index + 1])[:, -1] * selector)
-            )
-            for index in range(len(self.cells))
-        }
 
-    def loss_gradients(self, x: np.ndarray, y: np.ndarray, reach: int = 0):
-        """∂L_T/∂(state_t) for every layer, state and timestep, L_T being the loss at the last step.
+    def flow(self, x: np.ndarray, y: np.ndarray | None = None, reach: int = 0, jacobian: bool = True,
+             connectivity: bool = True) -> tuple[float, dict[str, np.ndarray]]:
+        """One probe's gradient flow over time, from one backward pass through one scan of every layer.
 
         Args:
-            x: `[batch, T, features]` probe sequences; y: their targets (the task's shape).
+            x: `[batch, T, features]` probe sequences; y: their targets (the task's shape), or None for no loss
+                gradients.
             reach: first step the last update backpropagates to (0: full BPTT); the loss sends no gradient to
                 earlier steps, exactly as in the training update.
+            jacobian, connectivity: whether to take the Jacobian norms and the input connectivity too.
 
         Returns:
-            (mean loss at T, {quantity: `<float>[num_layers, T]`}) with quantities `loss_hidden` (and
-            `loss_cell` for the LSTM): each sequence's gradient norm, averaged over the sequences. The LSTM's
-            ∂L/∂c_t is the total derivative, through h_t = o_t ⊙ tanh(c_t) as well as through the carried cell
-            state: the perturbation added after the step only sees the latter, so the former is added with the
-            gate values of the reference equations (`rnnlib.core.cells`).
+            (mean loss at T, or NaN without `y`; {quantity: `<float>[num_layers, T]`}), the quantities being
+            - `loss_hidden` (and `loss_cell` for the LSTM): ∂L_T/∂(state_t) for every layer, state and step, L_T
+              the loss at the last step, each sequence's gradient norm averaged over the sequences. The LSTM's
+              ∂L/∂c_t is the total derivative, through h_t = o_t ⊙ tanh(c_t) as well as through the carried cell
+              state: the perturbation added after the step only sees the latter, so the former is added with the
+              gate values of the reference equations (`rnnlib.core.cells`);
+            - `jacobian`: the spectral norm of ∂h_T/∂h_t within each layer, averaged over sequences. Row j of the
+              Jacobian is the gradient of h_T[j], so each sequence is replicated once per unit. NaN for layers
+              wider than `MAX_JACOBIAN_ROWS` units, and where the network has diverged (non-finite Jacobians): a
+              probe records what it sees and never stops training. No truncation: a property of the dynamics;
+            - `input` (`<float>[T]`): ‖∂y_T/∂x_t‖, the Frobenius norm of the Jacobian of the last output with
+              respect to the input x_t (Distill's "Memorization in RNNs"), averaged over sequences; no truncation.
+
+        Every row of the one batch is a sequence of its own (the loss rows, each layer's Jacobian rows, the
+        connectivity rows), so its gradient is the one a separate pass would give; each layer's Jacobian rows
+        leave the scan after their layer.
         """
         x = np.asarray(x, np.float32)
         batch, length = x.shape[:2]
-        keep = np.ones(length, np.float32)
-        keep[reach] = 0.0
-        target = y if self.task.target_form == "final" else y[:, -1]
-        total, grads = self._loss_gradients([x, np.asarray(target), keep], self._zeros(batch, length))
-        nested = self._nest(grads)  # per layer: ∂L/∂h_t (and ∂L/∂c_t through the carried cell state only)
-        result = {"loss_hidden": np.stack([_mean_norm(layer[0]) for layer in nested])}
-        if "c" in get_cell(self.cell_type).states:
-            traces = model_traces(models.export_weights(self.model), self.cell_type, len(self.cells), x)
-            result["loss_cell"] = np.stack([
-                _mean_norm(carried + from_hidden * trace["output_gate"] * (1.0 - np.tanh(trace["c"]) ** 2))
-                for (from_hidden, carried), trace in zip(nested, traces.values())
-            ])
-        return total / batch, result
+        layout = self._layout(batch if y is not None else 0, batch, jacobian, connectivity)
+        losses, outputs, jacobians, sequences = layout
+        keep = np.ones((layout_rows(layout), length), np.float32)
+        keep[:losses, reach] = 0.0
+        rows = [x] if losses else []
+        rows.append(np.repeat(x[:sequences[-1]], outputs, axis=0))
+        for index in reversed(range(len(self.cells))):
+            rows.append(np.repeat(x[:sequences[index]], jacobians[index] // max(1, sequences[index]), axis=0))
+        constants = [keep, np.zeros((1,), np.float32) if y is None else np.asarray(
+            y if self.task.target_form == "final" else y[:, -1])]
+        inputs = [np.concatenate(rows)] + [np.zeros((alive, length, cell.units), np.float32)
+                                           for cell, alive in zip(self.cells, _alive(layout))
+                                           for _ in range(_num_states(cell))]
+        if layout not in self._flows:
+            self._flows[layout] = backends.gradient_function(functools.partial(self._flow_terms, layout))
+        values, (x_grads, *grads) = self._flows[layout](constants, inputs)
+        nested = self._nest(grads)
+        result: dict[str, np.ndarray] = {}
+        if losses:
+            result["loss_hidden"] = np.stack([_mean_norm(layer[0][:losses]) for layer in nested])
+            if "c" in get_cell(self.cell_type).states:
+                traces = model_traces(models.export_weights(self.model), self.cell_type, len(self.cells), x)
+                result["loss_cell"] = np.stack([
+                    _mean_norm(carried[:losses] + from_hidden[:losses] * trace["output_gate"]
+                               * (1.0 - np.tanh(trace["c"]) ** 2))
+                    for (from_hidden, carried), trace in zip(nested, traces.values())
+                ])
+        if jacobian:
+            result["jacobian"] = np.full((len(self.cells), length), np.nan)
+            for index, (cell, alive) in enumerate(zip(self.cells, _alive(layout))):
+                if jacobians[index]:
+                    units = cell.units
+                    block = nested[index][0][alive - jacobians[index] : alive]
+                    matrices = block.reshape(sequences[index], units, length, units).transpose(0, 2, 1, 3)
+                    finite = np.isfinite(matrices).all(axis=(0, 2, 3))  # a diverged network: inf / NaN Jacobians
+                    result["jacobian"][index, finite] = spectral_norms(matrices[:, finite]).mean(axis=0)
+        if connectivity:
+            block = x_grads[losses : losses + outputs * sequences[-1]]
+            matrices = block.reshape(sequences[-1], outputs, length, -1).astype(np.float64)
+            norms = np.sqrt(np.square(matrices).sum(axis=(1, 3)))  # [sequences, T]
+            norms[~np.isfinite(norms)] = np.nan
+            result["input"] = norms.mean(axis=0)
+        return (float(values[0]) / batch if losses else float("nan")), result
+
+    def loss_gradients(self, x: np.ndarray, y: np.ndarray, reach: int = 0):
+        """∂L_T/∂(state_t) for every layer, state and timestep (`flow`'s `loss_hidden`, `loss_cell`):
+        (mean loss at T, {quantity: `<float>[num_layers, T]`})."""
+        return self.flow(x, y, reach, jacobian=False, connectivity=False)
 
     def jacobian_norms(self, x: np.ndarray) -> np.ndarray:
-        """Spectral norm of ∂h_T/∂h_t within each layer for every t, averaged over sequences: `[num_layers, T]`.
-
-        Row j of the Jacobian is the gradient of h_T[j]; one backward pass gets all rows by replicating each
-        sequence once per unit. NaN for layers wider than `MAX_JACOBIAN_ROWS` units, and where the network has
-        diverged (non-finite Jacobians): a probe records what it sees and never stops training.
-        """
-        length = x.shape[1]
-        result = np.full((len(self.cells), length), np.nan)
-        for index, cell in enumerate(self.cells):
-            units = cell.units
-            if units > MAX_JACOBIAN_ROWS:
-                continue
-            num_sequences = max(1, min(len(x), MAX_JACOBIAN_ROWS // units))
-            replicated = np.repeat(np.asarray(x[:num_sequences], np.float32), units, axis=0)
-            selector = np.tile(np.eye(units, dtype=np.float32), (num_sequences, 1))
-            _, grads = self._state_gradients[index]([replicated, selector], self._zeros(len(replicated), length))
-            position = sum(_num_states(c) for c in self.cells[:index])  # this layer's h perturbation
-            rows = grads[position].reshape(num_sequences, units, length, units).transpose(0, 2, 1, 3)
-            finite = np.isfinite(rows).all(axis=(0, 2, 3))  # a diverged network has inf / NaN Jacobians
-            result[index, finite] = spectral_norms(rows[:, finite]).mean(axis=0)
-        return result
+        """Spectral norm of ∂h_T/∂h_t within each layer for every t, averaged over sequences: `[num_layers, T]`
+        (`flow`'s `jacobian`)."""
+        return self.flow(x, jacobian=True, connectivity=False)[1]["jacobian"]
 
     def input_connectivity(self, x: np.ndarray) -> np.ndarray:
-        """‖∂y_T/∂x_t‖ (Frobenius norm of the Jacobian of the last output y_T with respect to the input x_t) for
-        every t, averaged over sequences: `<float>[T]`. No truncation: it is what the trained network's output
-        depends on. Row j of the Jacobian is the gradient of y_T[j], all rows in one backward pass by
-        replicating each sequence once per output (at most `MAX_JACOBIAN_ROWS` rows); NaN where not finite."""
-        outputs = self.task.num_outputs
-        num_sequences = max(1, min(len(x), MAX_JACOBIAN_ROWS // outputs))
-        replicated = np.repeat(np.asarray(x[:num_sequences], np.float32), outputs, axis=0)
-        selector = np.tile(np.eye(outputs, dtype=np.float32), (num_sequences, 1))
-        length = x.shape[1]
-        _, (grads,) = self._input_gradients([selector, *self._zeros(len(replicated), length)], [replicated])
-        rows = grads.reshape(num_sequences, outputs, length, -1)
-        norms = np.sqrt(np.square(rows.astype(np.float64)).sum(axis=(1, 3)))  # [sequences, T]
-        norms[~np.isfinite(norms)] = np.nan
-        return norms.mean(axis=0)
+        """‖∂y_T/∂x_t‖ for every t, averaged over sequences: `<float>[T]` (`flow`'s `input`)."""
+        return self.flow(x, jacobian=False, connectivity=True)[1]["input"]
+
+    def _layout(self, losses: int, batch: int, jacobian: bool, connectivity: bool) -> tuple:
+        """The rows of `flow`'s batch, static for its traced function: (loss rows, outputs per connectivity
+        sequence or 0, per layer its Jacobian rows, per layer the sequences replicated; the last entry of that
+        tuple is the connectivity's). At most `MAX_JACOBIAN_ROWS` rows for each Jacobian and the connectivity."""
+        outputs = self.task.num_outputs if connectivity else 0
+        jacobians, sequences = [], []
+        for cell in self.cells:
+            wanted = jacobian and cell.units <= MAX_JACOBIAN_ROWS
+            count = max(1, min(batch, MAX_JACOBIAN_ROWS // cell.units)) if wanted else 0
+            jacobians.append(count * cell.units)
+            sequences.append(count)
+        sequences.append(max(1, min(batch, MAX_JACOBIAN_ROWS // max(1, outputs))) if outputs else 0)
+        return losses, outputs, tuple(jacobians), tuple(sequences)
+
+    def _flow_terms(self, layout, keep, target, x, *perturbations):
+        """`flow`'s objective, [Σ loss rows' L_T, Σ Jacobian rows' h_T[j], Σ connectivity rows' y_T[j]]: each
+        term only reaches its own rows, so the gradient of their sum is each row's own. Time-major through
+        `_scan_layer`; a layer's Jacobian rows (the last ones) are left behind after it."""
+        losses, outputs, jacobians, sequences = layout
+        hidden = ops.transpose(x, (1, 0, 2))
+        keep = ops.expand_dims(ops.transpose(keep), -1)  # [T, rows, 1]
+        jacobian_total = ops.zeros(())
+        for index, (cell, layer_perturbations, alive) in enumerate(
+                zip(self.cells, self._nest(perturbations), _alive(layout))):
+            hidden = _scan_layer(cell, hidden[:, :alive], keep[:, :alive],
+                                 [ops.transpose(p, (1, 0, 2)) for p in layer_perturbations])[0]
+            if jacobians[index]:
+                units = cell.units
+                selector = ops.tile(ops.eye(units), (sequences[index], 1))
+                jacobian_total = jacobian_total + ops.sum(hidden[-1, alive - jacobians[index] :] * selector)
+        last = hidden[-1]
+        loss_total = ops.sum(self.loss(target, self.head(last[:losses]))) if losses else ops.zeros(())
+        connectivity_total = ops.zeros(())
+        if outputs:
+            selector = ops.tile(ops.eye(outputs), (sequences[-1], 1))
+            connectivity_total = ops.sum(self.head(last[losses : losses + outputs * sequences[-1]]) * selector)
+        return ops.stack([loss_total, jacobian_total, connectivity_total])
 
     def parameter_gradients(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
                             keep: np.ndarray) -> np.ndarray:
@@ -438,9 +483,8 @@ class FlowRecorder:
         length = self.task.sequence_length
         reach = truncation.gradient_reach(truncation.schedule(length, self.truncation, self.rng), length - 1)
         assert reach is not None, "a schedule scores every step, the last one too"
-        loss, norms = self.probe.loss_gradients(self.x, self.y, reach)
-        norms["jacobian"] = self.probe.jacobian_norms(self.x)
-        norms["input"] = np.repeat(self.probe.input_connectivity(self.x)[None], len(self.probe.cells), axis=0)
+        loss, norms = self.probe.flow(self.x, self.y, reach)
+        norms["input"] = np.repeat(norms["input"][None], len(self.probe.cells), axis=0)
         self.flow.append(step, epoch, reach, loss, norms, self.meter())
         return self.flow
 
@@ -470,6 +514,21 @@ def spectral_norms(matrices: np.ndarray) -> np.ndarray:
         values, _, _, _, info = lapack.dsyevr(g, compute_v=0, range="I", il=size, iu=size, lower=1)
         largest[position] = values[0] if info == 0 else np.linalg.eigvalsh(g)[-1]
     return np.sqrt(np.maximum(largest, 0.0)).reshape(a.shape[:-2])
+
+
+def layout_rows(layout: tuple) -> int:
+    """The rows of a `GradientProbe.flow` batch with this `_layout`."""
+    losses, outputs, jacobians, sequences = layout
+    return losses + outputs * sequences[-1] + sum(jacobians)
+
+
+def _alive(layout: tuple) -> list[int]:
+    """The rows of a `flow` batch that enter each layer: a layer's Jacobian rows leave after it."""
+    alive, rows = [], layout_rows(layout)
+    for jacobian in layout[2]:
+        alive.append(rows)
+        rows -= jacobian
+    return alive
 
 
 def _flat(a):

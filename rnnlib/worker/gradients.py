@@ -17,6 +17,7 @@ sequences and weights, through the same windows its updates use.
 """
 
 import functools
+import typing
 
 import numpy as np
 from keras import ops
@@ -112,7 +113,7 @@ class GradientProbe:
         self.task = task
         self.loss = keras.losses.get(task.loss)
         self.variables = list(model.trainable_variables)
-        self._flows: dict[tuple, object] = {}  # one differentiated function per row layout (`_layout`)
+        self._flows: dict[tuple, typing.Callable] = {}  # one differentiated function per row layout (`_layout`)
         self._adjoints = backends.gradient_function(self._recipe_loss)
         self._local_gradients = backends.gradient_function(self._local_loss)
 

@@ -1,6 +1,8 @@
 """Gradient flow over time: the probe's per-timestep gradients against finite differences of the numpy reference
 equations, truncation cutting them off exactly where training does, and the record logged during training."""
 
+import collections
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from rnnlib import tasks
 from rnnlib.core import callbacks, cells, records
 from rnnlib.core import config as cfg
+from rnnlib.core import truncation as tbptt
 from rnnlib.worker import gradients, models, training
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -218,6 +221,7 @@ def test_probes_trace_each_differentiated_function_once_and_warn_of_no_retracing
         return tensorflow_gradients(lambda *args: traces.append(1) or function(*args))
 
     monkeypatch.setitem(backends._GRADIENTS, "tensorflow", counted)
+    monkeypatch.setattr(gradients, "_TEMPLATES", collections.OrderedDict())  # none traced by an earlier test
     warnings = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())
@@ -233,6 +237,48 @@ def test_probes_trace_each_differentiated_function_once_and_warn_of_no_retracing
         logging.getLogger("tensorflow").removeHandler(handler)
     assert first >= 3 and len(traces) == first, (first, len(traces))
     assert not [message for message in warnings if "retracing" in message], warnings
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_a_probe_sharing_another_models_traced_functions_measures_its_own_weights(cell_type, monkeypatch):
+    """Two runs of one config (different seeds, so different weights) share the probe's functions: the second
+    probe's every number equals that of a probe of its own, and it traces nothing."""
+    from rnnlib.worker import backends
+
+    monkeypatch.setattr(gradients, "_TEMPLATES", collections.OrderedDict())
+    traces = []  # Python bodies run: on TensorFlow only while tracing
+    original = backends._GRADIENTS[keras.backend.backend()]
+    monkeypatch.setitem(backends._GRADIENTS, keras.backend.backend(),
+                        lambda function: original(lambda *args: traces.append(1) or function(*args)))
+    config, task, first = tiny(cell_type, length=8, truncation="3")
+    keras.utils.set_random_seed(5)
+    second = models.build_model(config.model, task, batch_size=2, stateful=True)
+    for layer in models.recurrent_layers(second):
+        layer.cell.bias.assign(np.random.default_rng(7).normal(0, 0.5, layer.cell.bias.shape).astype(np.float32))
+    assert not np.allclose(first.trainable_variables[0].numpy(), second.trainable_variables[0].numpy())
+    x, y = task.sample_batch(np.random.default_rng(6), 3)
+    key = config.model.model_dump_json() + config.task.model_dump_json()
+    schedules = [tbptt.schedule(8, config.training.truncation, np.random.default_rng(0))]
+    shared_first = gradients.GradientProbe(first, task, shared_key=key)
+    shared_first.flow(x, y, reach=2)
+    shared_first.truncation_gradients(x, y, schedules)
+    shared = gradients.GradientProbe(second, task, shared_key=key)
+    traced = len(traces)
+    shared_flows = {reach: shared.flow(x, y, reach) for reach in (0, 2)}
+    shared_full, shared_samples = shared.truncation_gradients(x, y, schedules)
+    if keras.backend.backend() == "tensorflow":
+        assert len(traces) == traced > 0
+    own = gradients.GradientProbe(second, task)
+    assert shared._template is shared_first._template and own._template is not shared._template
+    for reach in (0, 2):
+        (shared_loss, shared_norms), (own_loss, own_norms) = shared_flows[reach], own.flow(x, y, reach)
+        assert shared_loss == pytest.approx(own_loss, rel=1e-6)
+        for quantity in own_norms:
+            np.testing.assert_allclose(shared_norms[quantity], own_norms[quantity], rtol=1e-5, atol=1e-9)
+        assert not np.allclose(shared_norms["jacobian"], shared_first.flow(x, y, reach)[1]["jacobian"])
+    own_full, own_samples = own.truncation_gradients(x, y, schedules)
+    np.testing.assert_allclose(shared_full, own_full, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(shared_samples[0], own_samples[0], rtol=1e-5, atol=1e-9)
 
 
 def test_spectral_norms_equal_numpy_svd_on_random_ill_conditioned_tiny_and_huge_matrices():

@@ -16,6 +16,7 @@ parameters themselves: full BPTT's on the probe sequences against the one the ru
 sequences and weights, through the same windows its updates use.
 """
 
+import collections
 import functools
 import typing
 
@@ -35,6 +36,10 @@ MAX_JACOBIAN_ROWS = 1024
 # `MAX_WEIGHT_COPIES` floats of weight copies (e.g. 64 copies of a 32-unit GRU, one of a 1,024-unit LSTM).
 MAX_RECIPES_PER_PASS = 64
 MAX_WEIGHT_COPIES = 1 << 22
+# Probes of one architecture and task share their traced functions (`GradientProbe`'s `shared_key`): at most
+# this many architectures kept per process, the least recently used dropped first.
+MAX_SHARED_PROBES = 8
+_TEMPLATES: collections.OrderedDict = collections.OrderedDict()
 # Offset of the probe sequences' seed from the training seed, so they are fixed per run and not training data.
 PROBE_SEED_OFFSET = 7919
 
@@ -96,26 +101,43 @@ def _scan_layer(cell, inputs, keep, perturbations):
 class GradientProbe:
     """Per-timestep gradients of one model, its differentiated functions built (and on TensorFlow traced) once.
 
+    The functions read the model's weights as arguments, not as captured variables, so a probe of another model
+    of the same architecture and task runs the same traced graphs (`shared_key`): a sweep's runs of one cell
+    trace them once per process, not once per run (on TensorFlow 0.7-1.0 s of a tiny run's 2.5 s).
+
     Args:
         model: a model from `rnnlib.worker.models.build_model` (its recurrent layers' cells and its `head` are used;
             dropout between layers is left out, as at inference).
         task: decides the loss and which target is the last step's.
+        shared_key: text that fixes the model's architecture and the task's shapes and loss (e.g. their configs):
+            the probe reuses the functions of an earlier probe built with that key in this process. None: its own.
     """
 
-    def __init__(self, model, task: Task):
-        import keras
-
+    def __init__(self, model, task: Task, shared_key: str | None = None):
         self.model = model
-        layers = models.recurrent_layers(model)
-        self.cells = [models.base_cell(layer) for layer in layers]
-        self.cell_type = models.cell_type_of(layers[0])
-        self.head = model.get_layer("head")
         self.task = task
-        self.loss = keras.losses.get(task.loss)
-        self.variables = list(model.trainable_variables)
-        self._flows: dict[tuple, typing.Callable] = {}  # one differentiated function per row layout (`_layout`)
-        self._adjoints = backends.gradient_function(self._recipe_loss)
-        self._local_gradients = backends.gradient_function(self._local_loss)
+        self.cell_type = models.cell_type_of(models.recurrent_layers(model)[0])
+        self.weights = list(model.variables)  # the functions' first arguments, in the template's order
+        template = _TEMPLATES.get(shared_key) if shared_key is not None else None
+        if template is None:
+            template = _Functions(model, task)
+        if shared_key is not None:
+            _TEMPLATES[shared_key] = template
+            _TEMPLATES.move_to_end(shared_key)
+            while len(_TEMPLATES) > MAX_SHARED_PROBES:
+                _TEMPLATES.popitem(last=False)
+        self._template = template
+        self.cells = [models.base_cell(layer) for layer in models.recurrent_layers(model)]
+        self.head = model.get_layer("head")
+
+    @property
+    def variables(self) -> list:
+        """This model's trainable weights, in the order `parameter_gradients` flattens their gradients."""
+        return list(self.model.trainable_variables)
+
+    def _call(self, function, constants, inputs):
+        """One of the template's differentiated functions, on this model's current weights."""
+        return function([*[v.value for v in self.weights], *constants], inputs)
 
     def flow(self, x: np.ndarray, y: np.ndarray | None = None, reach: int = 0, jacobian: bool = True,
              connectivity: bool = True) -> tuple[float, dict[str, np.ndarray]]:
@@ -161,9 +183,7 @@ class GradientProbe:
         inputs = [np.concatenate(rows)] + [np.zeros((alive, length, cell.units), np.float32)
                                            for cell, alive in zip(self.cells, _alive(layout))
                                            for _ in range(_num_states(cell))]
-        if layout not in self._flows:
-            self._flows[layout] = backends.gradient_function(functools.partial(self._flow_terms, layout))
-        values, (x_grads, *grads) = self._flows[layout](constants, inputs)
+        values, (x_grads, *grads) = self._call(self._template.flow(layout), constants, inputs)
         nested = self._nest(grads)
         result: dict[str, np.ndarray] = {}
         if losses:
@@ -220,30 +240,6 @@ class GradientProbe:
         sequences.append(max(1, min(batch, MAX_JACOBIAN_ROWS // max(1, outputs))) if outputs else 0)
         return losses, outputs, tuple(jacobians), tuple(sequences)
 
-    def _flow_terms(self, layout, keep, target, x, *perturbations):
-        """`flow`'s objective, [Σ loss rows' L_T, Σ Jacobian rows' h_T[j], Σ connectivity rows' y_T[j]]: each
-        term only reaches its own rows, so the gradient of their sum is each row's own. Time-major through
-        `_scan_layer`; a layer's Jacobian rows (the last ones) are left behind after it."""
-        losses, outputs, jacobians, sequences = layout
-        hidden = ops.transpose(x, (1, 0, 2))
-        keep = ops.expand_dims(ops.transpose(keep), -1)  # [T, rows, 1]
-        jacobian_total = ops.zeros(())
-        for index, (cell, layer_perturbations, alive) in enumerate(
-                zip(self.cells, self._nest(perturbations), _alive(layout))):
-            hidden = _scan_layer(cell, hidden[:, :alive], keep[:, :alive],
-                                 [ops.transpose(p, (1, 0, 2)) for p in layer_perturbations])[0]
-            if jacobians[index]:
-                units = cell.units
-                selector = ops.tile(ops.eye(units), (sequences[index], 1))
-                jacobian_total = jacobian_total + ops.sum(hidden[-1, alive - jacobians[index] :] * selector)
-        last = hidden[-1]
-        loss_total = ops.sum(self.loss(target, self.head(last[:losses]))) if losses else ops.zeros(())
-        connectivity_total = ops.zeros(())
-        if outputs:
-            selector = ops.tile(ops.eye(outputs), (sequences[-1], 1))
-            connectivity_total = ops.sum(self.head(last[losses : losses + outputs * sequences[-1]]) * selector)
-        return ops.stack([loss_total, jacobian_total, connectivity_total])
-
     def parameter_gradients(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
                             keep: np.ndarray) -> np.ndarray:
         """Parameter gradients of several recipes on the sequences `x` at the current weights, `[R, P]` float64.
@@ -270,12 +266,11 @@ class GradientProbe:
         for start in range(0, len(weights), size):
             w, k = weights[start : start + size], keep[start : start + size]
             replicas = len(w)
-            _, adjoints = self._adjoints(
-                [np.tile(x, (replicas, 1, 1)), np.tile(y, (replicas,) + (1,) * (y.ndim - 1)),
-                 np.repeat(w, batch, axis=0), np.repeat(k, batch, axis=0)],
-                self._zeros(replicas * batch, length))
+            _, adjoints = self._call(self._template.adjoints, [
+                np.tile(x, (replicas, 1, 1)), np.tile(y, (replicas,) + (1,) * (y.ndim - 1)),
+                np.repeat(w, batch, axis=0), np.repeat(k, batch, axis=0)], self._zeros(replicas * batch, length))
             per_recipe = [a.reshape(replicas, batch, length, -1) for a in adjoints]
-            _, grads = self._local_gradients([x, y, w, *per_recipe], values * replicas)
+            _, grads = self._call(self._template.local_gradients, [x, y, w, *per_recipe], values * replicas)
             for r in range(replicas):
                 rows.append(np.concatenate([np.asarray(g, np.float64).ravel()
                                             for g in grads[r * len(values) : (r + 1) * len(values)]]))
@@ -317,6 +312,79 @@ class GradientProbe:
         (`truncation_gradients`)."""
         return self.truncation_gradients(x, y, [updates], gradient_scale)[1][0]
 
+    def _zeros(self, batch, length):
+        return [np.zeros((batch, length, cell.units), np.float32) for cell in self.cells
+                for _ in range(_num_states(cell))]
+
+    def _nest(self, flat):
+        return _nest(self.cells, flat)
+
+
+class _Functions:
+    """A `GradientProbe`'s differentiated functions, built on one model's cells and head: each reads the weights
+    (`model.variables`, in order) from its first arguments (`_bound`), so any model of the same architecture
+    and task can run them. Up to `MAX_SHARED_PROBES` of them are kept for reuse (`_TEMPLATES`)."""
+
+    def __init__(self, model, task: Task):
+        import keras
+
+        self.cells = [models.base_cell(layer) for layer in models.recurrent_layers(model)]
+        self.head = model.get_layer("head")
+        self.task = task
+        self.loss = keras.losses.get(task.loss)
+        self.weights = list(model.variables)
+        self.variables = list(model.trainable_variables)
+        self._flows: dict[tuple, typing.Callable] = {}  # one per row layout (`GradientProbe._layout`)
+        self.adjoints = backends.gradient_function(self._bound(self._recipe_loss))
+        self.local_gradients = backends.gradient_function(self._bound(self._local_loss))
+
+    def flow(self, layout: tuple) -> typing.Callable:
+        """`GradientProbe.flow`'s differentiated function for this row layout."""
+        if layout not in self._flows:
+            self._flows[layout] = backends.gradient_function(
+                self._bound(functools.partial(self._flow_terms, layout)))
+        return self._flows[layout]
+
+    def _bound(self, function):
+        """`function(*args)` as a function of `(*weights, *args)`: the template's variables read as those values
+        (a Keras `StatelessScope`), so that the traced graph captures no model's variables."""
+        import keras
+
+        count = len(self.weights)
+
+        def bound(*args):
+            with keras.StatelessScope(state_mapping=list(zip(self.weights, args[:count]))):
+                return function(*args[count:])
+
+        return bound
+
+    def _nest(self, flat):
+        return _nest(self.cells, flat)
+
+    def _flow_terms(self, layout, keep, target, x, *perturbations):
+        """`flow`'s objective, [Σ loss rows' L_T, Σ Jacobian rows' h_T[j], Σ connectivity rows' y_T[j]]: each
+        term only reaches its own rows, so the gradient of their sum is each row's own. Time-major through
+        `_scan_layer`; a layer's Jacobian rows (the last ones) are left behind after it."""
+        losses, outputs, jacobians, sequences = layout
+        hidden = ops.transpose(x, (1, 0, 2))
+        keep = ops.expand_dims(ops.transpose(keep), -1)  # [T, rows, 1]
+        jacobian_total = ops.zeros(())
+        for index, (cell, layer_perturbations, alive) in enumerate(
+                zip(self.cells, self._nest(perturbations), _alive(layout))):
+            hidden = _scan_layer(cell, hidden[:, :alive], keep[:, :alive],
+                                 [ops.transpose(p, (1, 0, 2)) for p in layer_perturbations])[0]
+            if jacobians[index]:
+                units = cell.units
+                selector = ops.tile(ops.eye(units), (sequences[index], 1))
+                jacobian_total = jacobian_total + ops.sum(hidden[-1, alive - jacobians[index] :] * selector)
+        last = hidden[-1]
+        loss_total = ops.sum(self.loss(target, self.head(last[:losses]))) if losses else ops.zeros(())
+        connectivity_total = ops.zeros(())
+        if outputs:
+            selector = ops.tile(ops.eye(outputs), (sequences[-1], 1))
+            connectivity_total = ops.sum(self.head(last[losses : losses + outputs * sequences[-1]]) * selector)
+        return ops.stack([loss_total, jacobian_total, connectivity_total])
+
     def _recipe_loss(self, x, target, weights, keep, *perturbations):
         """Pass 1 of `parameter_gradients`: Σ over rows and steps of weights · loss through perturbed states
         (`unroll`), each recipe's replica of the sequences its own rows of `weights` and `keep` `[rows, T]`."""
@@ -354,17 +422,6 @@ class GradientProbe:
             return ops.sum(self.loss(target, self.head(hidden[:, -1])) * weights[..., -1])
         return ops.sum(self.loss(target, self.head(hidden)) * weights)
 
-    def _zeros(self, batch, length):
-        return [np.zeros((batch, length, cell.units), np.float32) for cell in self.cells
-                for _ in range(_num_states(cell))]
-
-    def _nest(self, flat):
-        """Split a flat list (one entry per layer and state) into per-layer lists."""
-        nested, position = [], 0
-        for cell in self.cells:
-            nested.append(list(flat[position : position + _num_states(cell)]))
-            position += _num_states(cell)
-        return nested
 
 
 def scored_weights(task: Task, length: int) -> np.ndarray:
@@ -471,7 +528,9 @@ class FlowRecorder:
     def __init__(self, model, task: Task, config: ExperimentConfig):
         self.task, self.truncation = task, config.training.truncation
         self.bias_samples = config.training.bias_samples if truncation.is_random(self.truncation) else 1
-        self.probe = GradientProbe(model, task)
+        # runs of one model and task config in this process share the probe's traced functions
+        shared_key = config.model.model_dump_json() + config.task.model_dump_json()
+        self.probe = GradientProbe(model, task, shared_key)
         self.rng = np.random.default_rng(config.seed + PROBE_SEED_OFFSET)
         x, self.y = task.sample_batch(self.rng, config.training.num_probe_sequences)
         self.x = np.asarray(x, np.float32)
@@ -515,6 +574,15 @@ def spectral_norms(matrices: np.ndarray) -> np.ndarray:
         values, _, _, _, info = lapack.dsyevr(g, compute_v=0, range="I", il=size, iu=size, lower=1)
         largest[position] = values[0] if info == 0 else np.linalg.eigvalsh(g)[-1]
     return np.sqrt(np.maximum(largest, 0.0)).reshape(a.shape[:-2])
+
+
+def _nest(cells, flat):
+    """Split a flat list (one entry per layer and state) into per-layer lists."""
+    nested, position = [], 0
+    for cell in cells:
+        nested.append(list(flat[position : position + _num_states(cell)]))
+        position += _num_states(cell)
+    return nested
 
 
 def layout_rows(layout: tuple) -> int:

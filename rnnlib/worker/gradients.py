@@ -116,7 +116,8 @@ class GradientProbe:
     def __init__(self, model, task: Task, shared_key: str | None = None):
         self.model = model
         self.task = task
-        self.cell_type = models.cell_type_of(models.recurrent_layers(model)[0])
+        layers = models.recurrent_layers(model)
+        self.cell_type = models.cell_type_of(layers[0])
         self.weights = list(model.variables)  # the functions' first arguments, in the template's order
         template = _TEMPLATES.get(shared_key) if shared_key is not None else None
         if template is None:
@@ -127,7 +128,7 @@ class GradientProbe:
             while len(_TEMPLATES) > MAX_SHARED_PROBES:
                 _TEMPLATES.popitem(last=False)
         self._template = template
-        self.cells = [models.base_cell(layer) for layer in models.recurrent_layers(model)]
+        self.cells = [models.base_cell(layer) for layer in layers]
         self.head = model.get_layer("head")
 
     @property

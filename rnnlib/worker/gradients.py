@@ -119,6 +119,8 @@ class GradientProbe:
         layers = models.recurrent_layers(model)
         self.cell_type = models.cell_type_of(layers[0])
         self.weights = list(model.variables)  # the functions' first arguments, in the template's order
+        if shared_key is not None:  # only models whose weights line up one to one share: no silent mismatch
+            shared_key += repr([(tuple(v.shape), str(v.dtype), v.trainable) for v in self.weights])
         template = _TEMPLATES.get(shared_key) if shared_key is not None else None
         if template is None:
             template = _Functions(model, task)

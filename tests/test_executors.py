@@ -1,8 +1,10 @@
 """The `processes` executor: the same runs, numbers and metric points as one process, one writer on sqlite, a
 killed worker's trial FAILED while the sweep goes on, and a stop that ends every open run KILLED."""
 
+import multiprocessing
 import os
 import signal
+from collections import deque
 
 import numpy as np
 import pytest
@@ -102,7 +104,7 @@ def test_a_worker_killed_mid_trial_fails_that_trial_and_the_sweep_goes_on(sqlite
     # long enough that the trial still trains when the parent sees its first batch (Ray reuses a worker
     # process for the next task, so a late kill would hit another trial)
     config = tiny(f"execution.executor={executor}", "execution.workers=2", "grid.training.truncation=[full]",
-                  "training.epochs=20")
+                  "training.epochs=60")
 
     def make_callbacks(index, total, trial_config):
         return [KillsItsWorker(sqlite_uri)] if index == 0 else []
@@ -140,6 +142,45 @@ def test_a_stop_kills_every_worker_and_ends_every_open_run_killed(sqlite_uri, ex
     assert sum(r.info.status == "KILLED" for r in runs.values()) >= 1
     assert len(runs) < 6  # no new trial started after the stop
     assert multiprocessing.active_children() == [] and not ray.is_initialized()
+
+
+def test_an_idle_worker_gets_trials_of_an_architecture_it_has_traced_else_one_no_other_worker_has():
+    points = cfg.expand_grid(tiny("grid.training.truncation=[full, 5]"))  # rnn, rnn, lstm, lstm, gru, gru
+    assert [config.model.cell_type for _, config in points] == ["rnn", "rnn", "lstm", "lstm", "gru", "gru"]
+    pending = deque(range(len(points)))
+    first, second = executors._Slot(0, None, None), executors._Slot(1, None, None)  # type: ignore[arg-type]
+    slots = [first, second]
+    order = [(first, 0), (second, 2), (first, 1), (first, 4), (second, 3), (second, 5)]
+    for slot, expected in order:  # the first rnn, then an lstm (not the second rnn), the rnn again, then gru
+        assert executors._take(pending, points, slot, slots) == expected
+    assert not pending
+    assert first.traced == {points[0][1].architecture_key, points[4][1].architecture_key}
+
+
+class CountsLiveWorkers(callbacks.Callback):
+    """In the parent, at the last epoch of its (long) trial: how many worker processes are alive."""
+
+    def __init__(self, epochs):
+        self.epochs, self.alive = epochs, None
+
+    def on_epoch_end(self, epoch, logs):
+        if epoch == self.epochs:
+            self.alive = len(multiprocessing.active_children())
+
+
+def test_a_worker_left_without_trials_exits_while_the_others_still_train(sqlite_uri):
+    # trials of 2, 3 and 40 epochs on 2 workers: whoever ends first takes the long one; the other has nothing left
+    config = tiny("execution.executor=processes", "execution.workers=2", "grid.model.cell_type=[rnn]",
+                  "grid.training.truncation=[full]", "grid.training.epochs=[2, 3, 40]")
+    counter = CountsLiveWorkers(40)
+
+    def make_callbacks(index, total, trial_config):
+        return [counter] if index == 2 else []
+
+    results = sweep.run_experiment(config, tracking.Store(sqlite_uri), make_callbacks)
+    assert [r.status for r in results] == ["FINISHED"] * 3
+    assert counter.alive == 1
+    assert multiprocessing.active_children() == []
 
 
 def test_the_cli_runs_a_sweep_on_worker_processes(sqlite_uri, cli_env):

@@ -333,6 +333,13 @@ class ExperimentConfig(_Frozen):
     def is_sweep(self) -> bool:
         return bool(self.grid)
 
+    @property
+    def architecture_key(self) -> str:
+        """Text equal for two configs exactly when their model and task are: runs with one key in a process share
+        the gradient probe's traced functions (`rnnlib.worker.gradients.FlowRecorder`), so the `processes`
+        executor gives a worker the trials of keys it has traced already."""
+        return self.model.model_dump_json() + self.task.model_dump_json()
+
 
 def truncation_from_label(label) -> Any:
     """The YAML form of a truncation label (`Truncation.label`): full, 20, 10/20, rand20, unbiased20. Anything

@@ -11,7 +11,8 @@ so a sqlite store still has one writer and "database is locked" cannot happen. M
   bars and stop requests;
 - `("done", index, status, baseline, history, error)`: the trial ended, FINISHED or FAILED.
 
-Parent to worker: `("trial", index, config, point, run_id)`, or `("stop",)`. A worker whose pipe closes (its
+Parent to worker: `("trial", index, config, point, run_id)`, or `("stop",)` (sent as soon as no trial is left for it; it
+exits at once). A worker whose pipe closes (its
 parent is gone) exits.
 
 The `ray` executor's tasks (`train_trial`) send the same messages through a Ray queue and return the `done`
@@ -21,6 +22,7 @@ message.
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 
 from rnnlib.core.callbacks import Callback
@@ -128,6 +130,15 @@ def train_trial(queue, index: int, config, point: dict, run_id: str) -> tuple:
     return ("done", index, "FINISHED", result.task.baseline, result.history, "")
 
 
+def _exit(connection) -> None:
+    """End the worker at once: everything it logged is sent and it writes no file, so the interpreter's teardown
+    of TensorFlow (1.5 s of a 20 s sweep on 2 cores, with the parent waiting) is skipped."""
+    connection.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def serve(connection) -> None:
     """The worker's loop: train each trial the parent sends until told to stop or the pipe closes."""
     for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and a job's Cancel reach the whole group: the parent
@@ -142,7 +153,7 @@ def serve(connection) -> None:
         except (EOFError, OSError):
             return
         if message[0] == "stop":
-            return
+            _exit(connection)
         _, index, config, point, run_id = message
         logger = tracking.RunLogger(ForwardingStore(connection), run_id, config, point)  # type: ignore[arg-type]
         try:

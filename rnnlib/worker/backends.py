@@ -180,7 +180,11 @@ def _tensorflow_gradients(function):
 
     # A partial, not a closure: TensorFlow counts the traces of every `tf.function` made from one code object
     # together, so a probe's functions, each traced once, would read as one function "retraced" again and again.
-    differentiate = tf.function(functools.partial(_tape_gradients, function), reduce_retracing=True)
+    # No AutoGraph: the probes' loops are over layers and rows, fixed when traced, and their scans are
+    # `keras.ops.scan` (a while loop already), so converting their source to graph code (1.6 s of a first
+    # probe's 2.5 s) would change nothing in the graph (as Keras's own train step, `do_not_convert`).
+    differentiate = tf.function(functools.partial(_tape_gradients, function), reduce_retracing=True,
+                                autograph=False)
     return lambda constants, inputs: differentiate(constants, [tf.convert_to_tensor(a) for a in inputs])
 
 

@@ -532,8 +532,7 @@ class FlowRecorder:
         self.task, self.truncation = task, config.training.truncation
         self.bias_samples = config.training.bias_samples if truncation.is_random(self.truncation) else 1
         # runs of one model and task config in this process share the probe's traced functions
-        shared_key = config.model.model_dump_json() + config.task.model_dump_json()
-        self.probe = GradientProbe(model, task, shared_key)
+        self.probe = GradientProbe(model, task, config.architecture_key)
         self.rng = np.random.default_rng(config.seed + PROBE_SEED_OFFSET)
         x, self.y = task.sample_batch(self.rng, config.training.num_probe_sequences)
         self.x = np.asarray(x, np.float32)

@@ -152,7 +152,7 @@ def test_an_idle_worker_gets_trials_of_an_architecture_it_has_traced_else_one_no
     slots = [first, second]
     order = [(first, 0), (second, 2), (first, 1), (first, 4), (second, 3), (second, 5)]
     for slot, expected in order:  # the first rnn, then an lstm (not the second rnn), the rnn again, then gru
-        assert executors._take(pending, points, slot, slots) == expected
+        assert executors._take(pending, [config.architecture_key for _, config in points], slot, slots) == expected
     assert not pending
     assert first.traced == {points[0][1].architecture_key, points[4][1].architecture_key}
 

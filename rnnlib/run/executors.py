@@ -74,6 +74,7 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
     context = multiprocessing.get_context("spawn")
     count = min(workers or default_workers(), len(points))
     pending = deque(range(len(points)))
+    keys = [config.architecture_key for _, config in points]
     results: list = [None] * len(points)
     callbacks: dict[int, list] = {}
     slots = [_start(context, number) for number in range(count)]
@@ -95,7 +96,7 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
                 retired.append(slot)
             for slot in slots:
                 if slot.trial is None and pending:
-                    index = _take(pending, points, slot, slots)
+                    index = _take(pending, keys, slot, slots)
                     point, config = points[index]
                     callbacks[index] = make_callbacks(index, len(points), config) if make_callbacks else []
                     tags = {"rnnlib.run_kind": kind, EXECUTOR_TAG: "processes", EXECUTOR_WORKER_TAG: slot.name}
@@ -142,11 +143,10 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
     return results
 
 
-def _take(pending: deque, points: list, slot: _Slot, slots: list[_Slot]) -> int:
-    """The next trial for an idle worker, taken out of `pending`: the first of an architecture it has traced (its
-    probe then needs no tracing: 0.7 s of a tiny run), else the first of one no other worker has, else the first.
-    So that 2 workers on 3 cells trace 2 cells each, not 3."""
-    keys = {index: points[index][1].architecture_key for index in pending}
+def _take(pending: deque, keys: list[str], slot: _Slot, slots: list[_Slot]) -> int:
+    """The next trial for an idle worker, taken out of `pending` (`keys`: every trial's `architecture_key`): the
+    first of an architecture it has traced (its probe then needs no tracing: 0.7 s of a tiny run), else the first
+    of one no other worker has, else the first. So that 2 workers on 3 cells trace 2 cells each, not 3."""
     elsewhere = set().union(*(other.traced for other in slots if other is not slot))
     index = next((i for i in pending if keys[i] in slot.traced),
                  next((i for i in pending if keys[i] not in elsewhere), pending[0]))

@@ -11,9 +11,8 @@ so a sqlite store still has one writer and "database is locked" cannot happen. M
   bars and stop requests;
 - `("done", index, status, baseline, history, error)`: the trial ended, FINISHED or FAILED.
 
-Parent to worker: `("trial", index, config, point, run_id)`, or `("stop",)` (sent as soon as no trial is left for it; it
-exits at once). A worker whose pipe closes (its
-parent is gone) exits.
+Parent to worker: `("trial", index, config, point, run_id)`, or `("stop",)`, sent as soon as no trial is left for
+it (it exits at once). A worker whose pipe closes (its parent is gone) exits.
 
 The `ray` executor's tasks (`train_trial`) send the same messages through a Ray queue and return the `done`
 message.

@@ -103,7 +103,7 @@ class GradientProbe:
 
     The functions read the model's weights as arguments, not as captured variables, so a probe of another model
     of the same architecture and task runs the same traced graphs (`shared_key`): a sweep's runs of one cell
-    trace them once per process, not once per run (on TensorFlow 0.7-1.0 s of a tiny run's 2.5 s).
+    trace them once per process, not once per run (on TensorFlow 0.7 s of a tiny run's 2.5 s).
 
     Args:
         model: a model from `rnnlib.worker.models.build_model` (its recurrent layers' cells and its `head` are used;

@@ -183,6 +183,28 @@ def test_a_worker_left_without_trials_exits_while_the_others_still_train(sqlite_
     assert multiprocessing.active_children() == []
 
 
+def test_a_stop_met_while_draining_the_ray_queue_still_writes_the_logging_behind_it(sqlite_uri):
+    import ray
+    from ray.util.queue import Queue
+
+    store = tracking.Store(sqlite_uri)
+    run_id = store.open_run(store.experiment_id("smoke"), "rnn-full-s0", {})
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        queue = Queue()
+        queue.put_nowait_batch([("event", 1, "on_batch_end", (1, 1)), ("call", "set_tag", (run_id, "after", "1")),
+                                ("event", 1, "on_batch_end", (1, 2))])
+        with pytest.raises(KeyboardInterrupt):
+            executors._drain(store, queue, {1: [StopsTheSweep()]})
+        queue.put_nowait_batch([("event", 1, "on_batch_end", (1, 3)), ("call", "set_tag", (run_id, "later", "2"))])
+        executors._drain(store, queue, {})  # the executor's cleanup: no hook runs, so no second stop
+        assert queue.qsize() == 0
+    finally:
+        ray.shutdown()
+    tags = MlflowClient(sqlite_uri).get_run(run_id).data.tags
+    assert (tags["after"], tags["later"]) == ("1", "2")
+
+
 def test_the_cli_runs_a_sweep_on_worker_processes(sqlite_uri, cli_env):
     result = run_cli(["run", str(EXPERIMENTS_DIR / "smoke.yaml"), "--tracking-uri", sqlite_uri, "--quiet",
                       "--executor", "processes", "--workers", "2", *[a for o in TINY for a in ("--set", o)],

@@ -226,10 +226,6 @@ def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, ma
     flight: dict = {}  # object ref -> (trial index, run id)
     kind = "trial" if parent_id else "single"
 
-    def drain():
-        for message in queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []:
-            _apply(store, message, callbacks)
-
     def finish(index, run_id, status, baseline=math.nan, history=(), error=""):
         store.end_run(run_id, status, error or None)
         point, config = points[index]
@@ -246,7 +242,7 @@ def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, ma
                 flight[task.remote(queue, index, config, point, run_id)] = (index, run_id)
             # back as soon as one trial ends (not when all have, or the timeout), so its slot is refilled at once
             ready, _ = ray.wait(list(flight), num_returns=1, timeout=POLL_SECONDS / 2)
-            drain()  # a task sends everything before it returns: its messages are in before its result
+            _drain(store, queue, callbacks)  # a task sends everything before it returns: its messages are in
             for ref in ready:
                 index, run_id = flight.pop(ref)
                 try:
@@ -263,7 +259,7 @@ def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, ma
             ray.cancel(ref, force=True)
         status, reason = _stopped(error)
         try:
-            drain()
+            _drain(store, queue, {})  # the logging only: the stop's hook would raise again, leaving runs open
             for index, run_id in flight.values():
                 finish(index, run_id, status, error=reason)
         except TrackingError:
@@ -273,6 +269,19 @@ def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, ma
         if started:
             ray.shutdown()
     return results
+
+
+def _drain(store, queue, callbacks: dict[int, list]) -> None:
+    """Apply every message the Ray tasks have queued (`_apply`). A hook that raises (a stop request) stops the
+    hooks, not the logging: the rest of the messages are written before the error goes on."""
+    messages = queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []
+    for position, message in enumerate(messages):
+        try:
+            _apply(store, message, callbacks)
+        except BaseException:
+            for rest in messages[position + 1 :]:
+                _apply(store, rest, {})
+            raise
 
 
 def _ray():

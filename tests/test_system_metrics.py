@@ -44,6 +44,24 @@ def test_samples_are_taken_at_most_every_second_and_an_epoch_without_any_still_r
     assert "system/cpu_utilization_percentage" in sampler.flush()  # sampled at the flush itself
 
 
+def test_the_cpu_reader_reads_what_mlflows_cpu_monitor_reads_under_its_names():
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+
+    ours, mlflows = system.CPUReader(), CPUMonitor()
+    for _ in range(2):
+        ours.collect_metrics()
+        mlflows.collect_metrics()
+    assert {key: len(values) for key, values in ours.metrics.items()} == {
+        key: len(values) for key, values in mlflows.metrics.items()}
+    mine, theirs = ours.aggregate_metrics(), mlflows.aggregate_metrics()
+    assert abs(mine["system_memory_usage_megabytes"] - theirs["system_memory_usage_megabytes"]) < 200
+    assert abs(mine["system_memory_usage_percentage"] - theirs["system_memory_usage_percentage"]) < 1
+    assert 0 <= mine["cpu_utilization_percentage"] <= 100
+    assert all(round(value, 1) == value for value in mine.values())  # MLflow's rounding
+    ours.clear_metrics()
+    assert not ours.metrics
+
+
 def test_the_real_nvml_reader_reads_every_gpu_where_there_is_one():
     names = system.gpu_names()
     if not names:

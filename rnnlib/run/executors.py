@@ -242,7 +242,7 @@ def ray_tasks(store, experiment_id: str, points: list, parent_id: str | None, ma
                 flight[task.remote(queue, index, config, point, run_id)] = (index, run_id)
             # back as soon as one trial ends (not when all have, or the timeout), so its slot is refilled at once
             ready, _ = ray.wait(list(flight), num_returns=1, timeout=POLL_SECONDS / 2)
-            _drain(store, queue, callbacks)  # a task sends everything before it returns: its messages are in
+            _drain(store, queue, callbacks)  # a task flushes before it returns: a ready one's messages are all here
             for ref in ready:
                 index, run_id = flight.pop(ref)
                 try:

@@ -114,12 +114,12 @@ def train_trial(queue, index: int, config, point: dict, run_id: str) -> tuple:
     import socket
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from rnnlib import tracking
+    from rnnlib.tracking.run_logger import RunLogger
     from rnnlib.worker import training
 
     connection = QueueConnection(queue)
     connection.send(("call", "set_tag", (run_id, EXECUTOR_WORKER_TAG, f"{socket.gethostname()}/{os.getpid()}")))
-    logger = tracking.RunLogger(ForwardingStore(connection), run_id, config, point)  # type: ignore[arg-type]
+    logger = RunLogger(ForwardingStore(connection), run_id, config, point)  # type: ignore[arg-type]
     try:
         result = training.train(config, [logger, ForwardingCallback(connection, index)])
     except Exception as error:
@@ -143,7 +143,7 @@ def serve(connection) -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and a job's Cancel reach the whole group: the parent
         signal.signal(stop, signal.SIG_IGN)           # decides, and kills its workers
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from rnnlib import tracking
+    from rnnlib.tracking.run_logger import RunLogger  # no mlflow in a worker: its parent writes
     from rnnlib.worker import training
 
     while True:
@@ -154,7 +154,7 @@ def serve(connection) -> None:
         if message[0] == "stop":
             _exit(connection)
         _, index, config, point, run_id = message
-        logger = tracking.RunLogger(ForwardingStore(connection), run_id, config, point)  # type: ignore[arg-type]
+        logger = RunLogger(ForwardingStore(connection), run_id, config, point)  # type: ignore[arg-type]
         try:
             result = training.train(config, [logger, ForwardingCallback(connection, index)])
         except (BrokenPipeError, EOFError):

@@ -1,29 +1,59 @@
 """What a run used of the machine it trained on, logged with its epochs (no Keras here).
 
-MLflow's own readers (`mlflow.system_metrics`: psutil for CPU and memory, nvidia-ml-py for every NVIDIA GPU)
-are sampled by the training process itself at most every `SAMPLE_SECONDS` between batches, and averaged over
-each epoch into metrics under MLflow's names: `system/cpu_utilization_percentage`,
+The readers below are sampled by the training process itself at most every `SAMPLE_SECONDS` between batches, and
+averaged over each epoch into metrics under MLflow's names: `system/cpu_utilization_percentage`,
 `system/system_memory_usage_megabytes`, `system/gpu_0_utilization_percentage`,
 `system/gpu_0_memory_usage_megabytes`, ... They go through the run's own logging (not MLflow's monitor thread,
 which would be a second writer to a sqlite store), so a worker process of the `processes` executor measures
 itself. `system/process_peak_memory_megabytes` is the training process's peak resident memory so far.
+
+The readers: `CPUReader`, psutil's CPU and memory exactly as MLflow's `CPUMonitor` reads them (importing that
+class imports mlflow, 0.9 s of a worker's start), and for every NVIDIA GPU MLflow's own `GPUMonitor`
+(nvidia-ml-py), imported only where NVML sees a GPU.
 """
 
 import logging
 import resource
 import sys
 import time
+from collections import defaultdict
 
-from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+import psutil
 
 SAMPLE_SECONDS = 1.0
 PREFIX = "system/"
 PEAK_MEMORY = PREFIX + "process_peak_memory_megabytes"
 
 
+class CPUReader:
+    """MLflow's `CPUMonitor` (`mlflow.system_metrics.metrics.cpu_monitor`) without mlflow: the same readings
+    under the same names, the same means rounded to 0.1, the same `collect_metrics` / `aggregate_metrics` /
+    `clear_metrics` / `metrics` interface as its GPU reader."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+
+    def collect_metrics(self) -> None:
+        memory = psutil.virtual_memory()
+        self.metrics["cpu_utilization_percentage"].append(psutil.cpu_percent())  # every core, since the last read
+        self.metrics["system_memory_usage_megabytes"].append(memory.used / 1e6)
+        self.metrics["system_memory_usage_percentage"].append(memory.used / memory.total * 100)
+
+    def aggregate_metrics(self) -> dict[str, float]:
+        return {key: round(sum(values) / len(values), 1) for key, values in self.metrics.items()}
+
+    def clear_metrics(self) -> None:
+        self.metrics.clear()
+
+
 def gpu_monitor():
     """MLflow's NVML reader of every NVIDIA GPU, or None where there is no GPU or no nvidia-ml-py."""
     try:
+        import pynvml
+
+        pynvml.nvmlInit()  # raises without a driver; checked first, so that a CPU machine never imports mlflow
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return None
         from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
@@ -48,7 +78,7 @@ class SystemSampler:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self.monitors = [m for m in (CPUMonitor(), gpu_monitor()) if m is not None]
+        self.monitors = [m for m in (CPUReader(), gpu_monitor()) if m is not None]
         self.last = -float("inf")
         for monitor in self.monitors:  # CPU % is measured between reads: the first one only starts the clock
             monitor.collect_metrics()

@@ -17,7 +17,7 @@ from conftest import EXPERIMENTS_DIR, run_cli
 from rnnlib import tracking
 from rnnlib.core import callbacks
 from rnnlib.core import config as cfg
-from rnnlib.run import executors, sweep
+from rnnlib.run import executors, sweep, trial_worker
 
 TINY = ["training.epochs=2", "training.steps_per_epoch=3", "task.length=8", "model.units=4",
         "training.num_validation_sequences=16", "training.batch_size=8"]
@@ -187,7 +187,7 @@ def test_a_worker_left_without_trials_exits_while_the_others_still_train(sqlite_
 
 
 WORKER_WITHOUT_MLFLOW = """
-import json, sys
+import json, os, sys
 from rnnlib.core import config as cfg
 from rnnlib.run import trial_worker
 
@@ -203,25 +203,52 @@ class Parent:  # one trial, then stop; the worker's messages kept
         metrics = sorted({key for kind, method, *rest in self.sent if kind == "call" and method == "log_metrics"
                           for key in rest[0][1]})
         done = [message[2] for message in self.sent if message[0] == "done"]
-        print(json.dumps({"mlflow": "mlflow" in sys.modules, "metrics": metrics, "done": done}), flush=True)
+        from rnnlib.worker import backends
+        threads = {name: os.environ.get(name) for name in trial_worker.THREAD_VARIABLES}
+        print(json.dumps({"mlflow": "mlflow" in sys.modules, "metrics": metrics, "done": done, "threads": threads,
+                          "lstm_parts": backends.fused_lstm_parts(64)}), flush=True)
         return ("stop",)
     def close(self):
         pass
 
-trial_worker.serve(Parent())
+trial_worker.serve(Parent(), threads=1)
 """
 
 
-def test_a_worker_trains_and_logs_a_trial_without_importing_mlflow():
+def test_a_worker_trains_and_logs_a_trial_without_importing_mlflow_on_its_share_of_the_threads():
     """Its parent writes, so a worker starts without mlflow's import (0.9 s of each worker's start on 2 cores);
-    the run's system metrics are read all the same."""
+    the run's system metrics are read all the same. Its framework runs the threads its parent gave it."""
+    environment = {k: v for k, v in os.environ.items() if k not in trial_worker.THREAD_VARIABLES}
     completed = subprocess.run([sys.executable, "-c", WORKER_WITHOUT_MLFLOW, str(EXPERIMENTS_DIR / "smoke.yaml"),
-                                *TINY, "grid={}"], capture_output=True, text=True, timeout=300)
+                                *TINY, "grid={}"], capture_output=True, text=True, timeout=300, env=environment)
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["done"] == ["FINISHED"] and report["mlflow"] is False
     assert {"val_loss", "system/cpu_utilization_percentage", "system/process_peak_memory_megabytes"} <= set(
         report["metrics"])
+    assert report["threads"] == dict.fromkeys(trial_worker.THREAD_VARIABLES, "1")
+    assert report["lstm_parts"] == 1  # the fused LSTM kernel is not cut for cores the worker does not have
+
+
+class Started(Exception):
+    """Raised in place of starting a worker process."""
+
+
+def test_each_worker_gets_its_share_of_the_cores_for_its_threads(monkeypatch):
+    started = []
+
+    def start(context, number, threads):
+        started.append(threads)
+        raise Started
+
+    monkeypatch.setattr(executors, "_start", start)
+    monkeypatch.setattr(executors, "default_workers", lambda: 8)  # cores
+    points = cfg.expand_grid(tiny())  # 6 trials
+    for workers, share in ((2, 4), (3, 2), (16, 1)):  # 16 asked for: 6 started, 1 thread each
+        started.clear()
+        with pytest.raises(Started):
+            executors.processes(None, "0", points, None, workers=workers)
+        assert started == [share]
 
 
 def test_a_stop_met_while_draining_the_ray_queue_still_writes_the_logging_behind_it(sqlite_uri):

@@ -77,7 +77,8 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
     keys = [config.architecture_key for _, config in points]
     results: list = [None] * len(points)
     callbacks: dict[int, list] = {}
-    slots = [_start(context, number) for number in range(count)]
+    threads = max(1, default_workers() // count)  # each worker's share of the cores
+    slots = [_start(context, number, threads) for number in range(count)]
     kind = "trial" if parent_id else "single"
 
     def finish(slot, status, baseline=math.nan, history=(), error=""):
@@ -113,7 +114,7 @@ def processes(store, experiment_id: str, points: list, parent_id: str | None, ma
                     finish(slot, "FAILED", error=_death(slot))
                     slot.connection.close()
                     if pending:
-                        slots[slots.index(slot)] = _start(context, slot.number)
+                        slots[slots.index(slot)] = _start(context, slot.number, threads)
                     else:
                         slots.remove(slot)
                     continue
@@ -162,9 +163,9 @@ def _stopped(error: BaseException) -> tuple[str, str]:
     return "FAILED", f"{type(error).__name__}: {error}"
 
 
-def _start(context, number: int) -> _Slot:
+def _start(context, number: int, threads: int) -> _Slot:
     parent_end, child_end = context.Pipe()
-    process = context.Process(target=trial_worker.serve, args=(child_end,), name=f"rnnlab-worker-{number}",
+    process = context.Process(target=trial_worker.serve, args=(child_end, threads), name=f"rnnlab-worker-{number}",
                               daemon=True)
     process.start()
     child_end.close()  # so that the parent reads EOF when the worker dies

@@ -103,7 +103,8 @@ def fused_lstm_parts(batch: int | None) -> int:
     import tensorflow as tf
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    side_by_side = tf.config.threading.get_inter_op_parallelism_threads() or cores
+    side_by_side = (tf.config.threading.get_inter_op_parallelism_threads()
+                    or int(os.environ.get("TF_NUM_INTEROP_THREADS", "0") or 0) or cores)
     return max(1, min(cores, side_by_side, (batch or 0) // FUSED_ROWS_PER_PART))
 
 

@@ -260,10 +260,11 @@ class ExecutionConfig(_Frozen):
     """How a sweep's trials run (`rnnlib.run.executors`); it changes no number a run logs, so it is no param.
 
     `sequential`: one after another in this process (the default). `processes`: in `workers` local worker
-    processes (default: one per CPU core), each trial's logging written through this process, so that even a
-    sqlite store has one writer. `ray`: each trial a Ray task needing `num_cpus` CPUs and `num_gpus` GPUs (a
-    fraction packs several trials onto one GPU), at most `workers` at once (default: as many as the cluster's
-    resources hold), on a local Ray or the cluster at `address`; logged through this process too.
+    processes (default: one per CPU core; each one's framework on cores / workers threads), each trial's logging
+    written through this process, so that even a sqlite store has one writer. `ray`: each trial a Ray task
+    needing `num_cpus` CPUs (its framework on as many threads) and `num_gpus` GPUs (a fraction packs several
+    trials onto one GPU), at most `workers` at once (default: as many as the cluster's resources hold), on a
+    local Ray or the cluster at `address`; logged through this process too.
     """
 
     executor: Literal["sequential", "processes", "ray"] = "sequential"

@@ -114,9 +114,9 @@ def test_the_shipped_streamlit_config_shows_no_tracebacks_and_watches_no_files()
     assert settings["client"]["toolbarMode"] == "viewer"
 
 
-def test_process_identity_lives_in_one_module():
+def test_process_identity_and_machine_readings_each_live_in_one_module():
     importers = {relative(p) for p in library_files() if any(m.split(".")[0] == "psutil" for m in imported_modules(p))}
-    assert importers == {"rnnlib/core/workers.py"}  # process identity lives in one place
+    assert importers == {"rnnlib/core/workers.py", "rnnlib/tracking/system.py"}  # who a process is; what it used
 
 
 @pytest.mark.parametrize("folder", ["core", "tasks", "analysis", "viz"])

@@ -17,6 +17,7 @@ from conftest import CELL_LIST, EXPERIMENTS_DIR, PROJECT_DIR, run_cli, start_mlf
 from rnnlib import tracking
 from rnnlib.core import callbacks
 from rnnlib.core import config as cfg
+from rnnlib.core.errors import TrackingError
 from rnnlib.run import sweep
 
 pytestmark = pytest.mark.slow
@@ -184,3 +185,53 @@ def test_cli_logs_to_a_real_mlflow_server(mlflow_server, cli_env, tmp_path):
     flow = tracking.load_gradient_flow(mlflow_server, trial.info.run_id)
     assert flow.cell_type == "lstm" and set(flow.norms) == {"loss_hidden", "loss_cell", "jacobian", "input"}
     np.testing.assert_allclose(flow.norms["jacobian"][:, 0, -1], 1.0, rtol=1e-5)  # ∂h_T/∂h_T = I
+
+
+def breaks_its_answer_once(write, calls):
+    """`write`, whose first call is written and then answered with a broken response, the way MLflow's client
+    reports a server killed while it answered."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    def call(*args, **kwargs):
+        result = write(*args, **kwargs)
+        calls.append(args)
+        if len(calls) == 1:
+            try:
+                raise requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead(0 bytes read)")
+            except requests.exceptions.ChunkedEncodingError as error:
+                raise MlflowException(f"API request to http://127.0.0.1/ failed with exception {error}")  # noqa: B904
+        return result
+
+    return call
+
+
+def test_a_write_whose_answer_broke_off_is_sent_once_more_and_stored_once(sqlite_uri, monkeypatch):
+    from rnnlib.tracking import store as store_module
+
+    monkeypatch.setattr(store_module, "RESEND_SECONDS", 0.0)
+    store = tracking.Store(sqlite_uri)
+    run_id = store.open_run(store.experiment_id("resend"), "r")
+    calls = []
+    monkeypatch.setattr(store.client, "log_batch", breaks_its_answer_once(store.client.log_batch, calls))
+    store.log_metrics(run_id, {"val_loss": 0.5}, step=1)
+    assert len(calls) == 2  # sent again
+    history = MlflowClient(sqlite_uri).get_metric_history(run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]  # the point the server had already is not doubled
+
+
+def test_a_write_that_failed_otherwise_is_not_sent_again(sqlite_uri, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    store = tracking.Store(sqlite_uri)
+    run_id = store.open_run(store.experiment_id("no-resend"), "r")
+    calls = []
+
+    def refused(*args, **kwargs):
+        calls.append(args)
+        raise MlflowException("API request to http://127.0.0.1/ failed with exception Max retries exceeded")
+
+    monkeypatch.setattr(store.client, "set_tag", refused)
+    with pytest.raises(TrackingError, match="failed while writing"):
+        store.set_tag(run_id, "k", "v")
+    assert len(calls) == 1

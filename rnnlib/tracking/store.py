@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -29,6 +30,12 @@ PREDICTIONS_ARTIFACT = "predictions.npz"
 # How long MLflow waits for a tracking server. Training (the CLI and the dashboard's jobs alike) rides out a
 # server restart of about half a minute (4 retries, 2-16 s apart), then stops with a message; the dashboard's own
 # page reads fail within seconds. Variables a user set explicitly win.
+# A server killed while it answers (a restart) breaks the response after urllib3 has it, so MLflow's retries never
+# see that failure ("Connection broken: IncompleteRead"). A write that is safe to repeat is sent once more after
+# `RESEND_SECONDS`, through those retries: MLflow drops a metric point it already has, and params, tags,
+# artifacts and a run's end are written again with the same values. Creating a run is not repeated (it would
+# make two).
+RESEND_SECONDS = 1.0
 HTTP_POLICIES = {
     "training": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"},
@@ -213,6 +220,18 @@ class Store:
                 self._failure = error
             raise
 
+    def _resending(self, write):
+        """`write()` inside `_writes`, sent once more when the server broke its response off (see
+        `RESEND_SECONDS`); only for writes that are safe to repeat."""
+        with self._writes():
+            try:
+                return write()
+            except Exception as error:  # MLflow's own exception, the broken response as its context
+                if not isinstance(error.__context__, requests.exceptions.ChunkedEncodingError):
+                    raise
+            time.sleep(RESEND_SECONDS)
+            return write()
+
     def experiment_id(self, name: str) -> str:
         """The id of experiment `name`, created (with artifacts beside a sqlite store) when missing."""
         with self._writes():
@@ -258,11 +277,13 @@ class Store:
 
     def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
         """End an open run FINISHED, FAILED or KILLED, with the reason as its `rnnlib.error` tag."""
+        def end():
+            if reason:
+                self.client.set_tag(run_id, "rnnlib.error", reason[:5000])
+            self.client.set_terminated(run_id, status)
+
         try:
-            with self._writes():
-                if reason:
-                    self.client.set_tag(run_id, "rnnlib.error", reason[:5000])
-                self.client.set_terminated(run_id, status)
+            self._resending(end)
         finally:
             if run_id in self._open:
                 self._open.remove(run_id)
@@ -273,9 +294,11 @@ class Store:
         if not self._open or (not force and now - self._last_heartbeat < HEARTBEAT_SECONDS):
             return
         self._last_heartbeat = now
-        with self._writes():
+        def beat():
             for run_id in self._open:
                 self.client.set_tag(run_id, HEARTBEAT_TAG, f"{now:.0f}")
+
+        self._resending(beat)
 
     def finished_params(self, experiment_id: str) -> list[dict[str, str]]:
         """The params of every trial or single run of the experiment that ended FINISHED (diverged included: a
@@ -295,27 +318,26 @@ class Store:
         """Params (flattened config) and tags in one batch, and the resolved YAML as `config.yaml`."""
         params = [Param(k, v) for k, v in flatten_params(config).items()]
         run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        with self._writes():
+        def log():
             self.client.log_batch(run_id, params=params, tags=run_tags)
             self.client.log_text(run_id, config.to_yaml(), "config.yaml")
 
+        self._resending(log)
+
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         timestamp = int(time.time() * 1000)
-        batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]
-        with self._writes():
-            self.client.log_batch(run_id, metrics=batch)
+        batch = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()]  # the same points if resent
+        self._resending(lambda: self.client.log_batch(run_id, metrics=batch))
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
-        with self._writes():
-            self.client.set_tag(run_id, key, value)
+        self._resending(lambda: self.client.set_tag(run_id, key, value))
 
     def log_artifacts(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         """A file, or every file in a folder, as artifacts of the run (under `artifact_path`)."""
-        with self._writes():
-            if Path(path).is_dir():
-                self.client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
-            else:
-                self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        if Path(path).is_dir():
+            self._resending(lambda: self.client.log_artifacts(run_id, str(path), artifact_path=artifact_path))
+        else:
+            self._resending(lambda: self.client.log_artifact(run_id, str(path), artifact_path=artifact_path))
 
 
 @contextlib.contextmanager

@@ -61,7 +61,10 @@ with curves_slot:
 with summary_slot:
     st.dataframe(view.groups, hide_index=True, width="stretch", column_config=views.group_columns(settings))
     with st.expander(f"Per run ({len(view.per_run)})"):
-        st.dataframe(view.per_run, hide_index=True, width="stretch")
+        st.dataframe(view.per_run, hide_index=True, width="stretch",
+                     column_config={"run_id": st.column_config.TextColumn(width="small"),
+                                    **{column: st.column_config.Column(help=meaning)
+                                       for column, meaning in compare.MACHINE_HELP.items()}})
 with verdicts_slot:
     if view.verdicts.empty:
         st.info("A verdict needs two groups with at least two runs each that did not diverge.")

@@ -369,3 +369,22 @@ def test_gates_figure_writes_symbol_inputs_out_as_text():
     tidy = pd.DataFrame({"quantity": "h", "t": [0, 1, 2], "unit": 0, "value": [0.1, 0.2, 0.3]})
     fig = plots.gates_figure(tidy, pd.DataFrame({"character": ["a", " ", "\n"]}), ["h"], "t")
     assert fig.data[0].mode == "text" and list(fig.data[0].text) == ["a", "␣", "⏎"]
+
+
+def test_the_machine_table_shows_each_runs_seconds_and_the_readings_any_run_has_each_column_explained():
+    runs = pd.DataFrame({
+        "run_id": ["a", "b"],
+        "start_time": pd.to_datetime(["2026-01-01 10:00:00", "2026-01-01 10:00:00"]),
+        "end_time": pd.to_datetime(["2026-01-01 10:00:12.34", None]),  # b still runs
+        "metrics.system/process_cpu_utilization_percentage": [98.76, 51.0],
+        "metrics.system/cpu_utilization_percentage": [100.0, 100.0],  # two runs at once: the machine is full
+        "metrics.system/gpu_0_utilization_percentage": [np.nan, np.nan],  # no GPU: the column is left out
+        "tags.rnnlib.executor": ["processes", None],
+    })
+    table = compare.machine_table(runs)
+    assert list(table.columns) == ["run_id", "seconds", "run CPU %", "machine CPU %", "executor"]
+    assert table["seconds"].iloc[0] == 12.3 and np.isnan(table["seconds"].iloc[1])
+    assert table["run CPU %"].tolist() == [98.8, 51.0]
+    assert table["executor"].tolist() == ["processes", ""]
+    assert set(compare.MACHINE_HELP) == {column for column, _, _ in compare.MACHINE_COLUMNS}
+    assert all(compare.MACHINE_HELP.values())

@@ -138,3 +138,20 @@ def test_the_dashboard_only_requirements_are_the_runtime_ones_without_the_worker
     worker = {pin for pin in full if pin.split("==")[0] in ("tensorflow", "keras", "jax", "torch", "nvidia-ml-py",
                                                             "ray", "psycopg2-binary")}
     assert worker and dashboard == full - worker  # the same versions, and no framework
+
+
+def test_the_tracking_packages_api_is_the_names_it_imports_for_type_checkers_each_its_modules_own_object():
+    """`rnnlib.tracking` loads its API on first use (`__getattr__`, so that a worker never imports mlflow): its
+    `__all__`, the names under `TYPE_CHECKING` and what an attribute lookup answers must be the same names."""
+    source = PROJECT_DIR / "rnnlib" / "tracking" / "__init__.py"
+    checked = {alias.name: node.module for node in ast.walk(ast.parse(source.read_text(encoding="utf-8")))
+               if isinstance(node, ast.ImportFrom)
+               and node.module in ("rnnlib.tracking.queries", "rnnlib.tracking.store") for alias in node.names}
+    code = ("import importlib, sys, rnnlib.tracking as t\n"
+            "assert 'mlflow' not in sys.modules\n"
+            "print(sorted(t.__all__))\n"
+            f"print(all(getattr(t, n) is getattr(importlib.import_module(m), n) for n, m in {checked!r}.items()))\n"
+            "print(hasattr(t, 'TrackingError'), hasattr(t, 'mlflow'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PROJECT_DIR).stdout.splitlines()
+    assert out == [str(sorted(checked)), "True", "False False"]  # store's own imports are not the package's

@@ -1,6 +1,10 @@
 """System metrics: every run logs what it used of the machine per epoch (MLflow's readers, through the run's own
 logging), its GPUs and whether Keras' cuDNN kernel trains it; the NVML reader runs wherever a GPU is."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -21,7 +25,7 @@ def test_every_epoch_logs_cpu_memory_and_the_processes_peak_memory_and_the_run_n
     client = MlflowClient(sqlite_uri)
     run = client.get_run(result.run_id)
     for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
-                "system/process_peak_memory_megabytes"):
+                "system/process_peak_memory_megabytes", "system/process_cpu_utilization_percentage"):
         history = client.get_metric_history(result.run_id, key)
         assert [m.step for m in history] == [1, 2], key
         assert all(m.value >= 0 for m in history)
@@ -60,6 +64,21 @@ def test_the_cpu_reader_reads_what_mlflows_cpu_monitor_reads_under_its_names():
     assert all(round(value, 1) == value for value in mine.values())  # MLflow's rounding
     ours.clear_metrics()
     assert not ours.metrics
+
+
+def test_the_process_reader_counts_this_processs_own_cpu_a_busy_core_as_100_and_a_sleep_as_0():
+    reader = system.ProcessReader()
+    reader.collect_metrics()  # starts the clock
+    reader.clear_metrics()
+    time.sleep(0.5)
+    reader.collect_metrics()
+    end = time.process_time() + 0.5
+    while time.process_time() < end:  # one core busy for 0.5 s of CPU time
+        pass
+    reader.collect_metrics()
+    idle, busy = reader.metrics["process_cpu_utilization_percentage"]
+    assert idle < 20 and 70 < busy < 130, (idle, busy)
+    assert reader.aggregate_metrics() == {"process_cpu_utilization_percentage": round((idle + busy) / 2, 1)}
 
 
 def test_the_real_nvml_reader_reads_every_gpu_where_there_is_one():
@@ -107,3 +126,16 @@ def test_a_run_records_its_backend_and_why_it_was_picked(fixture_store):
     assert {r.data.tags["rnnlib.backend"] for r in runs} == {keras.backend.backend()}
     assert {r.data.tags["rnnlib.backend_reason"] for r in runs} == {worker.BACKEND_REASON}
     assert worker.BACKEND == keras.backend.backend()
+
+
+def test_a_processs_peak_memory_is_its_own_not_that_of_the_process_that_started_it():
+    """A worker spawned by a big process (the pytest run, a dashboard, a sweep that trained before) must not
+    report the parent's peak, which `ru_maxrss` carries over `fork` and `exec`."""
+    code = ("import subprocess, sys, numpy as np\n"
+            "block = np.ones(100_000_000); del block\n"  # 800 MB touched, then freed: the parent's peak
+            "child = 'from rnnlib.tracking import system; print(system.peak_memory_megabytes())'\n"
+            "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, check=True).stdout)\n"
+            "from rnnlib.tracking import system; print(system.peak_memory_megabytes())\n")
+    child, parent = (float(line) for line in subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert parent > 800 and 0 < child < 200, (parent, child)

@@ -371,19 +371,25 @@ def summary_table(histories: pd.DataFrame, runs: pd.DataFrame, metrics: list[str
     return table.reset_index()
 
 
-# What each run used of its machine (`rnnlib.tracking.system`): (column, source in the runs frame). A metric's
-# value is its last epoch's: a steady one, past the first epoch's tracing.
+# What each run used of its machine (`rnnlib.tracking.system`): (column, source in the runs frame, what it means).
+# A metric's value is its last epoch's: a steady one, past the first epoch's tracing.
 MACHINE_COLUMNS = (
-    ("sequences/s", "metrics.sequences_per_second"),
-    ("peak memory (MB)", "metrics.system/process_peak_memory_megabytes"),
-    ("CPU %", "metrics.system/cpu_utilization_percentage"),
-    ("GPU %", "metrics.system/gpu_0_utilization_percentage"),
-    ("GPU memory (MB)", "metrics.system/gpu_0_memory_usage_megabytes"),
-    ("backend", "tags.rnnlib.backend"),
-    ("device", "tags.rnnlib.device"),
-    ("GPU", "tags.rnnlib.gpu_name"),
-    ("executor", "tags.rnnlib.executor"),
+    ("sequences/s", "metrics.sequences_per_second", "Training sequences per second in the last epoch, probes "
+     "and validation left out."),
+    ("peak memory (MB)", "metrics.system/process_peak_memory_megabytes", "The training process's peak resident "
+     "memory."),
+    ("run CPU %", "metrics.system/process_cpu_utilization_percentage", "The training process's own CPU in the "
+     "last epoch: 100 is one core busy all the time, 200 two."),
+    ("machine CPU %", "metrics.system/cpu_utilization_percentage", "The whole machine's CPU in the last epoch "
+     "(every core, whoever used it; MLflow's metric): runs of a parallel sweep each see all of them."),
+    ("GPU %", "metrics.system/gpu_0_utilization_percentage", "GPU 0's utilisation in the last epoch."),
+    ("GPU memory (MB)", "metrics.system/gpu_0_memory_usage_megabytes", "GPU 0's memory in use in the last epoch."),
+    ("backend", "tags.rnnlib.backend", "The Keras backend that trained the run."),
+    ("device", "tags.rnnlib.device", "The device it trained on."),
+    ("GPU", "tags.rnnlib.gpu_name", "The machine's GPUs."),
+    ("executor", "tags.rnnlib.executor", "How its sweep ran its trials: sequential, processes or ray."),
 )
+MACHINE_HELP = {column: meaning for column, _, meaning in MACHINE_COLUMNS}
 
 
 def machine_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -393,7 +399,7 @@ def machine_table(runs: pd.DataFrame) -> pd.DataFrame:
     if {"start_time", "end_time"} <= set(runs.columns):
         seconds = (pd.to_datetime(runs["end_time"]) - pd.to_datetime(runs["start_time"])).dt.total_seconds()
         table["seconds"] = seconds.round(1).to_numpy()
-    for column, source in MACHINE_COLUMNS:
+    for column, source, _ in MACHINE_COLUMNS:
         if source in runs.columns and runs[source].notna().any():
             values = runs[source]
             table[column] = (pd.to_numeric(values, errors="coerce").round(1) if source.startswith("metrics.")

@@ -38,7 +38,6 @@ ending it (kill -9, out of memory, a store that stopped taking writes) is ended 
 dashboard runs as it opens. None stays RUNNING.
 """
 
-import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the package's API, for type checkers; at run time `__getattr__` loads it on first use
@@ -90,16 +89,27 @@ if TYPE_CHECKING:  # the package's API, for type checkers; at run time `__getatt
     )
 
 
+# The package's API, loaded by `__getattr__` on first use: the names imported above, kept equal to them by a test.
+__all__ = [
+    "HISTORY_COLUMNS", "RUN_COLUMNS", "list_experiments", "load_artifact_text", "load_config", "load_gradient_flow",
+    "load_predictions", "load_weights", "metric_histories", "recent_pace", "restore_infinities", "run_artifact",
+    "runs_frame",  # from queries
+    "DEFAULT_TRACKING_URI", "ENV_TRACKING_URI", "GRADIENT_FLOW_ARTIFACT", "HEARTBEAT_SECONDS", "HEARTBEAT_TAG",
+    "HTTP_POLICIES", "JOB_TAG", "NAMED_AXES", "PREDICTIONS_ARTIFACT", "PROJECT_DIR", "SQLITE_HEADER",
+    "STALE_SECONDS", "STORE_SCHEMES", "WORKER_TAG", "RunLogger", "Store", "apply_http_policy", "artifact_folder",
+    "artifact_root", "check_store", "git_commit", "open_client", "reconcile", "resolve_tracking_uri", "run_name",
+    "sqlite_path", "store_status", "worker_environment", "writes",  # from store
+]
+
+
 def __getattr__(name: str):
-    """A name of the package's API (above), from `queries` or `store`: importing them imports mlflow (0.9 s on 2
-    cores), which a process that only trains never needs (a worker logging through its parent imports
-    `run_logger` and `system` alone)."""
-    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        raise AttributeError(name)  # private, or a submodule not imported yet: the import system loads it
+    """A name of the package's API (`__all__`), from `queries` or `store`: importing them imports mlflow (0.9 s on
+    2 cores), which a process that only trains never needs (a worker logging through its parent imports
+    `run_logger` and `system` alone). Any other name is not the package's, even one those modules hold."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from rnnlib.tracking import queries, store
 
-    for module in (queries, store):
-        if name in vars(module):
-            globals()[name] = vars(module)[name]
-            return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = vars(queries)[name] if name in vars(queries) else vars(store)[name]
+    globals()[name] = value
+    return value

@@ -22,7 +22,7 @@ GRADIENT_FLOW_ARTIFACT = "gradient_flow.npz"
 
 
 class RunLogger(Callback):
-    """Training callback that writes one run per the schema above."""
+    """Training callback that writes one run per the schema in `rnnlib.tracking`'s docstring."""
 
     def __init__(self, store: "Store", run_id: str, config: ExperimentConfig, grid_point: dict | None = None):
         self.store, self.run_id, self.config = store, run_id, config

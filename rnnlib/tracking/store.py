@@ -30,12 +30,6 @@ PREDICTIONS_ARTIFACT = "predictions.npz"
 # How long MLflow waits for a tracking server. Training (the CLI and the dashboard's jobs alike) rides out a
 # server restart of about half a minute (4 retries, 2-16 s apart), then stops with a message; the dashboard's own
 # page reads fail within seconds. Variables a user set explicitly win.
-# A server killed while it answers (a restart) breaks the response after urllib3 has it, so MLflow's retries never
-# see that failure ("Connection broken: IncompleteRead"). A write that is safe to repeat is sent once more after
-# `RESEND_SECONDS`, through those retries: MLflow drops a metric point it already has, and params, tags,
-# artifacts and a run's end are written again with the same values. Creating a run is not repeated (it would
-# make two).
-RESEND_SECONDS = 1.0
 HTTP_POLICIES = {
     "training": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"},
@@ -43,6 +37,13 @@ HTTP_POLICIES = {
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
 }
 _POLICY_SET: set[str] = set()  # the variables this process set itself, which its workers must not inherit
+
+# A server killed while it answers (a restart) breaks the response after urllib3 has it, so MLflow's retries never
+# see that failure ("Connection broken: IncompleteRead"). A write that is safe to repeat is sent once more after
+# `RESEND_SECONDS`, through those retries: MLflow drops a metric point it already has, and params, tags,
+# artifacts and a run's end are written again with the same values. Creating a run is not repeated (it would
+# make two).
+RESEND_SECONDS = 1.0
 
 
 def apply_http_policy(kind: str) -> None:

@@ -5,11 +5,14 @@ averaged over each epoch into metrics under MLflow's names: `system/cpu_utilizat
 `system/system_memory_usage_megabytes`, `system/gpu_0_utilization_percentage`,
 `system/gpu_0_memory_usage_megabytes`, ... They go through the run's own logging (not MLflow's monitor thread,
 which would be a second writer to a sqlite store), so a worker process of the `processes` executor measures
-itself. `system/process_peak_memory_megabytes` is the training process's peak resident memory so far.
+itself. MLflow's CPU % is the whole machine's (every core, whoever uses them): next to it
+`system/process_cpu_utilization_percentage` is the training process's own (100: one core busy, as `top` counts),
+so that runs sharing a machine in a parallel sweep are told apart. `system/process_peak_memory_megabytes` is the
+training process's peak resident memory so far.
 
 The readers: `CPUReader`, psutil's CPU and memory exactly as MLflow's `CPUMonitor` reads them (importing that
-class imports mlflow, 0.9 s of a worker's start), and for every NVIDIA GPU MLflow's own `GPUMonitor`
-(nvidia-ml-py), imported only where NVML sees a GPU.
+class imports mlflow, 0.9 s of a worker's start), `ProcessReader`, this process's CPU, and for every NVIDIA GPU
+MLflow's own `GPUMonitor` (nvidia-ml-py), imported only where NVML sees a GPU.
 """
 
 import logging
@@ -23,6 +26,7 @@ import psutil
 SAMPLE_SECONDS = 1.0
 PREFIX = "system/"
 PEAK_MEMORY = PREFIX + "process_peak_memory_megabytes"
+PROCESS_CPU = PREFIX + "process_cpu_utilization_percentage"
 
 
 class CPUReader:
@@ -44,6 +48,18 @@ class CPUReader:
 
     def clear_metrics(self) -> None:
         self.metrics.clear()
+
+
+class ProcessReader(CPUReader):
+    """This process's CPU since the last read, every thread of it (psutil's `Process.cpu_percent`: 100 is one
+    core busy the whole time, 200 two), with `CPUReader`'s interface and rounding."""
+
+    def __init__(self):
+        super().__init__()
+        self.process = psutil.Process()
+
+    def collect_metrics(self) -> None:
+        self.metrics[PROCESS_CPU.removeprefix(PREFIX)].append(self.process.cpu_percent())
 
 
 def gpu_monitor():
@@ -78,7 +94,7 @@ class SystemSampler:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self.monitors = [m for m in (CPUReader(), gpu_monitor()) if m is not None]
+        self.monitors = [m for m in (CPUReader(), ProcessReader(), gpu_monitor()) if m is not None]
         self.last = -float("inf")
         for monitor in self.monitors:  # CPU % is measured between reads: the first one only starts the clock
             monitor.collect_metrics()
@@ -107,6 +123,18 @@ class SystemSampler:
 
 
 def peak_memory_megabytes() -> float:
-    """This process's peak resident memory so far, in MB (10^6 bytes, as MLflow's memory metrics)."""
+    """This process's peak resident memory so far, in MB (10^6 bytes, as MLflow's memory metrics).
+
+    On Linux its memory's high-water mark (`VmHWM` in /proc/self/status): `getrusage`'s `ru_maxrss` survives
+    `fork` and `exec`, so a worker spawned by a process that once held 1.5 GB would read 1.5 GB before it
+    allocated anything. Elsewhere `ru_maxrss`.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6  # kB
+    except OSError:  # no procfs: not Linux
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes on macOS, KiB on Linux

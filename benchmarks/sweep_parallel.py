@@ -7,7 +7,9 @@ epoch) into a fresh sqlite store, first with `sequential`, then with `processes`
 (a local Ray of N CPUs started for the sweep, its start-up counted). Printed: each
 executor's wall time and its ratio to sequential, and where a run's time goes (medians over its runs): the whole
 run as the store saw it, the first epoch (tracing), the later epochs, and the rest (model building, validation,
-probes, logging). Target: processes and ray >= 1.5x sequential with 2 workers on 2 cores.
+probes, logging), and how busy the machine was: the training process's own CPU in its last epoch (`run CPU %`,
+100 = one core) and the whole machine's (`machine CPU %`, every core). Target: processes and ray >= 1.5x
+sequential with 2 workers on 2 cores.
 --smoke: 2 runs of 1 epoch, 2 workers (seconds; the figures mean nothing).
 """
 
@@ -23,6 +25,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from rnnlib import tracking  # noqa: E402
 from rnnlib.core import config as cfg  # noqa: E402
 from rnnlib.run import sweep  # noqa: E402
+from rnnlib.tracking import system  # noqa: E402
 
 
 def experiment(args, executor):
@@ -44,14 +47,18 @@ def measure(args, executor, uri):
     start = time.perf_counter()
     results = sweep.run_experiment(experiment(args, executor), store)
     wall = time.perf_counter() - start
-    runs, firsts, laters = [], [], []
+    runs, firsts, laters, own, machine = [], [], [], [], []
     for result in results:
-        info = store.client.get_run(result.run_id).info
+        run = store.client.get_run(result.run_id)
+        info = run.info
         runs.append((info.end_time - info.start_time) / 1000)
+        own.append(run.data.metrics[system.PROCESS_CPU])
+        machine.append(run.data.metrics[system.PREFIX + "cpu_utilization_percentage"])
         seconds = [logs["epoch_seconds"] for logs in result.history]
         firsts.append(seconds[0])
         laters.append(sum(seconds[1:]))
-    return wall, len(results), statistics.median(runs), statistics.median(firsts), statistics.median(laters)
+    return (wall, len(results), statistics.median(runs), statistics.median(firsts), statistics.median(laters),
+            statistics.median(own), statistics.median(machine))
 
 
 def main():
@@ -65,14 +72,14 @@ def main():
         args.epochs, args.steps, args.workers = 1, 2, 2
     print(f"{os.cpu_count()} CPU cores, {args.workers} workers, {args.epochs} epochs x {args.steps} batches per run")
     print(f"{'executor':>10} {'runs':>5} {'wall s':>8} {'speed-up':>8} {'run s':>7} {'1st epoch s':>11} "
-          f"{'later epochs s':>14} {'rest s':>7}")
+          f"{'later epochs s':>14} {'rest s':>7} {'run CPU %':>9} {'machine CPU %':>13}")
     baseline = None
     with tempfile.TemporaryDirectory() as folder:
         for executor in ("sequential", "processes", "ray"):
-            wall, count, run, first, later = measure(args, executor, f"sqlite:///{folder}/{executor}.db")
+            wall, count, run, first, later, own, machine = measure(args, executor, f"sqlite:///{folder}/{executor}.db")
             baseline = baseline or wall
             print(f"{executor:>10} {count:>5} {wall:>8.1f} {baseline / wall:>7.2f}x {run:>7.2f} {first:>11.2f} "
-                  f"{later:>14.2f} {run - first - later:>7.2f}", flush=True)
+                  f"{later:>14.2f} {run - first - later:>7.2f} {own:>9.0f} {machine:>13.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ in the machine's load hits every column alike):
   - rnnlib on each Keras backend (`rnnlib.worker.training.train`, probes off), and a plain Keras `model.fit` of the
     same model on the same batches (what rnnlib's own loop costs on top of Keras);
   - PyTorch: `nn.RNN` / `nn.LSTM` / `nn.GRU` + `nn.Linear`, the same loss, optimizer and clipping;
-  - the gradient probes' cost at their default schedule (one probe per epoch of `steps_per_epoch` = 50 updates):
-    a steady probe's seconds over those of 50 updates, as a share of training time.
-Targets: rnnlib on its default CPU backend >= 0.8x PyTorch for every cell at T = 100 and 200; probes <= 10%.
+  - the gradient probes' cost: a steady probe's seconds over those of the updates between two probes, as a share
+    of training time, at one probe per epoch of 50 updates (`probe_every: epoch` with the default
+    `steps_per_epoch`) and at the default schedule (`probe_every: auto`, one probe per `AUTO_PROBE_SPACING` = 500
+    updates).
+Targets: rnnlib on its default CPU backend >= 0.8x PyTorch for every cell at T = 100 and 200; probes <= 10% at the
+default schedule.
 --smoke: T = 20, 8 units, batch 8, a few updates, one repeat, the current backend (seconds; figures mean nothing).
 """
 
@@ -60,6 +63,7 @@ def measure_rnnlib(cell, length, units, batch_size, steps, epochs):
         recorder.record(index, 0.0)
         probe_seconds.append(time.perf_counter() - start)
     probe_share = float(np.median(probe_seconds[1:])) / (PROBE_STEPS * seconds_per_update)
+    auto_share = probe_share * PROBE_STEPS / cfg.AUTO_PROBE_SPACING
 
     task = tasks.build(config.task)
     rng = np.random.default_rng(config.seed)
@@ -71,7 +75,7 @@ def measure_rnnlib(cell, length, units, batch_size, steps, epochs):
     timer = EpochTimer()
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, callbacks=[timer.callback()])
     fit_rate = len(x) / float(np.median(timer.seconds[1:]))
-    return {"rnnlib": rate, "keras_fit": fit_rate, "probe_share": probe_share}
+    return {"rnnlib": rate, "keras_fit": fit_rate, "probe_share": probe_share, "auto_share": auto_share}
 
 
 class EpochTimer:
@@ -174,7 +178,7 @@ def main():
     if not reference:
         print("PyTorch is not installed: no reference column (pip install torch==2.13.0)")
     header = f"{'cell':<5} {'T':>5} {'backend':<11} {'rnnlib':>8} {'keras fit':>10} {'PyTorch':>8} " \
-             f"{'vs PyTorch':>10} {'probes':>7}"
+             f"{'vs PyTorch':>10} {'probe/50':>8} {'probes auto':>11}"
     print(header)
     for cell in args.cells:
         for length in args.lengths:
@@ -186,7 +190,8 @@ def main():
             for backend in args.backends:
                 ours = {key: statistics.median(f[key] for f in figures[backend]) for key in figures[backend][0]}
                 print(f"{cell:<5} {length:>5} {backend:<11} {ours['rnnlib']:>8.0f} {ours['keras_fit']:>10.0f} "
-                      f"{torch_rate:>8.0f} {ours['rnnlib'] / torch_rate:>9.2f}x {ours['probe_share']:>6.0%}",
+                      f"{torch_rate:>8.0f} {ours['rnnlib'] / torch_rate:>9.2f}x {ours['probe_share']:>8.0%} "
+                      f"{ours['auto_share']:>11.1%}",
                       flush=True)
 
 

@@ -3,13 +3,14 @@
     .venv/bin/python benchmarks/truncation_meter.py [--cells rnn lstm gru] [--truncations full 20 10/20 rand20
         unbiased20] [--length 100] [--units 32] [--epochs 4] [--smoke]
 
-Each cell × truncation trains for real (`rnnlib.worker.training.train`) at the default probe schedule: one probe
-at initialisation and one at the end of every epoch, on 4 probe sequences, with the default `bias_samples` (8)
-for random modes. Every call of the meter is timed. Printed per run: the steady epoch time (median after the
-first, which traces), the meter's first call (tracing its two passes) and its time per probe after that
-(median), its share of an epoch (the default schedule meters once per epoch), the whole probe's time (gradient
-flow, Jacobians, connectivity and meter), and the meter's share of the run's wall time, first call included.
-Target: meter ≤ 10% of training time.
+Each cell × truncation trains for real (`rnnlib.worker.training.train`) with a probe at initialisation and one
+at the end of every epoch (`probe_every: epoch`), on 4 probe sequences, with the default `bias_samples` (8) for
+random modes. Every call of the meter is timed. Printed per run: the steady epoch time (median after the first,
+which traces), the meter's first call (tracing its two passes) and its time per probe after that (median), its
+share of an epoch, its share at the default schedule (`probe_every: auto`: one probe per `AUTO_PROBE_SPACING` =
+500 batches), the whole probe's time (gradient flow, Jacobians, connectivity and meter), and the meter's share of
+the run's wall time (per-epoch probes), first call included.
+Target: meter ≤ 10% of training time at one probe per epoch.
 --smoke: T = 20, 8 units, one cell, two truncations, 2 epochs of 2 batches (seconds; the figures mean nothing).
 """
 
@@ -52,8 +53,8 @@ def run(cell, truncation, args):
     config = cfg.validate({
         "task": {"name": "adding", "length": args.length},
         "model": {"cell_type": cell, "units": args.units},
-        "training": {"epochs": args.epochs, "steps_per_epoch": args.steps, "truncation": cfg.truncation_from_label(
-            truncation)},
+        "training": {"epochs": args.epochs, "steps_per_epoch": args.steps, "probe_every": "epoch",
+                     "truncation": cfg.truncation_from_label(truncation)},
         "seed": 0,
     })
     meter, record = Timed(gradients.FlowRecorder, "meter"), Timed(gradients.FlowRecorder, "record")
@@ -84,14 +85,15 @@ def main():
     print(f"backend {keras.backend.backend()}, adding T = {args.length}, {args.units} units, batch 32, "
           f"{args.steps} batches per epoch, a probe per epoch")
     print(f"{'cell':>5} {'truncation':>10} {'epoch s':>8} {'1st meter s':>11} {'meter s':>8} {'meter/epoch':>11} "
-          f"{'probe s':>8} {'meter/run':>9}")
+          f"{'auto':>6} {'probe s':>8} {'meter/run':>9}")
+    epochs_per_auto_probe = max(1.0, cfg.AUTO_PROBE_SPACING / args.steps)
     shares = []
     for cell in args.cells:
         for truncation in args.truncations:
             epoch, first, meter, probe, of_run = run(cell, truncation, args)
             shares.append(meter / epoch)
             print(f"{cell:>5} {truncation:>10} {epoch:>8.3f} {first:>11.2f} {meter:>8.3f} {meter / epoch:>10.1%} "
-                  f"{probe:>8.3f} {of_run:>8.1%}", flush=True)
+                  f"{meter / epoch / epochs_per_auto_probe:>6.1%} {probe:>8.3f} {of_run:>8.1%}", flush=True)
     print(f"meter per epoch: median {statistics.median(shares):.1%}, worst {max(shares):.1%} (target ≤ 10%)")
 
 

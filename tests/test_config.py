@@ -235,7 +235,7 @@ def test_version_2_ar_cell_types_become_model_kinds_and_run_the_same_models():
     assert only_ar.grid == {"model.kind": ["ar", "ar_mlp"]}
     recurrent = cfg.parse_config(FORECAST + "schema_version: 2\ngrid: {model.cell_type: [rnn, gru]}\n")
     assert recurrent.grid == {"model.cell_type": ["rnn", "gru"]}  # nothing to migrate
-    assert cfg.parse_config(config.to_yaml()) == config  # written back at version 3, read back equal
+    assert cfg.parse_config(config.to_yaml()) == config  # written back at the current version, read back equal
 
 
 def test_logged_params_of_older_runs_gain_the_model_kind_and_label():
@@ -246,6 +246,42 @@ def test_logged_params_of_older_runs_gain_the_model_kind_and_label():
     current = cfg.flatten_params(cfg.parse_config(FORECAST + "model: {kind: ar}\n"))
     assert current["model.kind"] == "ar" and current["model.cell_type"] == "" and current["model.label"] == "ar"
     assert cfg.upgrade_params(current) == current
+
+
+def probed_steps(**training):
+    config = cfg.TrainingConfig(**training)
+    steps, last = [], 0
+    for step in range(config.epochs * config.steps_per_epoch + 1):
+        if config.probe_due(step, last):
+            steps.append(step)
+            last = step
+    return steps
+
+
+def test_the_default_probe_schedule_probes_at_epoch_ends_500_batches_apart_and_after_the_last_epoch():
+    assert cfg.TrainingConfig().probe_every == "auto" and cfg.AUTO_PROBE_SPACING == 500
+    assert probed_steps(epochs=12, steps_per_epoch=50) == [0, 500, 600]  # the last epoch's end as well
+    assert probed_steps(epochs=10, steps_per_epoch=50) == [0, 500]
+    assert probed_steps(epochs=5, steps_per_epoch=300) == [0, 600, 1200, 1500]  # never mid-epoch
+    assert probed_steps(epochs=3, steps_per_epoch=700) == [0, 700, 1400, 2100]  # long epochs: each one
+    assert probed_steps(epochs=2, steps_per_epoch=4) == [0, 8]
+    assert probed_steps(epochs=3, steps_per_epoch=4, probe_every="epoch") == [0, 4, 8, 12]
+    assert probed_steps(epochs=3, steps_per_epoch=4, probe_every=5) == [0, 5, 10]
+    assert probed_steps(epochs=3, steps_per_epoch=4, probe_every=0) == []
+
+
+def test_probe_every_null_means_every_epoch_in_configs_and_runs_written_before_version_4():
+    old = MINIMAL + "training: {probe_every: null}\ngrid: {training.probe_every: [null, 0, 50]}\n"
+    config = cfg.parse_config(old)  # no schema_version: version 1
+    assert config.training.probe_every == "epoch" and config.grid == {"training.probe_every": ["epoch", 0, 50]}
+    assert cfg.parse_config(MINIMAL).training.probe_every == "auto"  # left out: today's default
+    assert cfg.read_logged_config("schema_version: 3\n" + old).config.training.probe_every == "epoch"
+    assert cfg.upgrade_params({"training.probe_every": ""}) == {"training.probe_every": "epoch"}
+    assert cfg.upgrade_params({"training.probe_every": "auto"}) == {"training.probe_every": "auto"}
+    current = f"schema_version: {cfg.SCHEMA_VERSION}\n" + MINIMAL
+    assert "null meant `epoch` before schema version 4" in problems(current + "training: {probe_every: null}\n")
+    for bad in ("true", "-1", "2.5", "weekly"):
+        assert "training.probe_every: expected `auto`" in problems(MINIMAL + f"training: {{probe_every: {bad}}}\n")
 
 
 def test_a_cell_type_of_ar_in_a_current_config_points_to_model_kind():

@@ -128,7 +128,7 @@ def test_truncated_bptt_delivers_no_gradient_beyond_the_window(cell_type):
 
 def test_training_records_gradient_flow_at_init_and_each_epoch_with_the_window_of_its_truncation():
     config, _, _ = tiny("rnn", length=12, units=4, num_layers=1, truncation={"k1": 3, "k2": 4}, epochs=2,
-                        steps_per_epoch=3, num_validation_sequences=4)
+                        steps_per_epoch=3, num_validation_sequences=4, probe_every="epoch")
     flows = []
 
     class Collect(callbacks.Callback):
@@ -146,7 +146,7 @@ def test_training_records_gradient_flow_at_init_and_each_epoch_with_the_window_o
     assert not np.allclose(flow.norms["jacobian"][0], flow.norms["jacobian"][-1])  # training changed the dynamics
 
 
-@pytest.mark.parametrize("probe_every, expected_steps", [(2, [0, 2, 4, 6]), (0, None)])
+@pytest.mark.parametrize("probe_every, expected_steps", [(2, [0, 2, 4, 6]), ("auto", [0, 6]), (0, None)])
 def test_probe_every_sets_the_probe_schedule_in_batches(probe_every, expected_steps):
     config, _, _ = tiny("gru", length=8, units=2, num_layers=1, epochs=2, steps_per_epoch=3,
                         num_validation_sequences=4, probe_every=probe_every)

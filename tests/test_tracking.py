@@ -70,13 +70,15 @@ def test_cli_sweep_logs_finished_runs_with_the_documented_schema(sqlite_uri, cli
     resolved = mlflow.artifacts.load_text(f"{trial.info.artifact_uri}/config.yaml")
     assert cfg.parse_config(resolved).training.truncation.label == "5"
 
-    flow = tracking.load_gradient_flow(sqlite_uri, trial.info.run_id)  # probed at init and after each epoch
+    flow = tracking.load_gradient_flow(sqlite_uri, trial.info.run_id)  # `auto`: at init and after the last epoch
     assert (flow.cell_type, flow.truncation, flow.sequence_length) == ("gru", "5", 20)
+    assert params["training.probe_every"] == "auto"
     steps_per_epoch = int(params["training.steps_per_epoch"])
-    np.testing.assert_array_equal(flow.steps, [0, steps_per_epoch, 2 * steps_per_epoch])
-    np.testing.assert_array_equal(flow.reaches, [15, 15, 15])
+    np.testing.assert_array_equal(flow.steps, [0, 2 * steps_per_epoch])
+    np.testing.assert_array_equal(flow.reaches, [15, 15])
     hidden = flow.norms["loss_hidden"]
-    assert hidden.shape == (3, 1, 20) and np.all(hidden[..., :15] == 0) and np.all(hidden[..., 15:] > 0)
+    assert hidden.shape == (2, 1, 20) and np.all(hidden[..., :15] == 0) and np.all(hidden[..., 15:] > 0)
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "trunc_cosine")] == [2]  # probed epochs
 
 
 def test_artifacts_of_a_sqlite_store_sit_beside_the_database(sqlite_uri, cli_env, tmp_path):

@@ -150,9 +150,16 @@ def test_connectivity_is_the_norm_of_the_last_outputs_finite_difference_jacobian
     assert measured[0] < measured[-1]  # the last input matters most to a fresh tanh RNN
 
 
-def test_training_logs_the_meter_every_epoch_and_keeps_it_in_the_gradient_flow_record():
+def test_training_logs_the_meter_in_each_epoch_that_probed_and_keeps_it_in_the_gradient_flow_record():
+    config, _, _ = build({"name": "adding", "length": 12}, units=4, truncation_mode=3, epochs=3,
+                         steps_per_epoch=2, num_validation_sequences=4, probe_every=3)
+    history = training.train(config).history  # probes after 0, 3 and 6 batches: none in the first epoch
+    assert "trunc_cosine" not in history[0]  # a stale reading (the probe at initialisation) is no measurement
+    assert [sorted(k for k in logs if k.startswith("trunc_")) for logs in history[1:]] == [
+        ["trunc_bias", "trunc_cosine", "trunc_error", "trunc_variance"]] * 2
+
     config, _, _ = build({"name": "adding", "length": 12}, units=4, truncation_mode=3, epochs=2,
-                         steps_per_epoch=2, num_validation_sequences=4)
+                         steps_per_epoch=2, num_validation_sequences=4, probe_every="epoch")
     result = training.train(config)
     for logs in result.history:
         assert 0.0 < logs["trunc_cosine"] < 1.0 and logs["trunc_error"] > 0.0

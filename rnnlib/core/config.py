@@ -43,11 +43,15 @@ AR_KINDS = ("ar", "ar_mlp")  # model kinds without state: a fixed look-back of `
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 TRUNCATION_MODES = ("full", "tbptt", "random_length", "unbiased")
 MAX_GRID_POINTS = 10_000
+# `training.probe_every: auto` probes at epoch ends at least this many batches apart (and after the last epoch):
+# a probe costs 20-60% of an epoch of 50 updates at T = 100-200 (benchmarks/throughput.py), so one per 500
+# batches stays under 10% of training time for every cell.
+AUTO_PROBE_SPACING = 500
 
 # The version of the config schema this code writes. Every logged `config.yaml` carries it as `schema_version`
 # (and every run as the tag `rnnlib.schema_version`); text without one was written at version 1. Reading brings
 # older versions up to this one through `MIGRATIONS`.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_KEY = "schema_version"
 
 # What a YAML file may hold before it is refused unread (an alias bomb expands 453 bytes into billions of values).
@@ -228,8 +232,10 @@ class TrainingConfig(_Frozen):
     waveform, dates) draws for validation; a task on a data set (forecasts, sine, sunspots, digits, text) is
     scored on all of its held-out data, each window once (`Task.validation_size`).
 
-    Gradient flow over time (`rnnlib.worker.gradients`) is probed at initialisation and then every `probe_every`
-    batches (null: at the end of every epoch; 0: never) on `num_probe_sequences` fixed sequences, and logged as
+    Gradient flow over time (`rnnlib.worker.gradients`) is probed at initialisation and then on the `probe_every`
+    schedule (`probe_due`): `auto` (the default) at the end of each epoch that ends at least `AUTO_PROBE_SPACING`
+    batches after the previous probe, and at the end of the last epoch; `epoch` at the end of every epoch; a
+    number N every N batches; 0 never. Each probe uses `num_probe_sequences` fixed sequences and is logged in
     the run's `gradient_flow.npz` artifact. Each probe also meters the truncation: the truncated parameter
     gradient against full BPTT's on those sequences, over `bias_samples` drawn schedules for a random mode.
     """
@@ -242,9 +248,31 @@ class TrainingConfig(_Frozen):
     learning_rate: float = pydantic.Field(1e-3, gt=0.0, le=10.0)
     clipnorm: float | None = pydantic.Field(1.0, gt=0.0)
     truncation: Truncation = Truncation()
-    probe_every: int | None = pydantic.Field(None, ge=0)
+    probe_every: Literal["auto", "epoch"] | Annotated[int, pydantic.Field(ge=0)] = "auto"
     num_probe_sequences: int = pydantic.Field(4, ge=1, le=256)
     bias_samples: int = pydantic.Field(8, ge=2, le=256)
+
+    @pydantic.field_validator("probe_every", mode="before")
+    @classmethod
+    def _probe_schedule(cls, value):
+        if value in ("auto", "epoch") or (type(value) is int and value >= 0) or (
+                isinstance(value, str) and value.isdigit()):
+            return value
+        was = "; null meant `epoch` before schema version 4" if value is None else ""
+        raise ValueError(f"expected `auto` (the default: at epoch ends about every {AUTO_PROBE_SPACING} batches, "
+                         f"and at the end), `epoch` (every epoch end), a number of batches, or 0 (never){was}")
+
+    def probe_due(self, step: int, last_probe: int) -> bool:
+        """Whether to probe gradient flow after `step` batches, the last probe having been after `last_probe`."""
+        every, epoch_end = self.probe_every, step % self.steps_per_epoch == 0
+        if step == 0:
+            return every != 0
+        if every == "epoch":
+            return epoch_end
+        if every == "auto":
+            last = step == self.epochs * self.steps_per_epoch
+            return epoch_end and (last or step - last_probe >= AUTO_PROBE_SPACING)
+        return bool(every) and step % every == 0
 
 
 if typing.TYPE_CHECKING:
@@ -569,11 +597,31 @@ def _v2_to_v3(raw: dict) -> dict:
     return raw
 
 
+def _probe_schedule(value):
+    """`probe_every: null` -> `epoch` (what null meant before version 4, whose default `auto` probes less)."""
+    return "epoch" if value is None else value
+
+
+def _v3_to_v4(raw: dict) -> dict:
+    """Version 4's default probe schedule is `auto` (about every 500 batches); null, which meant every epoch
+    end and was the default before, is spelt `epoch`. Configs that leave `probe_every` out take the new default."""
+    training = raw.get("training")
+    if isinstance(training, Mapping) and "probe_every" in training:
+        raw["training"] = {**training, "probe_every": _probe_schedule(training["probe_every"])}
+    grid = raw.get("grid")
+    if isinstance(grid, Mapping) and isinstance(grid.get("training.probe_every"), list):
+        raw["grid"] = {**grid, "training.probe_every": [_probe_schedule(v) for v in grid["training.probe_every"]]}
+    return raw
+
+
 def upgrade_params(params: Mapping[str, str]) -> dict[str, str]:
     """A logged run's flat params (`flatten_params`) with the keys of the current schema filled in from older
     ones: runs logged before version 3 have no `model.kind` / `model.label`, and an AR(τ) baseline's
-    `model.cell_type` was `ar` or `ar_mlp`. Params already current come back unchanged."""
+    `model.cell_type` was `ar` or `ar_mlp`; before version 4 an empty `training.probe_every` (null) meant
+    `epoch`. Params already current come back unchanged."""
     params = dict(params)
+    if params.get("training.probe_every") == "":
+        params["training.probe_every"] = "epoch"
     cell_type = params.get("model.cell_type")
     if "model.kind" not in params and cell_type is not None:
         kind = cell_type if cell_type in AR_KINDS else "recurrent"
@@ -584,7 +632,7 @@ def upgrade_params(params: Mapping[str, str]) -> dict[str, str]:
     return params
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION)), "every version but the current one needs a migration"
 
 

@@ -11,14 +11,15 @@ Run schema (what the dashboard and outside tools may rely on):
   `model.kind` (recurrent, ar, ar_mlp), `model.cell_type` (empty for an AR model), `model.label` (the cell, or
   the AR kind), `model.units`, `training.truncation` (full, 20, 10/20, rand20),
   `training.truncation.mode/k1/k2/mean`, `training.clipnorm`, `seed`, ...
-- metrics, with step = epoch (1-based): `epoch`, `train_loss`, `val_loss`, `val_<m>` for each of the task's
-  metrics (`Task.metrics`: `val_mae` and `val_rmse` for forecasts), `grad_norm` (mean
-  pre-clip global norm over the epoch's updates), `grad_norm_max`, `sequences_per_second`, `epoch_seconds`,
-  `updates`; at step 0: `baseline` (the task's trivial-predictor loss); at the end: `best_val_loss`. Every
-  validation metric and baseline is computed on the task's whole validation set, each sequence once
-  (`Task.validation_size`). NaN and +-inf are logged as they are and read back as they are (MLflow stores
-  them as `is_nan` / +-1.797e308); a run whose loss became one is diverged (`rnnlib.core.divergence`): training
-  stopped there, it carries the tag `rnnlib.diverged_epoch`, and its `best_val_loss` is NaN.
+- metrics, with step = epoch (1-based): `epoch`, `train_loss`, `val_loss`, `val_<m>` for each of the task's metrics
+  (`Task.metrics`: `val_mae` and `val_rmse` for forecasts), `grad_norm` (mean pre-clip global norm over the epoch's
+  updates), `grad_norm_max`, `sequences_per_second`, `epoch_seconds`, `updates`, and at each epoch that probed
+  gradient flow `trunc_cosine`, `trunc_error`, `trunc_bias`, `trunc_variance` (the truncation-bias meter); at step 0:
+  `baseline` (the task's trivial-predictor loss); at the end: `best_val_loss`. Every validation metric and baseline is
+  computed on the task's whole validation set, each sequence once (`Task.validation_size`). NaN and +-inf are logged
+  as they are and read back as they are (MLflow stores them as `is_nan` / +-1.797e308); a run whose loss became one is
+  diverged (`rnnlib.core.divergence`): training stopped there, it carries the tag `rnnlib.diverged_epoch`, and its
+  `best_val_loss` is NaN.
 - tags: `rnnlib.backend`, `rnnlib.device`, `mlflow.source.git.commit`, `rnnlib.task`, `rnnlib.metric`,
   `rnnlib.baseline_name`, `rnnlib.metric_baselines` (JSON `{predictor: {metric: value}}`, e.g. persistence and
   seasonal-naive MAE), `rnnlib.num_parameters`, `rnnlib.grid_point` (JSON), `rnnlib.schema_version` (of its
@@ -31,7 +32,8 @@ Run schema (what the dashboard and outside tools may rely on):
   `model/predictions.npz` (the task's `prediction_arrays`: validation predictions next to the truth, forecasts
   and k-step rollouts), `data/<file>` (a user's CSV the run trained on, so it can be reproduced), and
   `gradient_flow.npz` (`rnnlib.core.records.GradientFlow`: per probe, layer and timestep the norms of ∂L_T/∂h_t,
-  ∂L_T/∂c_t and ∂h_T/∂h_t; rewritten at every epoch end while training, absent when `probe_every` is 0).
+  ∂L_T/∂c_t and ∂h_T/∂h_t; rewritten at the end of each epoch that probed, absent when `probe_every`
+  is 0).
 
 A run that raises ends FAILED, one interrupted (Ctrl-C, SIGTERM) ends KILLED; one whose worker died without
 ending it (kill -9, out of memory, a store that stopped taking writes) is ended FAILED by `reconcile`, which the

@@ -119,7 +119,7 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
     history = []
     for epoch in range(1, config.training.epochs + 1):
         logs = _train_epoch(config, task, stepper, rng, callbacks, epoch, probe)
-        logs.update(probe.latest_bias())
+        logs.update(probe.new_bias())
         val_loss, val_metrics = evaluate(model, task, x_val, y_val, batch_size, warmup)
         logs.update({"epoch": float(epoch), "val_loss": val_loss, **{f"val_{k}": v for k, v in val_metrics.items()}})
         history.append(logs)
@@ -134,15 +134,17 @@ def train(config: ExperimentConfig, callbacks=()) -> TrainResult:
 
 
 class _Prober:
-    """Probes gradient flow (`rnnlib.worker.gradients`) on the schedule `training.probe_every` asks for."""
+    """Probes gradient flow (`rnnlib.worker.gradients`) on the schedule `training.probe_every` asks for
+    (`TrainingConfig.probe_due`)."""
 
     def __init__(self, model, task, config, callbacks):
-        self.every = config.training.probe_every
-        self.steps_per_epoch = config.training.steps_per_epoch
+        self.training = config.training
         self.callbacks = callbacks
         self.recorder = None
+        self.last_step = None  # of the latest probe
+        self.reported_step = None  # of the latest probe whose meter went into an epoch's metrics
         self.seconds = 0.0  # spent probing, kept out of the training throughput
-        if self.every != 0 and config.model.kind == "recurrent":  # an AR(τ) model has no state to probe
+        if self.training.probe_every != 0 and config.model.kind == "recurrent":  # an AR(τ) model has no state
             from rnnlib.worker import gradients
 
             self.recorder = gradients.FlowRecorder(model, task, config)
@@ -151,18 +153,22 @@ class _Prober:
     def flow(self):
         return self.recorder.flow if self.recorder else None
 
-    def latest_bias(self) -> dict[str, float]:
-        """The latest probe's truncation-bias meter as epoch metrics (`trunc_cosine`, ...), {} without probes."""
-        return self.recorder.flow.latest_bias() if self.recorder else {}
+    def new_bias(self) -> dict[str, float]:
+        """The truncation-bias meter of the latest probe since the last call as epoch metrics (`trunc_cosine`,
+        ...); {} when no probe ran since (an epoch's metrics hold only what was measured in it)."""
+        if self.recorder is None or self.last_step in (None, 0, self.reported_step):
+            return {}
+        self.reported_step = self.last_step
+        return self.recorder.flow.latest_bias()
 
-    def maybe(self, step: int, epoch_end: bool = False) -> None:
-        """Probe after `step` batches when the schedule says so (always at step 0)."""
-        due = step == 0 or (self.every is None and epoch_end) or (bool(self.every) and step % self.every == 0)
-        if self.recorder is None or not due:
+    def maybe(self, step: int) -> None:
+        """Probe after `step` batches when the schedule says so (always at step 0, unless never)."""
+        if self.recorder is None or not self.training.probe_due(step, self.last_step or 0):
             return
         start = time.perf_counter()
-        flow = self.recorder.record(step, step / self.steps_per_epoch)
+        flow = self.recorder.record(step, step / self.training.steps_per_epoch)
         self.seconds += time.perf_counter() - start
+        self.last_step = step
         for callback in self.callbacks:
             callback.on_gradient_flow(flow)
 
@@ -178,7 +184,7 @@ def _train_epoch(config, task, stepper, rng, callbacks, epoch, probe) -> dict[st
             weights.append(num_scored)
             norms.append(norm)
         step = (epoch - 1) * config.training.steps_per_epoch + batch
-        probe.maybe(step, epoch_end=batch == config.training.steps_per_epoch)
+        probe.maybe(step)
         for callback in callbacks:
             callback.on_batch_end(epoch, batch)
     elapsed = time.perf_counter() - start - (probe.seconds - probe_seconds)

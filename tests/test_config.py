@@ -255,6 +255,7 @@ def probed_steps(**training):
         if config.probe_due(step, last):
             steps.append(step)
             last = step
+    assert config.num_probes() == len(steps)  # what the dashboard's limits count
     return steps
 
 

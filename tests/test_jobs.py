@@ -288,6 +288,13 @@ def test_a_dashboard_job_larger_than_its_limits_is_refused_with_every_reason_and
     assert problems[:3] == ["runs: 210 (at most 200 here)", "units per layer: 4,096 (at most 1,024 here)",
                             "batch size: 65,536 (at most 4,096 here)"]
     assert "rnnlab run" in problems[-1]
+    jobs.check_dashboard_limits(cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml", [  # the most epochs, each probed
+        "training.epochs=2000", "training.probe_every=epoch", "grid={}"]))
+    probing = cfg.load_config(EXPERIMENTS_DIR / "smoke.yaml", ["training.steps_per_epoch=1001",
+                                                               "training.probe_every=1"])
+    with pytest.raises(ConfigError) as raised:  # a probe after every one of 2,002 batches
+        jobs.check_dashboard_limits(probing)
+    assert raised.value.problems[0] == "gradient-flow probes per run: 2,003 (at most 2,001 here)"
 
 
 def test_the_recent_pace_is_read_from_the_finished_runs_of_a_real_store(fixture_store):

@@ -274,6 +274,17 @@ class TrainingConfig(_Frozen):
             return epoch_end and (last or step - last_probe >= AUTO_PROBE_SPACING)
         return bool(every) and step % every == 0
 
+    def num_probes(self) -> int:
+        """How many times `probe_due` probes over the whole training, initialisation included."""
+        every, total = self.probe_every, self.epochs * self.steps_per_epoch
+        if every == "auto":
+            count, last = 1, 0
+            for step in range(self.steps_per_epoch, total + 1, self.steps_per_epoch):
+                if self.probe_due(step, last):
+                    count, last = count + 1, step
+            return count
+        return self.epochs + 1 if every == "epoch" else total // every + 1 if every else 0
+
 
 if typing.TYPE_CHECKING:
     TaskConfig = tasks.TaskParams  # the base of every member of the union below, which is built at run time

@@ -84,6 +84,8 @@ DASHBOARD_LIMITS = (
     ("epochs", 2000, lambda c: c.training.epochs),
     ("batches per epoch", 10_000, lambda c: c.training.steps_per_epoch),
     ("updates in all", 2_000_000, None),
+    # a probe spectral-norms T matrices of units x units per probe sequence: one per epoch of the most epochs
+    ("gradient-flow probes per run", 2_001, lambda c: c.training.num_probes() if c.model.kind == "recurrent" else 0),
 )
 
 

@@ -319,7 +319,11 @@ def test_gradient_figures_use_a_log_axis_and_mark_the_truncation_window():
     z = np.array(heatmap.data[0].z, dtype=float)
     assert np.isnan(z[:, :5]).all() and np.isfinite(z[:, 5:]).all()  # no gradient: blank, not log10(0)
     assert list(heatmap.data[1].x) == [4.5, 4.5]
-    assert heatmap.layout.yaxis.dtick == 1  # a few probed epochs: one tick each, none halfway
+    probes = sorted(truncated["epoch"].unique())
+    labels = ["init" if e == 0 else f"{e:g}" for e in probes]
+    assert len(probes) > 1 and list(heatmap.data[0].y) == labels and list(heatmap.data[1].y) == labels
+    assert heatmap.layout.yaxis.type == "category"  # one row per probe, equally tall, however far apart
+    assert list(heatmap.layout.yaxis.categoryarray) == labels
     full = plots.gradient_heatmap_figure(curves[curves["run_id"] == "lstm-full-0"], "‖∂L_T/∂h_t‖")
     assert len(full.data) == 1
 

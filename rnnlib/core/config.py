@@ -44,8 +44,8 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 TRUNCATION_MODES = ("full", "tbptt", "random_length", "unbiased")
 MAX_GRID_POINTS = 10_000
 # `training.probe_every: auto` probes at epoch ends at least this many batches apart (and after the last epoch):
-# a probe costs 20-60% of an epoch of 50 updates at T = 100-200 (benchmarks/throughput.py), so one per 500
-# batches stays under 10% of training time for every cell.
+# at 64 units and T = 100-200 a probe costs 16-57% of 50 updates of batch 64 and up to 96% at batch 32
+# (benchmarks/throughput.py), so one per 500 batches stays under 10% of training time for every cell.
 AUTO_PROBE_SPACING = 500
 
 # The version of the config schema this code writes. Every logged `config.yaml` carries it as `schema_version`

@@ -317,7 +317,9 @@ def gradient_lag_figure(band: pd.DataFrame, quantity: str, reference: pd.DataFra
 
 
 def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
-    """One run's gradient norms over training: probes (epochs) x timestep t, colour = log10 norm.
+    """One run's gradient norms over training: one row per probe (its epoch), timestep t across, colour = log10
+    norm. The rows are equally tall however many epochs lie between probes (`probe_every: auto` at 50 batches
+    per epoch probes after 0, 10, 20, ... epochs and the last one; `epoch` after each), labelled with their epoch.
 
     Steps before the truncation's reach (no gradient at all) are left blank, and the reach at each
     probe is drawn as a line, so TBPTT(k) shows as an empty band left of T - k. Norms that underflowed float32
@@ -327,21 +329,21 @@ def gradient_heatmap_figure(run: pd.DataFrame, quantity: str) -> go.Figure:
                          .where(run["t"] >= run["reach"]))  # underflow: the floor; truncated: blank
     table = reached.pivot_table(index="epoch", columns="t", values="value", aggfunc="first", dropna=False)
     table = table.sort_index().reindex(columns=sorted(run["t"].unique()))
+    rows = {epoch: "init" if epoch == 0 else f"{epoch:g}" for epoch in table.index}
     logs = np.log10(table)
     fig = go.Figure(go.Heatmap(
-        x=table.columns, y=table.index, z=logs.to_numpy(), colorscale="Viridis",
+        x=table.columns, y=[rows[e] for e in table.index], z=logs.to_numpy(), colorscale="Viridis",
         colorbar={"title": "log10 norm"}, hovertemplate="t=%{x}, epoch %{y}: 10^%{z:.2f}<extra></extra>",
         name=quantity,
     ))
     starts = run.drop_duplicates("epoch").sort_values("epoch")
     if (starts["reach"] > 0).any():
-        fig.add_trace(go.Scatter(x=starts["reach"] - 0.5, y=starts["epoch"], mode="lines+markers",
+        fig.add_trace(go.Scatter(x=starts["reach"] - 0.5, y=starts["epoch"].map(rows), mode="lines+markers",
                                  line={"color": "#d62728", "width": 2}, marker={"size": 5},
                                  name="truncation reach: no gradient to the left"))
-    fig = _layout(fig, f"{quantity} over training (blank: no gradient)", "timestep t", "epoch")
+    fig = _layout(fig, f"{quantity} over training (blank: no gradient)", "timestep t", "epoch of the probe")
     fig.update_layout(hovermode="closest", legend={"orientation": "h", "y": -0.2, "x": 0, "xanchor": "left"})
-    if len(table.index) <= 12:  # probes are whole epochs: no 0.5 ticks between them
-        fig.update_yaxes(dtick=1)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(rows.values()))
     return fig
 
 
